@@ -1,0 +1,3 @@
+"""Benchmark harness (placeholder until the performance issue lands)."""
+
+print("bench: not built yet")

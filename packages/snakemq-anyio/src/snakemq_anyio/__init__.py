@@ -1,0 +1,1 @@
+"""snakemq_anyio (under construction)."""

@@ -1,0 +1,882 @@
+"""The engine: one local peer, its per-peer queues and its connections.
+
+Theory of operation
+-------------------
+
+``Engine`` is sans-IO.  The I/O layer (sync ``selectors`` or anyio) owns the
+sockets and the clock and calls:
+
+* ``connection_made(conn_id, now)`` when a TCP/TLS connection is up (either
+  direction: listener and connector are symmetric);
+* ``receive_data(conn_id, data, now)`` with whatever bytes arrived;
+* ``data_to_send(conn_id)`` to get bytes to write, and ``data_sent(conn_id, n)``
+  once ``n`` of them are written (this is what "sent" means, and what makes a
+  message leave the queue of a legacy peer);
+* ``handed(conn_id, n)`` once ``n`` received messages reached the application
+  (this is what the acknowledgement promises);
+* ``connection_lost(conn_id, now)`` after the socket is closed;
+* ``next_deadline()`` / ``handle_timeout(now)`` for keepalive, handshake and TTL;
+* ``send_message(ident, message, now)`` for the application;
+* ``take_storage_batch()`` to get the storage changes to apply, in order.
+
+Every call that can produce news returns a list of events (``_events``).
+
+Connection states (one table, ``_TRANSITIONS``)::
+
+    AWAIT_VERSION --PROTOCOL_VERSION--> AWAIT_IDENT --IDENTIFICATION--> ACTIVE
+                                         (CAPABILITIES allowed here, once)
+    any state --error / INCOMPATIBLE_PROTOCOL / close--> CLOSED
+
+A frame with no entry for the current state is an ``UnexpectedFrameError``;
+a frame type we do not know is ignored (that is how 1.6 treats ours).
+
+Queues and TTL
+--------------
+
+One queue per remote identifier, oldest first.  The first ``in_flight``
+items of a connected peer's queue have been encoded for its connection.  For a
+capable peer they stay in the queue (and storage) until acknowledged; a
+reconnect resends them.  For a legacy peer an item leaves the queue once its
+packet was completely written.
+
+TTL ages only while the destination is not connected: an item carries its
+remaining ``ttl`` and ``since``, the moment aging started (queued while away,
+or the disconnect), ``None`` while connected.  It expires when
+``now - since >= ttl``; so ``ttl=0`` reaches only a connected peer.
+
+De-duplication and acknowledgements
+-----------------------------------
+
+Towards a capable peer the receiver keeps, per remote identifier, the uuids of
+the last ``dedup_window`` messages handed to the application (persisted with
+a storage) and the uuids delivered but not yet handed.  A message whose uuid
+is in either is a duplicate: never delivered, but acknowledged.  Acks are
+cumulative and in order: ``Ack(count, last_uuid)`` covers the next ``count``
+messages of the connection, all handed or duplicates.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+
+from ._errors import (
+    DuplicateIdentError,
+    HandshakeTimeoutError,
+    IdentityMismatchError,
+    IncompatibleProtocolError,
+    KeepaliveTimeoutError,
+    LocalProtocolError,
+    MalformedFrameError,
+    RemoteProtocolError,
+    SnakeMQError,
+    UnexpectedFrameError,
+)
+from ._events import (
+    CloseConnection,
+    ErrorOccurred,
+    Event,
+    MessageDelivered,
+    MessageDropped,
+    MessageReceived,
+    MessageSent,
+    PeerConnected,
+    PeerDisconnected,
+)
+from ._message import FLAG_PERSISTENT, Message, check_ident
+from ._storage import StorageBatch
+from ._wire import (
+    CAP_ACK,
+    DEFAULT_MAX_PACKET_SIZE,
+    FRAME_ACK,
+    FRAME_CAPABILITIES,
+    FRAME_IDENTIFICATION,
+    FRAME_INCOMPATIBLE_PROTOCOL,
+    FRAME_MESSAGE,
+    FRAME_PING,
+    FRAME_PONG,
+    FRAME_PROTOCOL_VERSION,
+    HEADER,
+    MESSAGE_HEAD_SIZE,
+    PROTOCOL_VERSION,
+    Ack,
+    Capabilities,
+    Identification,
+    IncompatibleProtocol,
+    MessageFrame,
+    PacketDecoder,
+    Ping,
+    Pong,
+    ProtocolVersion,
+    decode_frame,
+    encode_message,
+    encode_packet,
+)
+
+log = logging.getLogger("snakemq.engine")
+
+DEFAULT_WINDOW = 4096
+"""Unacknowledged messages a peer accepts in flight towards it."""
+
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+OUTPUT_HIGH_WATER = 512 * 1024
+"""``data_to_send()`` stops adding messages once this many bytes are ready."""
+
+_MAX_WIRE_TTL = 0xFFFFFFFE
+_PING_PACKET = encode_packet(Ping().encode())
+_PONG_PACKET = encode_packet(Pong().encode())
+
+
+class ConnState(enum.Enum):
+    AWAIT_VERSION = "await-version"
+    AWAIT_IDENT = "await-ident"
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+class _Item:
+    """A queued message and its TTL accounting."""
+
+    __slots__ = ("expires", "message", "reported", "since", "stored", "ttl")
+
+    def __init__(self, message: Message, ttl: float | None, stored: bool) -> None:
+        self.message = message
+        self.ttl = ttl  # remaining, as of `since`
+        self.since: float | None = None  # aging started; None while connected
+        self.stored = stored
+        self.expires: float | None = None  # since + ttl, when aging
+        self.reported = False  # MessageSent already emitted (ack overtook data_sent)
+
+
+class _Queue:
+    __slots__ = ("conn", "ident", "in_flight", "items")
+
+    def __init__(self, ident: str) -> None:
+        self.ident = ident
+        self.items: deque[_Item] = deque()
+        self.in_flight = 0  # first items of `items` already encoded for `conn`
+        self.conn: _Conn | None = None
+
+
+class _Conn:
+    __slots__ = (
+        "ack_count",
+        "ack_last",
+        "cert_idents",
+        "conn_id",
+        "decoder",
+        "deadline_handshake",
+        "ident",
+        "last_recv",
+        "legacy",
+        "out",
+        "out_bytes",
+        "ping_sent",
+        "queue",
+        "remote_caps",
+        "remote_window",
+        "rx_unready",
+        "sent_marks",
+        "state",
+        "written",
+        "emitted",
+    )
+
+    def __init__(
+        self, conn_id: str, now: float, max_packet_size: int, cert_idents: frozenset[str] | None
+    ) -> None:
+        self.conn_id = conn_id
+        self.state = ConnState.AWAIT_VERSION
+        self.decoder = PacketDecoder(max_packet_size)
+        self.ident: str | None = None
+        self.cert_idents = cert_idents
+        self.legacy = True
+        self.remote_caps: Capabilities | None = None
+        self.remote_window = 0
+        self.queue: _Queue | None = None
+        self.last_recv = now
+        self.ping_sent: float | None = None
+        self.deadline_handshake = now
+        # output: encoded packets not yet returned by data_to_send()
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.emitted = 0  # bytes returned by data_to_send() so far
+        self.written = 0  # bytes reported by data_sent() so far
+        self.sent_marks: deque[tuple[int, _Item]] = deque()  # (end offset, item)
+        # receive side of acknowledgements
+        self.rx_unready: deque[tuple[bytes, bool]] = deque()  # (uuid, duplicate)
+        self.ack_count = 0
+        self.ack_last = b""
+
+
+def _wire_ttl(ttl: float | None) -> int | None:
+    if ttl is None:
+        return None
+    return min(int(ttl), _MAX_WIRE_TTL)
+
+
+class Engine:
+    """The protocol engine of one local peer.  Not thread-safe: the I/O layer
+    serialises calls (a lock, or one event loop).
+
+    Args:
+        ident: this peer's identifier (at most 50 characters).
+        persistent: true when the I/O layer applies storage batches; persistent
+            messages then go into ``take_storage_batch()``.
+        keepalive_interval: seconds of silence on a connection before a ping;
+            ``None`` disables keepalive.
+        keepalive_wait: seconds to wait for the pong before closing.
+        handshake_timeout: seconds a new connection may take to identify.
+        max_packet_size: the largest packet accepted from a peer.
+        window: how many unacknowledged messages capable peers may send us.
+        legacy: behave exactly as a snakeMQ 1.6 peer on the wire (send no
+            capabilities); meant for tests and interoperability checks.
+    """
+
+    def __init__(
+        self,
+        ident: str,
+        *,
+        persistent: bool = False,
+        keepalive_interval: float | None = None,
+        keepalive_wait: float = 0.5,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        window: int = DEFAULT_WINDOW,
+        legacy: bool = False,
+    ) -> None:
+        self.ident = check_ident(ident)
+        self.persistent = persistent
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_wait = keepalive_wait
+        self.handshake_timeout = handshake_timeout
+        if isinstance(max_packet_size, bool) or not isinstance(max_packet_size, int):
+            raise TypeError("max_packet_size must be an int")
+        if max_packet_size < 64:
+            raise ValueError(f"max_packet_size must be >= 64 bytes, got {max_packet_size}")
+        self.max_packet_size = max_packet_size
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        self.window = window
+        self.dedup_window = 2 * window
+        self.legacy = legacy
+        self._conns: dict[str, _Conn] = {}
+        self._closed_rx: dict[str, _Conn] = {}  # closed, still awaiting handed()
+        self._queues: dict[str, _Queue] = {}
+        self._by_ident: dict[str, _Conn] = {}
+        self._expiry: list[tuple[float, int, _Item, _Queue]] = []
+        self._seq = itertools.count()
+        self._seen: dict[str, dict[bytes, None]] = {}
+        self._pending: dict[str, set[bytes]] = {}
+        self._batch = StorageBatch(seen_keep=self.dedup_window)
+        self._hello = b"".join(
+            encode_packet(f.encode())
+            for f in (
+                [ProtocolVersion(), Identification(self.ident)]
+                if legacy
+                else [
+                    ProtocolVersion(),
+                    Capabilities(CAP_ACK, window),
+                    Identification(self.ident),
+                ]
+            )
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def load(
+        self,
+        queues: Mapping[str, Sequence[Message]],
+        seen: Mapping[str, Sequence[bytes]],
+        now: float,
+    ) -> list[Event]:
+        """Restore queues and the de-duplication window from a storage.
+
+        Call once, before any connection.  Messages' ``ttl`` is what remained.
+        """
+        events: list[Event] = []
+        for ident, messages in queues.items():
+            queue = self._queue(ident)
+            for message in messages:
+                item = _Item(message, message.ttl, stored=True)
+                queue.items.append(item)
+                self._start_aging(queue, item, now, events)
+        for ident, uuids in seen.items():
+            window = self._seen.setdefault(ident, {})
+            for uuid in uuids[-self.dedup_window :]:
+                window[uuid] = None
+        return events
+
+    def queued(self, ident: str) -> list[Message]:
+        """The messages waiting for ``ident`` (in-flight ones included), oldest
+        first, each with its remaining TTL as of its last accounting."""
+        queue = self._queues.get(ident)
+        if queue is None:
+            return []
+        return [i.message if i.ttl == i.message.ttl else i.message.with_ttl(i.ttl) for i in queue.items]
+
+    def queue_idents(self) -> list[str]:
+        """Identifiers that have a non-empty queue."""
+        return [ident for ident, q in self._queues.items() if q.items]
+
+    def connected_idents(self) -> dict[str, str]:
+        """``{ident: conn_id}`` of every identified connection."""
+        return {ident: c.conn_id for ident, c in self._by_ident.items()}
+
+    def conn_ident(self, conn_id: str) -> str | None:
+        conn = self._conns.get(conn_id)
+        return None if conn is None else conn.ident
+
+    def take_storage_batch(self) -> StorageBatch | None:
+        """Return the storage changes collected since the last call, if any."""
+        batch = self._batch
+        if not batch:
+            return None
+        self._batch = StorageBatch(seen_keep=self.dedup_window)
+        return batch
+
+    # ------------------------------------------------------------ application
+
+    def send_message(self, ident: str, message: Message, now: float) -> list[Event]:
+        """Queue ``message`` for ``ident``.
+
+        A persistent message goes into the next storage batch (when this
+        engine is persistent and the TTL is not 0).  A ``ttl=0`` message to a
+        peer that is not connected is dropped at once (``MessageDropped``).
+
+        Raises:
+            TypeError, ValueError: ``ident`` or ``message`` is not valid.
+        """
+        if not isinstance(message, Message):
+            raise TypeError(f"message must be a snakemq Message, not {type(message).__name__}")
+        check_ident(ident)
+        queue = self._queues.get(ident) or self._queue(ident)
+        ttl = message.ttl
+        if queue.conn is None and ttl == 0:
+            return [MessageDropped(ident, message.uuid)]
+        stored = self.persistent and ttl != 0 and bool(message.flags & FLAG_PERSISTENT)
+        item = _Item(message, ttl, stored)
+        queue.items.append(item)
+        if stored:
+            self._batch.push.append((ident, message))
+        if queue.conn is None:
+            events: list[Event] = []
+            self._start_aging(queue, item, now, events)
+            return events
+        return []
+
+    def purge(self, ident: str) -> list[bytes]:
+        """Remove every message waiting for ``ident`` (not those in flight);
+        return their uuids.  Storage rows go into the next batch."""
+        queue = self._queues.get(ident)
+        if queue is None:
+            return []
+        keep = list(itertools.islice(queue.items, queue.in_flight))
+        removed = list(itertools.islice(queue.items, queue.in_flight, None))
+        queue.items = deque(keep)
+        for item in removed:
+            item.expires = None
+            if item.stored:
+                self._batch.delete.append(item.message.uuid)
+        return [i.message.uuid for i in removed]
+
+    # ------------------------------------------------------------ connections
+
+    def connection_made(
+        self, conn_id: str, now: float, *, cert_idents: Iterable[str] | None = None
+    ) -> None:
+        """Register a new connection; its handshake is in ``data_to_send()``.
+
+        Args:
+            cert_idents: when given, the remote peer must identify with one of
+                these names (taken from its verified TLS certificate).
+        """
+        if conn_id in self._conns:
+            raise LocalProtocolError(f"connection {conn_id!r} is already registered")
+        conn = _Conn(
+            conn_id,
+            now,
+            self.max_packet_size,
+            None if cert_idents is None else frozenset(cert_idents),
+        )
+        conn.deadline_handshake = now + self.handshake_timeout
+        conn.out.append(self._hello)
+        conn.out_bytes = len(self._hello)
+        self._conns[conn_id] = conn
+
+    def connection_lost(self, conn_id: str, now: float) -> list[Event]:
+        """The socket of ``conn_id`` is closed (by either side)."""
+        conn = self._conns.pop(conn_id, None)
+        if conn is None:
+            return []
+        events: list[Event] = []
+        conn.state = ConnState.CLOSED
+        conn.out.clear()
+        conn.out_bytes = 0
+        conn.sent_marks.clear()
+        if conn.rx_unready:
+            self._closed_rx[conn_id] = conn
+        queue = conn.queue
+        if queue is not None and conn.ident is not None:
+            del self._by_ident[conn.ident]
+            queue.conn = None
+            queue.in_flight = 0
+            for item in list(queue.items):
+                self._start_aging(queue, item, now, events)
+            events.append(PeerDisconnected(conn_id, conn.ident))
+        return events
+
+    def close(self, conn_id: str, error: SnakeMQError | None = None) -> list[Event]:
+        """Ask for a connection to be closed (e.g. the application wants it)."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state is ConnState.CLOSED:
+            return []
+        return self._fail(conn, error) if error is not None else self._closing(conn)
+
+    def wants_write(self, conn_id: str) -> bool:
+        """True when ``data_to_send(conn_id)`` would return bytes."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return False
+        if conn.out_bytes:
+            return True
+        queue = conn.queue
+        if queue is None or conn.state is not ConnState.ACTIVE:
+            return False
+        return len(queue.items) > queue.in_flight and (
+            conn.legacy or queue.in_flight < conn.remote_window
+        )
+
+    def data_to_send(self, conn_id: str, limit: int = OUTPUT_HIGH_WATER) -> bytes:
+        """Return the next bytes to write to ``conn_id`` (``b""`` if none).
+
+        The bytes are the caller's to write, in order, before asking again;
+        report progress with ``data_sent()``.  Messages are added while fewer
+        than ``limit`` bytes are ready and the peer's window allows.
+        """
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return b""
+        out = conn.out
+        queue = conn.queue
+        if queue is not None and conn.state is ConnState.ACTIVE:
+            items = queue.items
+            n = len(items)
+            i = queue.in_flight
+            stop = n if conn.legacy else min(n, conn.remote_window)
+            if i < stop:
+                size = conn.out_bytes
+                offset = conn.emitted
+                marks = conn.sent_marks
+                pack = HEADER.pack
+                while i < stop and size < limit:
+                    item = items[i]
+                    msg = item.message
+                    payload = encode_message(msg.uuid, _wire_ttl(item.ttl), msg.flags, msg.data)
+                    out.append(pack(len(payload)))
+                    out.append(payload)
+                    size += len(payload) + 4
+                    marks.append((offset + size, item))
+                    i += 1
+                queue.in_flight = i
+                conn.out_bytes = size
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        conn.emitted += conn.out_bytes
+        conn.out_bytes = 0
+        return data
+
+    def data_sent(self, conn_id: str, nbytes: int) -> list[Event]:
+        """``nbytes`` more of the bytes from ``data_to_send()`` were written."""
+        conn = self._conns.get(conn_id)
+        if conn is None or nbytes <= 0:
+            return []
+        conn.written += nbytes
+        if conn.written > conn.emitted:
+            raise LocalProtocolError(
+                f"data_sent() reports {conn.written} bytes written on {conn_id!r}, "
+                f"but data_to_send() returned only {conn.emitted}"
+            )
+        marks = conn.sent_marks
+        if not marks or marks[0][0] > conn.written:
+            return []
+        events: list[Event] = []
+        written = conn.written
+        ident = conn.ident
+        assert ident is not None and conn.queue is not None
+        queue = conn.queue
+        legacy = conn.legacy
+        while marks and marks[0][0] <= written:
+            _, item = marks.popleft()
+            if item.reported:  # already reported when it was acknowledged
+                continue
+            events.append(MessageSent(conn_id, ident, item.message.uuid))
+            if legacy:
+                # 1.6 semantics: leaves the queue once completely written
+                popped = queue.items.popleft()
+                queue.in_flight -= 1
+                if popped.stored:
+                    self._batch.delete.append(popped.message.uuid)
+        return events
+
+    # ---------------------------------------------------------------- receive
+
+    def receive_data(self, conn_id: str, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
+        """Feed bytes received on ``conn_id``; return what happened."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state is ConnState.CLOSED:
+            return []
+        conn.last_recv = now
+        conn.ping_sent = None
+        events: list[Event] = []
+        try:
+            packets = conn.decoder.feed(data)
+            for packet in packets:
+                if len(packet) == 0:
+                    raise MalformedFrameError(
+                        "empty packet: a packet must hold at least a frame type byte"
+                    )
+                ftype = packet[0]
+                if ftype == FRAME_MESSAGE and conn.state is ConnState.ACTIVE:
+                    self._on_message(conn, packet, events)
+                    continue
+                handler = _TRANSITIONS.get((conn.state, ftype))
+                if handler is None:
+                    if ftype in _KNOWN_FRAMES:
+                        raise UnexpectedFrameError(
+                            f"frame type {ftype} is not allowed in state {conn.state.value}"
+                        )
+                    continue  # unknown frame types are ignored (the extension door)
+                frame = decode_frame(packet)
+                handler(self, conn, frame, now, events)
+                if conn.state is ConnState.CLOSED:
+                    break
+        except RemoteProtocolError as exc:
+            events.extend(self._fail(conn, exc))
+        if conn.ack_count and conn.state is ConnState.ACTIVE:
+            self._emit_ack(conn)
+        return events
+
+    def handed(self, conn_id: str, count: int) -> None:
+        """``count`` messages received on ``conn_id`` (in the order of their
+        ``MessageReceived`` events) reached the application."""
+        conn = self._conns.get(conn_id) or self._closed_rx.get(conn_id)
+        if conn is None or conn.legacy:
+            return
+        unready = conn.rx_unready
+        ident = conn.ident
+        assert ident is not None
+        seen = self._seen.setdefault(ident, {})
+        pending = self._pending.get(ident)
+        record = self.persistent
+        batch_seen = self._batch.seen
+        for _ in range(count):
+            if not unready:
+                raise LocalProtocolError(
+                    f"handed({conn_id!r}, {count}) covers more messages than were received"
+                )
+            uuid, _dup = unready.popleft()
+            seen[uuid] = None
+            if pending is not None:
+                pending.discard(uuid)
+            if record:
+                batch_seen.append((ident, uuid))
+            conn.ack_count += 1
+            conn.ack_last = uuid
+            while unready and unready[0][1]:
+                conn.ack_last = unready.popleft()[0]
+                conn.ack_count += 1
+        while len(seen) > self.dedup_window:
+            del seen[next(iter(seen))]
+        if not unready:
+            self._closed_rx.pop(conn_id, None)
+        if conn.state is ConnState.ACTIVE and conn.ack_count:
+            self._emit_ack(conn)
+
+    # ----------------------------------------------------------------- timers
+
+    def next_deadline(self) -> float | None:
+        """The earliest time ``handle_timeout()`` has work, or ``None``."""
+        deadline: float | None = None
+        heap = self._expiry
+        while heap:
+            expires, _, item, _q = heap[0]
+            if item.expires == expires:
+                deadline = expires
+                break
+            heapq.heappop(heap)  # stale: delivered, reconnected or re-aged
+        interval = self.keepalive_interval
+        for conn in self._conns.values():
+            if conn.state is ConnState.CLOSED:
+                continue
+            if conn.state is not ConnState.ACTIVE:
+                d = conn.deadline_handshake
+            elif interval is None:
+                continue
+            elif conn.ping_sent is None:
+                d = conn.last_recv + interval
+            else:
+                d = conn.ping_sent + self.keepalive_wait
+            if deadline is None or d < deadline:
+                deadline = d
+        return deadline
+
+    def handle_timeout(self, now: float) -> list[Event]:
+        """Do what is due at ``now``: drop expired messages, ping, close."""
+        events: list[Event] = []
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            expires, _, item, queue = heapq.heappop(heap)
+            if item.expires != expires:
+                continue
+            item.expires = None
+            queue.items.remove(item)
+            self._dropped(queue, item, events)
+        interval = self.keepalive_interval
+        for conn in list(self._conns.values()):
+            if conn.state is ConnState.CLOSED:
+                continue
+            if conn.state is not ConnState.ACTIVE:
+                if now >= conn.deadline_handshake:
+                    events.extend(
+                        self._fail(
+                            conn,
+                            HandshakeTimeoutError(
+                                f"peer did not identify within {self.handshake_timeout} s"
+                            ),
+                        )
+                    )
+                continue
+            if interval is None:
+                continue
+            if conn.ping_sent is None:
+                if now - conn.last_recv >= interval:
+                    conn.ping_sent = now
+                    self._out(conn, _PING_PACKET)
+            elif now - conn.ping_sent >= self.keepalive_wait:
+                events.extend(
+                    self._fail(
+                        conn,
+                        KeepaliveTimeoutError(
+                            f"no answer to a keepalive ping within {self.keepalive_wait} s"
+                        ),
+                    )
+                )
+        return events
+
+    # --------------------------------------------------------------- internal
+
+    def _queue(self, ident: str) -> _Queue:
+        queue = self._queues.get(ident)
+        if queue is None:
+            queue = self._queues[ident] = _Queue(ident)
+        return queue
+
+    def _start_aging(self, queue: _Queue, item: _Item, now: float, events: list[Event]) -> None:
+        if item.ttl is None:
+            item.since = now
+            return
+        if item.ttl <= 0:
+            queue.items.remove(item)
+            self._dropped(queue, item, events)
+            return
+        item.since = now
+        item.expires = now + item.ttl
+        heapq.heappush(self._expiry, (item.expires, next(self._seq), item, queue))
+
+    def _dropped(self, queue: _Queue, item: _Item, events: list[Event]) -> None:
+        if item.stored:
+            self._batch.delete.append(item.message.uuid)
+        events.append(MessageDropped(queue.ident, item.message.uuid))
+
+    def _out(self, conn: _Conn, packet: bytes) -> None:
+        conn.out.append(packet)
+        conn.out_bytes += len(packet)
+
+    def _closing(self, conn: _Conn) -> list[Event]:
+        conn.state = ConnState.CLOSED
+        return [CloseConnection(conn.conn_id)]
+
+    def _fail(self, conn: _Conn, error: SnakeMQError) -> list[Event]:
+        if conn.state is ConnState.CLOSED:
+            return []
+        log.warning("conn=%s ident=%s closing: %s", conn.conn_id, conn.ident, error)
+        return [ErrorOccurred(conn.conn_id, conn.ident, error), *self._closing(conn)]
+
+    def _emit_ack(self, conn: _Conn) -> None:
+        self._out(conn, encode_packet(Ack(conn.ack_count, conn.ack_last).encode()))
+        conn.ack_count = 0
+
+    # frame handlers: (engine, conn, frame, now, events)
+
+    def _on_version(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
+        assert isinstance(frame, ProtocolVersion)
+        if frame.version != PROTOCOL_VERSION:
+            self._out(conn, encode_packet(IncompatibleProtocol().encode()))
+            raise IncompatibleProtocolError(
+                f"remote peer speaks protocol version {frame.version}, we speak {PROTOCOL_VERSION}"
+            )
+        conn.state = ConnState.AWAIT_IDENT
+
+    def _on_incompatible(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
+        raise IncompatibleProtocolError(
+            f"remote peer refused our protocol version {PROTOCOL_VERSION}"
+        )
+
+    def _on_capabilities(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
+        assert isinstance(frame, Capabilities)
+        if conn.remote_caps is not None:
+            raise UnexpectedFrameError("CAPABILITIES sent twice")
+        conn.remote_caps = frame
+
+    def _on_identification(
+        self, conn: _Conn, frame: object, now: float, events: list[Event]
+    ) -> None:
+        assert isinstance(frame, Identification)
+        ident = frame.ident
+        if ident == self.ident:
+            raise DuplicateIdentError(
+                f"remote peer identified as {ident!r}, which is this peer's own identifier"
+            )
+        if ident in self._by_ident:
+            raise DuplicateIdentError(f"peer {ident!r} is already connected")
+        if conn.cert_idents is not None and ident not in conn.cert_idents:
+            names = ", ".join(sorted(conn.cert_idents)) or "no names"
+            raise IdentityMismatchError(
+                f"remote peer identified as {ident!r} but its certificate names {names}"
+            )
+        caps = conn.remote_caps
+        conn.legacy = self.legacy or caps is None or not caps.bits & CAP_ACK
+        if not conn.legacy:
+            assert caps is not None
+            conn.remote_window = caps.window
+        conn.ident = ident
+        conn.state = ConnState.ACTIVE
+        queue = self._queue(ident)
+        queue.conn = conn
+        queue.in_flight = 0
+        conn.queue = queue
+        self._by_ident[ident] = conn
+        update = self._batch.update_ttl
+        for item in list(queue.items):
+            if item.ttl is not None and item.since is not None:
+                remaining = item.ttl - (now - item.since)
+                if remaining <= 0 and item.ttl > 0:
+                    # due but the timer did not run yet
+                    queue.items.remove(item)
+                    item.expires = None
+                    self._dropped(queue, item, events)
+                    continue
+                item.ttl = remaining
+                if item.stored:
+                    update.append((item.message.uuid, remaining))
+            item.since = None
+            item.expires = None
+        events.append(PeerConnected(conn.conn_id, ident, conn.legacy))
+
+    def _on_ping(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
+        self._out(conn, _PONG_PACKET)
+
+    def _on_pong(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
+        pass
+
+    def _on_ack(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
+        assert isinstance(frame, Ack)
+        if conn.legacy:
+            raise UnexpectedFrameError("ACK from a peer that did not announce acknowledgements")
+        queue = conn.queue
+        assert queue is not None and conn.ident is not None
+        count = frame.count
+        if count > queue.in_flight:
+            raise MalformedFrameError(
+                f"ACK covers {count} messages but only {queue.in_flight} are in flight"
+            )
+        if queue.items[count - 1].message.uuid != frame.last_uuid:
+            raise MalformedFrameError("ACK names a uuid that is not the one it counts to")
+        ident = conn.ident
+        delete = self._batch.delete
+        marks = conn.sent_marks
+        written = conn.written
+        items = queue.items
+        for _ in range(count):
+            item = items.popleft()
+            uuid = item.message.uuid
+            if marks and marks[0][1] is item and marks[0][0] > written:
+                # acknowledged before data_sent() caught up (async I/O race)
+                events.append(MessageSent(conn.conn_id, ident, uuid))
+                item.reported = True
+            if item.stored:
+                delete.append(uuid)
+            events.append(MessageDelivered(ident, uuid))
+        queue.in_flight -= count
+
+    def _on_message(self, conn: _Conn, packet: memoryview, events: list[Event]) -> None:
+        if len(packet) < MESSAGE_HEAD_SIZE:
+            raise MalformedFrameError(
+                f"MESSAGE frame of {len(packet)} bytes is shorter than its "
+                f"{MESSAGE_HEAD_SIZE}-byte head"
+            )
+        frame = decode_frame(packet)
+        assert isinstance(frame, MessageFrame)
+        ident = conn.ident
+        assert ident is not None
+        uuid = frame.uuid
+        if not conn.legacy:
+            pending = self._pending.get(ident)
+            if pending is None:
+                pending = self._pending[ident] = set()
+            seen = self._seen.get(ident)
+            if uuid in pending or (seen is not None and uuid in seen):
+                if conn.rx_unready:
+                    conn.rx_unready.append((uuid, True))
+                else:
+                    conn.ack_count += 1
+                    conn.ack_last = uuid
+                return
+            pending.add(uuid)
+            conn.rx_unready.append((uuid, False))
+        data = frame.data
+        message = Message._trusted(
+            data.tobytes() if isinstance(data, memoryview) else data,
+            None if frame.ttl is None else float(frame.ttl),
+            frame.flags,
+            uuid,
+        )
+        events.append(MessageReceived(conn.conn_id, ident, message))
+
+
+_KNOWN_FRAMES = frozenset(
+    {
+        FRAME_PROTOCOL_VERSION,
+        FRAME_INCOMPATIBLE_PROTOCOL,
+        FRAME_IDENTIFICATION,
+        FRAME_MESSAGE,
+        FRAME_PING,
+        FRAME_PONG,
+        FRAME_CAPABILITIES,
+        FRAME_ACK,
+    }
+)
+
+_S = ConnState
+_TRANSITIONS = {
+    (_S.AWAIT_VERSION, FRAME_PROTOCOL_VERSION): Engine._on_version,
+    (_S.AWAIT_VERSION, FRAME_INCOMPATIBLE_PROTOCOL): Engine._on_incompatible,
+    (_S.AWAIT_IDENT, FRAME_CAPABILITIES): Engine._on_capabilities,
+    (_S.AWAIT_IDENT, FRAME_IDENTIFICATION): Engine._on_identification,
+    (_S.AWAIT_IDENT, FRAME_PING): Engine._on_ping,
+    (_S.AWAIT_IDENT, FRAME_PONG): Engine._on_pong,
+    (_S.AWAIT_IDENT, FRAME_INCOMPATIBLE_PROTOCOL): Engine._on_incompatible,
+    (_S.ACTIVE, FRAME_ACK): Engine._on_ack,
+    (_S.ACTIVE, FRAME_PING): Engine._on_ping,
+    (_S.ACTIVE, FRAME_PONG): Engine._on_pong,
+    (_S.ACTIVE, FRAME_INCOMPATIBLE_PROTOCOL): Engine._on_incompatible,
+    # FRAME_MESSAGE in ACTIVE is dispatched directly (hot path) by receive_data
+}
+"""Every allowed (state, frame type); anything else known is a protocol error."""

@@ -1,0 +1,98 @@
+"""Events the engine reports to the I/O layer.
+
+Each is a small frozen value.  ``CloseConnection`` is an instruction rather
+than news: the I/O layer writes what ``data_to_send()`` still returns for that
+connection (best effort), closes the socket and calls ``connection_lost()``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import attrs
+
+from ._errors import SnakeMQError
+from ._message import Message
+
+
+@attrs.frozen
+class PeerConnected:
+    """A connection finished the handshake; the remote peer is ``ident``.
+
+    ``legacy`` is true for a peer without capabilities (snakeMQ 1.6): it gets
+    no acknowledgements and messages to it leave the queue once written.
+    """
+
+    conn_id: str
+    ident: str
+    legacy: bool
+
+
+@attrs.frozen
+class PeerDisconnected:
+    """An identified connection is gone; its peer's messages wait again."""
+
+    conn_id: str
+    ident: str
+
+
+@attrs.frozen
+class MessageReceived:
+    """A message arrived; hand it to the application, then call ``handed()``."""
+
+    conn_id: str
+    ident: str
+    message: Message
+
+
+@attrs.frozen
+class MessageSent:
+    """The message's packet was completely written to the connection."""
+
+    conn_id: str
+    ident: str
+    uuid: bytes
+
+
+@attrs.frozen
+class MessageDelivered:
+    """The remote peer acknowledged the message; it left the queue and storage."""
+
+    ident: str
+    uuid: bytes
+
+
+@attrs.frozen
+class MessageDropped:
+    """The message's TTL ran out (or was 0 with the peer away); it is gone."""
+
+    ident: str
+    uuid: bytes
+
+
+@attrs.frozen
+class ErrorOccurred:
+    """Something on a connection went wrong; the connection will be closed."""
+
+    conn_id: str
+    ident: str | None
+    error: SnakeMQError
+
+
+@attrs.frozen
+class CloseConnection:
+    """Instruction: flush ``data_to_send()``, close, then ``connection_lost()``."""
+
+    conn_id: str
+
+
+Event: TypeAlias = (
+    PeerConnected
+    | PeerDisconnected
+    | MessageReceived
+    | MessageSent
+    | MessageDelivered
+    | MessageDropped
+    | ErrorOccurred
+    | CloseConnection
+)

@@ -1,0 +1,302 @@
+"""The wire codec: packets and frames.
+
+A *packet* is ``[4-byte unsigned big-endian length][payload]``; every payload
+holds exactly one *frame*: ``[1-byte frame type][body]``.  Frame types 0-5 are
+snakeMQ 1.6's and are encoded byte for byte as 1.6 does; the extension frames
+(``CAPABILITIES`` and ``ACK``) use type numbers 1.6 never sent, and 1.6 ignores
+frame types it does not know, which is what makes the extensions safe.
+``PROTOCOL.md`` beside this file gives every layout with a hex example.
+
+``PacketDecoder`` is incremental: ``feed()`` accepts any chunking of the
+stream and returns the complete packets as ``memoryview`` slices of its buffer,
+so payloads are not copied on the way to ``decode_frame()``.  A header that
+announces more than ``max_packet_size`` bytes raises ``PacketTooLargeError``
+before a single byte of the body is buffered.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TypeAlias
+
+import attrs
+
+from ._errors import MalformedFrameError, PacketTooLargeError
+from ._message import INFINITE_TTL, MAX_IDENT_LENGTH, UUID_LENGTH
+
+PROTOCOL_VERSION = 1
+
+FRAME_PROTOCOL_VERSION = 0
+FRAME_INCOMPATIBLE_PROTOCOL = 1
+FRAME_IDENTIFICATION = 2
+FRAME_MESSAGE = 3
+FRAME_PING = 4
+FRAME_PONG = 5
+# Extensions.  1.6 ignores unknown frame types; these numbers are far from its.
+FRAME_CAPABILITIES = 0x40
+FRAME_ACK = 0x41
+
+CAP_ACK = 0x1
+"""Capability bit: the peer acknowledges messages, de-duplicates by uuid and
+honours the receive window it is told."""
+
+KNOWN_CAPABILITIES = CAP_ACK
+
+DEFAULT_MAX_PACKET_SIZE = 64 * 1024 * 1024
+"""64 MiB: the largest packet accepted from a peer unless configured."""
+
+HEADER = struct.Struct("!I")
+_MESSAGE_HEAD = struct.Struct("!B16sII")  # type, uuid, ttl, flags
+_CAPS = struct.Struct("!BII")  # type, capability bits, receive window
+_ACK = struct.Struct("!BI16s")  # type, count, uuid of the last message acknowledged
+MESSAGE_HEAD_SIZE = _MESSAGE_HEAD.size
+
+
+def _bytes_of(buf: bytes | memoryview) -> bytes:
+    return buf.tobytes() if isinstance(buf, memoryview) else bytes(buf)
+
+
+@attrs.frozen
+class ProtocolVersion:
+    """``0``: the protocol version the sender speaks (always 1)."""
+
+    version: int = PROTOCOL_VERSION
+
+    def encode(self) -> bytes:
+        return struct.pack("!BI", FRAME_PROTOCOL_VERSION, self.version)
+
+
+@attrs.frozen
+class IncompatibleProtocol:
+    """``1``: the receiver of our version frame does not speak it."""
+
+    def encode(self) -> bytes:
+        return b"\x01"
+
+
+@attrs.frozen
+class Identification:
+    """``2``: the sender's peer identifier, UTF-8, at most 50 characters."""
+
+    ident: str
+
+    def encode(self) -> bytes:
+        return b"\x02" + self.ident.encode("utf-8")
+
+
+@attrs.frozen
+class MessageFrame:
+    """``3``: one message.  ``ttl`` is whole seconds, ``None`` is infinite."""
+
+    uuid: bytes
+    ttl: int | None
+    flags: int
+    data: bytes | memoryview = attrs.field(eq=False)
+
+    def encode(self) -> bytes:
+        return encode_message(self.uuid, self.ttl, self.flags, _bytes_of(self.data))
+
+
+@attrs.frozen
+class Ping:
+    """``4``: keepalive request; the receiver answers with ``Pong``."""
+
+    def encode(self) -> bytes:
+        return b"\x04"
+
+
+@attrs.frozen
+class Pong:
+    """``5``: keepalive answer."""
+
+    def encode(self) -> bytes:
+        return b"\x05"
+
+
+@attrs.frozen
+class Capabilities:
+    """``0x40`` (extension): capability bits and the sender's receive window.
+
+    ``window`` is how many unacknowledged messages the sender of this frame
+    accepts in flight towards it.  Unknown bits and trailing bytes are ignored
+    so that later versions can add fields.
+    """
+
+    bits: int
+    window: int
+
+    def encode(self) -> bytes:
+        return _CAPS.pack(FRAME_CAPABILITIES, self.bits, self.window)
+
+
+@attrs.frozen
+class Ack:
+    """``0x41`` (extension): cumulative acknowledgement.
+
+    The next ``count`` messages this connection carried towards the sender of
+    the ack, the last of which has ``last_uuid``, have been handed to its
+    application (or recognised as duplicates).
+    """
+
+    count: int
+    last_uuid: bytes
+
+    def encode(self) -> bytes:
+        return _ACK.pack(FRAME_ACK, self.count, self.last_uuid)
+
+
+Frame: TypeAlias = (
+    ProtocolVersion
+    | IncompatibleProtocol
+    | Identification
+    | MessageFrame
+    | Ping
+    | Pong
+    | Capabilities
+    | Ack
+)
+
+
+def encode_message(uuid: bytes, ttl: int | None, flags: int, data: bytes) -> bytes:
+    """Encode a MESSAGE frame (no packet header) from trusted fields."""
+    return _MESSAGE_HEAD.pack(FRAME_MESSAGE, uuid, INFINITE_TTL if ttl is None else ttl, flags) + data
+
+
+def encode_packet(frame_payload: bytes) -> bytes:
+    """Prefix one frame with its 4-byte length."""
+    return HEADER.pack(len(frame_payload)) + frame_payload
+
+
+def decode_frame(packet: bytes | memoryview) -> Frame | None:
+    """Decode one packet payload into a frame.
+
+    Returns ``None`` for a frame type this version does not know (the protocol
+    says such frames are ignored).  ``MessageFrame.data`` is a slice of
+    ``packet`` (a ``memoryview`` when ``packet`` is one), not a copy.
+
+    Raises:
+        MalformedFrameError: empty packet, wrong body length, invalid field.
+    """
+    size = len(packet)
+    if size == 0:
+        raise MalformedFrameError("empty packet: a packet must hold at least a frame type byte")
+    ftype = packet[0]
+    if ftype == FRAME_MESSAGE:
+        if size < MESSAGE_HEAD_SIZE:
+            raise MalformedFrameError(
+                f"MESSAGE frame of {size} bytes is shorter than its {MESSAGE_HEAD_SIZE}-byte head"
+            )
+        _, uuid, ttl, flags = _MESSAGE_HEAD.unpack_from(packet)
+        return MessageFrame(
+            uuid, None if ttl == INFINITE_TTL else ttl, flags, packet[MESSAGE_HEAD_SIZE:]
+        )
+    if ftype == FRAME_ACK:
+        if size < _ACK.size:
+            raise MalformedFrameError(f"ACK frame of {size} bytes, expected {_ACK.size}")
+        _, count, last_uuid = _ACK.unpack_from(packet)
+        if count == 0:
+            raise MalformedFrameError("ACK frame acknowledges 0 messages")
+        return Ack(count, last_uuid)
+    if ftype == FRAME_PING:
+        _expect_empty(packet, "PING")
+        return Ping()
+    if ftype == FRAME_PONG:
+        _expect_empty(packet, "PONG")
+        return Pong()
+    if ftype == FRAME_PROTOCOL_VERSION:
+        if size != 5:
+            raise MalformedFrameError(f"PROTOCOL_VERSION frame of {size} bytes, expected 5")
+        return ProtocolVersion(struct.unpack_from("!I", packet, 1)[0])
+    if ftype == FRAME_IDENTIFICATION:
+        return Identification(decode_ident(packet[1:]))
+    if ftype == FRAME_INCOMPATIBLE_PROTOCOL:
+        _expect_empty(packet, "INCOMPATIBLE_PROTOCOL")
+        return IncompatibleProtocol()
+    if ftype == FRAME_CAPABILITIES:
+        if size < _CAPS.size:
+            raise MalformedFrameError(f"CAPABILITIES frame of {size} bytes, expected >= {_CAPS.size}")
+        _, bits, window = _CAPS.unpack_from(packet)
+        if bits & CAP_ACK and window == 0:
+            raise MalformedFrameError("CAPABILITIES frame announces a receive window of 0")
+        return Capabilities(bits, window)
+    return None
+
+
+def decode_ident(raw: bytes | memoryview) -> str:
+    """Decode and validate an identifier received from a peer."""
+    if len(raw) == 0:
+        raise MalformedFrameError("IDENTIFICATION frame carries an empty identifier")
+    if len(raw) > MAX_IDENT_LENGTH * 4:
+        raise MalformedFrameError(f"IDENTIFICATION frame of {len(raw)} bytes is too long")
+    try:
+        ident = _bytes_of(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedFrameError(f"identifier is not valid UTF-8: {exc}") from None
+    if len(ident) > MAX_IDENT_LENGTH:
+        raise MalformedFrameError(
+            f"identifier of {len(ident)} characters exceeds the limit of {MAX_IDENT_LENGTH}"
+        )
+    return ident
+
+
+def _expect_empty(packet: bytes | memoryview, name: str) -> None:
+    if len(packet) != 1:
+        raise MalformedFrameError(f"{name} frame must have an empty body, got {len(packet) - 1} bytes")
+
+
+class PacketDecoder:
+    """Split a byte stream into packets, any chunking accepted.
+
+    Args:
+        max_packet_size: the largest payload accepted; a header announcing more
+            raises ``PacketTooLargeError`` before the body is buffered.
+    """
+
+    __slots__ = ("_buf", "_max")
+
+    def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
+        if isinstance(max_packet_size, bool) or not isinstance(max_packet_size, int):
+            raise TypeError("max_packet_size must be an int")
+        if max_packet_size < 1:
+            raise ValueError(f"max_packet_size must be >= 1, got {max_packet_size}")
+        self._max = max_packet_size
+        self._buf = b""
+
+    @property
+    def max_packet_size(self) -> int:
+        return self._max
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a packet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
+        """Add received bytes; return every packet payload now complete.
+
+        Raises:
+            PacketTooLargeError: a header announces more than the maximum.
+        """
+        buf = self._buf + data if self._buf else bytes(data)
+        end = len(buf)
+        pos = 0
+        view = memoryview(buf)
+        packets: list[memoryview] = []
+        append = packets.append
+        unpack = HEADER.unpack_from
+        maximum = self._max
+        while end - pos >= 4:
+            (size,) = unpack(buf, pos)
+            if size > maximum:
+                self._buf = b""
+                raise PacketTooLargeError(
+                    f"peer announced a packet of {size} bytes; the maximum is {maximum} "
+                    "(raise max_packet_size if this peer is trusted)"
+                )
+            stop = pos + 4 + size
+            if stop > end:
+                break
+            append(view[pos + 4 : stop])
+            pos = stop
+        self._buf = buf[pos:] if pos < end else b""
+        return packets

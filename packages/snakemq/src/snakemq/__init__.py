@@ -1,0 +1,1 @@
+"""snakemq (under construction)."""
