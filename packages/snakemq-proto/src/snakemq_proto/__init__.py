@@ -44,7 +44,9 @@ from ._message import (
     check_ttl,
     new_uuid,
 )
+from ._sqlite import SqliteQueuesStorage
 from ._storage import MemoryQueuesStorage, QueuesStorage, StorageBatch, StoredState
+from ._tls import SSLConfig, cert_idents
 from ._wire import (
     CAP_ACK,
     DEFAULT_MAX_PACKET_SIZE,
@@ -109,11 +111,14 @@ __all__ = [
     "ProtocolVersion",
     "QueuesStorage",
     "RemoteProtocolError",
+    "SSLConfig",
     "SnakeMQError",
+    "SqliteQueuesStorage",
     "StorageBatch",
     "StorageError",
     "StoredState",
     "UnexpectedFrameError",
+    "cert_idents",
     "check_ident",
     "check_ttl",
     "decode_frame",

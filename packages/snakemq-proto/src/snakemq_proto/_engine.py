@@ -105,6 +105,7 @@ from ._wire import (
     PROTOCOL_VERSION,
     Ack,
     Capabilities,
+    Frame,
     Identification,
     IncompatibleProtocol,
     MessageFrame,
@@ -168,8 +169,9 @@ class _Conn:
         "ack_last",
         "cert_idents",
         "conn_id",
-        "decoder",
         "deadline_handshake",
+        "decoder",
+        "emitted",
         "ident",
         "last_recv",
         "legacy",
@@ -183,8 +185,11 @@ class _Conn:
         "sent_marks",
         "state",
         "written",
-        "emitted",
     )
+
+    @property
+    def closed(self) -> bool:
+        return self.state is ConnState.CLOSED
 
     def __init__(
         self, conn_id: str, now: float, max_packet_size: int, cert_idents: frozenset[str] | None
@@ -273,18 +278,16 @@ class Engine:
         self._seen: dict[str, dict[bytes, None]] = {}
         self._pending: dict[str, set[bytes]] = {}
         self._batch = StorageBatch(seen_keep=self.dedup_window)
-        self._hello = b"".join(
-            encode_packet(f.encode())
-            for f in (
-                [ProtocolVersion(), Identification(self.ident)]
-                if legacy
-                else [
-                    ProtocolVersion(),
-                    Capabilities(CAP_ACK, window),
-                    Identification(self.ident),
-                ]
-            )
+        hello: list[Frame] = (
+            [ProtocolVersion(), Identification(self.ident)]
+            if legacy
+            else [
+                ProtocolVersion(),
+                Capabilities(CAP_ACK, window),
+                Identification(self.ident),
+            ]
         )
+        self._hello = b"".join(encode_packet(f.encode()) for f in hello)
 
     # ------------------------------------------------------------------ state
 
@@ -317,7 +320,9 @@ class Engine:
         queue = self._queues.get(ident)
         if queue is None:
             return []
-        return [i.message if i.ttl == i.message.ttl else i.message.with_ttl(i.ttl) for i in queue.items]
+        return [
+            i.message if i.ttl == i.message.ttl else i.message.with_ttl(i.ttl) for i in queue.items
+        ]
 
     def queue_idents(self) -> list[str]:
         """Identifiers that have a non-empty queue."""
@@ -527,7 +532,9 @@ class Engine:
 
     # ---------------------------------------------------------------- receive
 
-    def receive_data(self, conn_id: str, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
+    def receive_data(
+        self, conn_id: str, data: bytes | bytearray | memoryview, now: float
+    ) -> list[Event]:
         """Feed bytes received on ``conn_id``; return what happened."""
         conn = self._conns.get(conn_id)
         if conn is None or conn.state is ConnState.CLOSED:
@@ -555,7 +562,7 @@ class Engine:
                     continue  # unknown frame types are ignored (the extension door)
                 frame = decode_frame(packet)
                 handler(self, conn, frame, now, events)
-                if conn.state is ConnState.CLOSED:
+                if conn.closed:
                     break
         except RemoteProtocolError as exc:
             events.extend(self._fail(conn, exc))

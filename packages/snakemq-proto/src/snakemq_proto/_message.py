@@ -74,19 +74,19 @@ def check_ident(ident: object, name: str = "ident") -> str:
     return ident
 
 
-def _check_data(instance: Any, attribute: Any, value: object) -> None:
+def _check_data(instance: Any, attribute: Any, value: Any) -> None:
     if not isinstance(value, bytes):
         raise TypeError(f"data must be bytes, not {type(value).__name__}")
 
 
-def _check_flags(instance: Any, attribute: Any, value: object) -> None:
+def _check_flags(instance: Any, attribute: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"flags must be an int, not {type(value).__name__}")
     if not 0 <= value <= MAX_FLAGS:
         raise ValueError(f"flags must fit in 32 bits unsigned, got {value!r}")
 
 
-def _convert_uuid(value: object) -> bytes:
+def _convert_uuid(value: bytes | None) -> bytes:
     if value is None:
         return new_uuid()
     if not isinstance(value, bytes):

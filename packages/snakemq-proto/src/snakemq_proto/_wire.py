@@ -22,7 +22,7 @@ from typing import TypeAlias
 import attrs
 
 from ._errors import MalformedFrameError, PacketTooLargeError
-from ._message import INFINITE_TTL, MAX_IDENT_LENGTH, UUID_LENGTH
+from ._message import INFINITE_TTL, MAX_IDENT_LENGTH
 
 PROTOCOL_VERSION = 1
 
@@ -159,7 +159,9 @@ Frame: TypeAlias = (
 
 def encode_message(uuid: bytes, ttl: int | None, flags: int, data: bytes) -> bytes:
     """Encode a MESSAGE frame (no packet header) from trusted fields."""
-    return _MESSAGE_HEAD.pack(FRAME_MESSAGE, uuid, INFINITE_TTL if ttl is None else ttl, flags) + data
+    return (
+        _MESSAGE_HEAD.pack(FRAME_MESSAGE, uuid, INFINITE_TTL if ttl is None else ttl, flags) + data
+    )
 
 
 def encode_packet(frame_payload: bytes) -> bytes:
@@ -214,7 +216,9 @@ def decode_frame(packet: bytes | memoryview) -> Frame | None:
         return IncompatibleProtocol()
     if ftype == FRAME_CAPABILITIES:
         if size < _CAPS.size:
-            raise MalformedFrameError(f"CAPABILITIES frame of {size} bytes, expected >= {_CAPS.size}")
+            raise MalformedFrameError(
+                f"CAPABILITIES frame of {size} bytes, expected >= {_CAPS.size}"
+            )
         _, bits, window = _CAPS.unpack_from(packet)
         if bits & CAP_ACK and window == 0:
             raise MalformedFrameError("CAPABILITIES frame announces a receive window of 0")
@@ -241,7 +245,9 @@ def decode_ident(raw: bytes | memoryview) -> str:
 
 def _expect_empty(packet: bytes | memoryview, name: str) -> None:
     if len(packet) != 1:
-        raise MalformedFrameError(f"{name} frame must have an empty body, got {len(packet) - 1} bytes")
+        raise MalformedFrameError(
+            f"{name} frame must have an empty body, got {len(packet) - 1} bytes"
+        )
 
 
 class PacketDecoder:
