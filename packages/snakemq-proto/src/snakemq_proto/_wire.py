@@ -22,7 +22,7 @@ from typing import TypeAlias
 import attrs
 
 from ._errors import MalformedFrameError, PacketTooLargeError
-from ._message import INFINITE_TTL, MAX_IDENT_LENGTH
+from ._message import INFINITE_TTL, MAX_IDENT_LENGTH, MAX_TTL, UUID_LENGTH, check_ident
 
 PROTOCOL_VERSION = 1
 
@@ -49,6 +49,7 @@ HEADER = struct.Struct("!I")
 _MESSAGE_HEAD = struct.Struct("!B16sII")  # type, uuid, ttl, flags
 _CAPS = struct.Struct("!BII")  # type, capability bits, receive window
 _ACK = struct.Struct("!BI16s")  # type, count, uuid of the last message acknowledged
+MESSAGE_HEAD = _MESSAGE_HEAD
 MESSAGE_HEAD_SIZE = _MESSAGE_HEAD.size
 
 
@@ -56,11 +57,48 @@ def _bytes_of(buf: bytes | memoryview) -> bytes:
     return buf.tobytes() if isinstance(buf, memoryview) else bytes(buf)
 
 
+# Validators: a frame built by the program with a field the wire cannot carry
+# is refused when built (ValueError/TypeError naming the field), never encoded.
+# decode_frame() checks the same limits first and raises MalformedFrameError.
+
+
+def _u32(instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{attribute.name} must fit in 32 bits unsigned, got {value!r}")
+
+
+def _uuid(instance: object, attribute: attrs.Attribute[bytes], value: object) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError(f"{attribute.name} must be bytes, not {type(value).__name__}")
+    if len(value) != UUID_LENGTH:
+        raise ValueError(f"{attribute.name} must be {UUID_LENGTH} bytes, got {len(value)}")
+
+
+def _wire_ttl(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"ttl must be whole seconds (int) or None, not {type(value).__name__}")
+    if not 0 <= value <= MAX_TTL:
+        raise ValueError(f"ttl must be 0..{MAX_TTL} seconds or None for infinite, got {value!r}")
+
+
+def _ident(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    check_ident(value)
+
+
+def _data(instance: object, attribute: attrs.Attribute[bytes], value: object) -> None:
+    if not isinstance(value, bytes | memoryview):
+        raise TypeError(f"data must be bytes or memoryview, not {type(value).__name__}")
+
+
 @attrs.frozen
 class ProtocolVersion:
     """``0``: the protocol version the sender speaks (always 1)."""
 
-    version: int = PROTOCOL_VERSION
+    version: int = attrs.field(default=PROTOCOL_VERSION, validator=_u32)
 
     def encode(self) -> bytes:
         return struct.pack("!BI", FRAME_PROTOCOL_VERSION, self.version)
@@ -78,7 +116,7 @@ class IncompatibleProtocol:
 class Identification:
     """``2``: the sender's peer identifier, UTF-8, at most 50 characters."""
 
-    ident: str
+    ident: str = attrs.field(validator=_ident)
 
     def encode(self) -> bytes:
         return b"\x02" + self.ident.encode("utf-8")
@@ -88,10 +126,10 @@ class Identification:
 class MessageFrame:
     """``3``: one message.  ``ttl`` is whole seconds, ``None`` is infinite."""
 
-    uuid: bytes
-    ttl: int | None
-    flags: int
-    data: bytes | memoryview = attrs.field(eq=False)
+    uuid: bytes = attrs.field(validator=_uuid)
+    ttl: int | None = attrs.field(validator=_wire_ttl)
+    flags: int = attrs.field(validator=_u32)
+    data: bytes | memoryview = attrs.field(eq=False, validator=_data)
 
     def encode(self) -> bytes:
         return encode_message(self.uuid, self.ttl, self.flags, _bytes_of(self.data))
@@ -122,8 +160,12 @@ class Capabilities:
     so that later versions can add fields.
     """
 
-    bits: int
-    window: int
+    bits: int = attrs.field(validator=_u32)
+    window: int = attrs.field(validator=_u32)
+
+    def __attrs_post_init__(self) -> None:
+        if self.bits & CAP_ACK and self.window == 0:
+            raise ValueError("window must be >= 1 when CAP_ACK is announced")
 
     def encode(self) -> bytes:
         return _CAPS.pack(FRAME_CAPABILITIES, self.bits, self.window)
@@ -138,8 +180,12 @@ class Ack:
     application (or recognised as duplicates).
     """
 
-    count: int
-    last_uuid: bytes
+    count: int = attrs.field(validator=_u32)
+    last_uuid: bytes = attrs.field(validator=_uuid)
+
+    def __attrs_post_init__(self) -> None:
+        if self.count == 0:
+            raise ValueError("count must be >= 1: an ACK acknowledges at least one message")
 
     def encode(self) -> bytes:
         return _ACK.pack(FRAME_ACK, self.count, self.last_uuid)
@@ -256,9 +302,16 @@ class PacketDecoder:
     Args:
         max_packet_size: the largest payload accepted; a header announcing more
             raises ``PacketTooLargeError`` before the body is buffered.
+
+    The bytes of an incomplete packet are kept as a list of chunks and joined
+    once, when the packet is complete, so a large packet arriving in many
+    small reads costs one copy, not one copy per read.  Packets that complete
+    before an oversized header in the same chunk are still returned; the
+    error is raised by the next ``feed()`` (the I/O layer's next read, or the
+    engine's ``feed(b"")`` right after), with only the 4-byte header kept.
     """
 
-    __slots__ = ("_buf", "_max")
+    __slots__ = ("_chunks", "_max", "_need", "_size")
 
     def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         if isinstance(max_packet_size, bool) or not isinstance(max_packet_size, int):
@@ -266,7 +319,9 @@ class PacketDecoder:
         if max_packet_size < 1:
             raise ValueError(f"max_packet_size must be >= 1, got {max_packet_size}")
         self._max = max_packet_size
-        self._buf = b""
+        self._chunks: list[bytes] = []  # an incomplete packet, as received
+        self._size = 0  # total length of _chunks
+        self._need = 4  # _size at which the next packet (or its header) is complete
 
     @property
     def max_packet_size(self) -> int:
@@ -275,7 +330,13 @@ class PacketDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a packet."""
-        return len(self._buf)
+        return self._size
+
+    @property
+    def pending_error(self) -> bool:
+        """True when the buffered bytes start with an oversized header; the
+        next ``feed()`` raises ``PacketTooLargeError``."""
+        return self._need == 4 and self._size >= 4
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
         """Add received bytes; return every packet payload now complete.
@@ -283,7 +344,19 @@ class PacketDecoder:
         Raises:
             PacketTooLargeError: a header announces more than the maximum.
         """
-        buf = self._buf + data if self._buf else bytes(data)
+        chunks = self._chunks
+        if chunks:
+            if data:
+                chunks.append(bytes(data))
+                self._size += len(data)
+            if self._size < self._need:
+                return []
+            buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+        else:
+            # bytes(x) of a bytes object is x itself; anything else is copied
+            # because the caller may reuse its buffer for the next read
+            buf = bytes(data)
         end = len(buf)
         pos = 0
         view = memoryview(buf)
@@ -291,18 +364,32 @@ class PacketDecoder:
         append = packets.append
         unpack = HEADER.unpack_from
         maximum = self._max
+        need = 4
         while end - pos >= 4:
             (size,) = unpack(buf, pos)
             if size > maximum:
-                self._buf = b""
+                if packets:
+                    # report it on the next feed(); keep the header only
+                    chunks.append(buf[pos : pos + 4])
+                    self._size = 4
+                    self._need = 4  # complete: the next feed() parses it again and raises
+                    return packets
+                self._size = 0
+                self._need = 4
                 raise PacketTooLargeError(
                     f"peer announced a packet of {size} bytes; the maximum is {maximum} "
                     "(raise max_packet_size if this peer is trusted)"
                 )
             stop = pos + 4 + size
             if stop > end:
+                need = 4 + size
                 break
             append(view[pos + 4 : stop])
             pos = stop
-        self._buf = buf[pos:] if pos < end else b""
+        if pos < end:
+            chunks.append(buf[pos:] if pos else buf)
+            self._size = end - pos
+        else:
+            self._size = 0
+        self._need = need
         return packets
