@@ -87,7 +87,7 @@ from ._events import (
     PeerConnected,
     PeerDisconnected,
 )
-from ._message import FLAG_PERSISTENT, Message, check_ident
+from ._message import FLAG_PERSISTENT, INFINITE_TTL, Message, check_ident
 from ._storage import StorageBatch
 from ._wire import (
     CAP_ACK,
@@ -101,6 +101,7 @@ from ._wire import (
     FRAME_PONG,
     FRAME_PROTOCOL_VERSION,
     HEADER,
+    MESSAGE_HEAD,
     MESSAGE_HEAD_SIZE,
     PROTOCOL_VERSION,
     Ack,
@@ -108,7 +109,6 @@ from ._wire import (
     Frame,
     Identification,
     IncompatibleProtocol,
-    MessageFrame,
     PacketDecoder,
     Ping,
     Pong,
@@ -564,6 +564,9 @@ class Engine:
                 handler(self, conn, frame, now, events)
                 if conn.closed:
                     break
+            else:
+                if conn.decoder.pending_error:
+                    conn.decoder.feed(b"")  # raises PacketTooLargeError
         except RemoteProtocolError as exc:
             events.extend(self._fail(conn, exc))
         if conn.ack_count and conn.state is ConnState.ACTIVE:
@@ -829,11 +832,10 @@ class Engine:
                 f"MESSAGE frame of {len(packet)} bytes is shorter than its "
                 f"{MESSAGE_HEAD_SIZE}-byte head"
             )
-        frame = decode_frame(packet)
-        assert isinstance(frame, MessageFrame)
+        # decoded here rather than through decode_frame(): no frame object per message
+        _, uuid, ttl, flags = MESSAGE_HEAD.unpack_from(packet)
         ident = conn.ident
         assert ident is not None
-        uuid = frame.uuid
         if not conn.legacy:
             pending = self._pending.get(ident)
             if pending is None:
@@ -848,11 +850,10 @@ class Engine:
                 return
             pending.add(uuid)
             conn.rx_unready.append((uuid, False))
-        data = frame.data
         message = Message._trusted(
-            data.tobytes() if isinstance(data, memoryview) else data,
-            None if frame.ttl is None else float(frame.ttl),
-            frame.flags,
+            packet[MESSAGE_HEAD_SIZE:].tobytes(),
+            None if ttl == INFINITE_TTL else float(ttl),
+            flags,
             uuid,
         )
         events.append(MessageReceived(conn.conn_id, ident, message))
