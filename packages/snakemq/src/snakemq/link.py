@@ -1,0 +1,826 @@
+"""``Link``: the byte-stream layer — listeners, connectors, one ``selectors`` loop.
+
+Theory of operation
+-------------------
+
+A ``Link`` owns every socket of a peer: listening sockets, connectors (which
+reconnect with exponential back-off and jitter) and the connections either
+of them produced.  ``loop()`` runs passes; one pass is:
+
+1. start the connects that are due;
+2. ``select()`` with a timeout no longer than ``poll_timeout``, the time left
+   of ``runtime``, and the earliest deadline any layer above registered with
+   ``add_deadline_hook()``;
+3. handle readiness: accept, finish a non-blocking connect, advance a TLS
+   handshake, ``recv()`` up to ``recv_block_size`` bytes (-> ``on_recv``), or
+   write the rest of a pending send;
+4. report finished sends (``on_ready_to_send``), close connections whose send
+   failed, time out TLS handshakes;
+5. ``on_loop_pass()``.
+
+``send(conn_id, data)`` writes at once as much as the socket takes; the rest
+is written when the socket is writable.  Once all of ``data`` is written,
+``on_ready_to_send(conn_id, len(data))`` fires from the loop (never from inside
+``send``), and only then may the next ``send`` on that connection start.  A
+send that fails closes the connection later in the same pass, never from
+inside ``send`` itself, so a layer above never sees ``on_disconnect`` while it
+is in the middle of writing (snakeMQ 1.6 deadlocked there).
+
+``wakeup_poll()`` may be called from any thread.  It writes one byte to a
+non-blocking socket pair only while the loop is blocked in ``select()``;
+otherwise it just makes the next ``select()`` not wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import logging
+import random
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from snakemq_proto import SSLConfig
+
+from .callbacks import Callback
+from .exceptions import NoConnection, SendNotFinished
+
+__all__ = [
+    "POLL_TIMEOUT",
+    "RECONNECT_INTERVAL",
+    "RECONNECT_MAX_INTERVAL",
+    "RECV_BLOCK_SIZE",
+    "Link",
+    "LinkLike",
+    "LinkSocket",
+    "SSLConfig",
+]
+
+log = logging.getLogger("snakemq.link")
+
+RECONNECT_INTERVAL = 1.0
+"""Seconds before the first reconnect attempt of a connector."""
+RECONNECT_MAX_INTERVAL = 30.0
+"""The reconnect delay doubles after each failed attempt up to this."""
+RECONNECT_JITTER = 0.2
+"""Each reconnect delay is multiplied by a random factor in ``1 ± this``."""
+RECV_BLOCK_SIZE = 256 * 1024
+POLL_TIMEOUT = 0.2
+TLS_HANDSHAKE_TIMEOUT = 30.0
+STABLE_CONNECTION = 10.0
+"""A connector's back-off starts over once a connection lasted this long."""
+LISTEN_BACKLOG = 128
+_ACCEPT_BATCH = 64
+
+Address = tuple[Any, ...]
+
+
+class LinkSocket:
+    """One socket of the link: a connection (or one being made)."""
+
+    __slots__ = (
+        "conn_id",
+        "connector",
+        "established",
+        "established_at",
+        "handshake_deadline",
+        "in_handshake",
+        "listener",
+        "remote_peer",
+        "sock",
+        "ssl_config",
+        "wbuf",
+        "wlen",
+        "writing",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        conn_id: str,
+        remote_peer: Address | None,
+        ssl_config: SSLConfig | None,
+        connector: _Connector | None,
+    ) -> None:
+        self.sock = sock
+        self.conn_id = conn_id
+        self.remote_peer = remote_peer
+        self.ssl_config = ssl_config
+        self.connector = connector
+        self.listener: _Listener | None = None
+        self.established = False
+        self.established_at = 0.0
+        self.in_handshake = False
+        self.handshake_deadline = 0.0
+        self.wbuf: memoryview | None = None  # what is still to write of the current send
+        self.wlen = 0  # length of the current send, reported when it is done
+        self.writing = False  # registered for EVENT_WRITE
+
+    @property
+    def is_connector(self) -> bool:
+        return self.connector is not None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The remote certificate (see ``ssl.SSLSocket.getpeercert``), or
+        ``None`` on a plain TCP connection or before the TLS handshake ended."""
+        if not isinstance(self.sock, ssl.SSLSocket) or self.in_handshake:
+            return None
+        try:
+            return self.sock.getpeercert(binary_form)
+        except (ValueError, OSError):
+            return None
+
+    def __repr__(self) -> str:
+        return f"<LinkSocket conn_id={self.conn_id!r} peer={self.remote_peer!r}>"
+
+
+class _Listener:
+    __slots__ = ("address", "sock", "ssl_config")
+
+    def __init__(self, sock: socket.socket, address: Address, ssl_config: SSLConfig | None):
+        self.sock = sock
+        self.address = address
+        self.ssl_config = ssl_config
+
+
+class _Connector:
+    __slots__ = (
+        "addr_index",
+        "address",
+        "addrs",
+        "conn",
+        "failures",
+        "interval",
+        "planned",
+        "ssl_config",
+    )
+
+    def __init__(self, address: Address, interval: float, ssl_config: SSLConfig | None) -> None:
+        self.address = address
+        self.interval = interval
+        self.ssl_config = ssl_config
+        self.failures = 0
+        self.planned: float | None = None  # when the next attempt starts
+        self.addrs: list[tuple[Any, ...]] = []  # getaddrinfo results of this attempt
+        self.addr_index = 0
+        self.conn: LinkSocket | None = None  # connecting or connected
+
+
+class LinkLike(Protocol):
+    """What ``Packeter`` and ``Messaging`` need from a link (``Link`` or ``Throttle``)."""
+
+    on_connect: Callback[[str]]
+    on_disconnect: Callback[[str]]
+    on_recv: Callback[[str, bytes]]
+    on_ready_to_send: Callback[[str, int]]
+    on_loop_pass: Callback[[]]
+
+    def send(self, conn_id: str, data: bytes | memoryview) -> None: ...
+
+    def close(self, conn_id: str, final_data: bytes | memoryview = b"") -> None: ...
+
+    def wakeup_poll(self) -> None: ...
+
+    def add_deadline_hook(self, hook: Callable[[], float | None]) -> None: ...
+
+    def getpeercert(self, conn_id: str, binary_form: bool = False) -> Any: ...
+
+    def get_ssl_config(self, conn_id: str) -> SSLConfig | None: ...
+
+
+def _check_address(address: object, name: str = "address") -> tuple[str, int]:
+    if not isinstance(address, tuple) or len(address) < 2:
+        raise TypeError(f"{name} must be a (host, port) tuple, not {address!r}")
+    host, port = address[0], address[1]
+    if not isinstance(host, str):
+        raise TypeError(f"{name}[0] (host) must be a str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"{name}[1] (port) must be an int in 0..65535, got {port!r}")
+    return host, port
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # not TCP (e.g. a test socket pair)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Link:
+    """Keeper of listeners, connectors and the connections they make.
+
+    Not thread-safe except ``wakeup_poll()`` and ``stop()``; synchronise with the
+    loop through ``wakeup_poll()`` and ``on_loop_pass``.
+
+    Callbacks (``Callback`` objects; add functions with ``.add``):
+        on_connect(conn_id): a connection is ready (after the TLS handshake).
+        on_disconnect(conn_id): a ready connection is closed.
+        on_recv(conn_id, data): bytes arrived.
+        on_ready_to_send(conn_id, sent_length): the last ``send`` is written.
+        on_loop_pass(): once per loop pass, after the I/O.
+
+    Attributes:
+        reconnect_interval: default seconds before a connector's first
+            reconnect attempt; it doubles per failure up to
+            ``reconnect_max_interval``, with random jitter.
+        recv_block_size: the most bytes read by one ``recv``.
+        tls_handshake_timeout: seconds a TLS handshake may take.
+    """
+
+    def __init__(self) -> None:
+        self.reconnect_interval = RECONNECT_INTERVAL
+        self.reconnect_max_interval = RECONNECT_MAX_INTERVAL
+        self.recv_block_size = RECV_BLOCK_SIZE
+        self.tls_handshake_timeout = TLS_HANDSHAKE_TIMEOUT
+
+        self.on_connect: Callback[[str]] = Callback()
+        self.on_disconnect: Callback[[str]] = Callback()
+        self.on_recv: Callback[[str, bytes]] = Callback()
+        self.on_ready_to_send: Callback[[str, int]] = Callback()
+        self.on_loop_pass: Callback[[]] = Callback()
+
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._polling = False
+        self._wake_requested = False
+        self._bell_rung = False
+        self._wake_lock = threading.Lock()
+
+        self._running = False
+        self._ids = itertools.count(1)
+        self._conns: dict[str, LinkSocket] = {}  # established or connecting/handshaking
+        self._listeners: dict[Address, _Listener] = {}
+        self._listener_alias: dict[Address, Address] = {}
+        self._connectors: dict[Address, _Connector] = {}
+        self._plan: list[tuple[float, int, _Connector]] = []
+        self._plan_seq = itertools.count()
+        self._handshaking: set[LinkSocket] = set()
+        self._ready: list[LinkSocket] = []  # sends written, to report
+        self._broken: list[LinkSocket] = []  # sends failed, to close
+        self._deadline_hooks: list[Callable[[], float | None]] = []
+        self._closed = False
+
+    # ------------------------------------------------------------ listeners
+
+    def add_listener(self, address: Address, ssl_config: SSLConfig | None = None) -> Address:
+        """Listen on ``address`` (``("", port)`` is every interface, port 0 a
+        free port).  Returns the bound ``(host, port)``; pass it to
+        ``del_listener``.
+
+        Raises:
+            TypeError, ValueError: a malformed address.
+            OSError: the address cannot be bound (e.g. in use).
+        """
+        host, port = _check_address(address)
+        if ssl_config is not None:
+            ssl_config.server_context()  # fail now on unusable key/cert files
+        if host == "" and socket.has_dualstack_ipv6():
+            sock = socket.create_server(
+                ("", port), family=socket.AF_INET6, backlog=LISTEN_BACKLOG, dualstack_ipv6=True
+            )
+        else:
+            infos = socket.getaddrinfo(
+                host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+            )
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(sockaddr)
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+        sock.setblocking(False)
+        bound = sock.getsockname()
+        key: Address = (bound[0], bound[1])
+        if key in self._listeners:
+            sock.close()
+            raise ValueError(f"listener {key!r} already set")
+        listener = _Listener(sock, key, ssl_config)
+        self._listeners[key] = listener
+        self._listener_alias[(host, port)] = key
+        self._selector.register(sock, selectors.EVENT_READ, listener)
+        log.debug("listening on %r%s", key, " (TLS)" if ssl_config else "")
+        return key
+
+    def del_listener(self, address: Address) -> None:
+        """Stop listening on ``address`` (as returned by ``add_listener``, or
+        as given to it); open connections stay."""
+        key = self._listener_alias.get(tuple(address), tuple(address))
+        listener = self._listeners.pop(key)
+        for alias, target in list(self._listener_alias.items()):
+            if target == key:
+                del self._listener_alias[alias]
+        self._selector.unregister(listener.sock)
+        listener.sock.close()
+
+    # ----------------------------------------------------------- connectors
+
+    def add_connector(
+        self,
+        address: Address,
+        reconnect_interval: float | None = None,
+        ssl_config: SSLConfig | None = None,
+    ) -> Address:
+        """Keep a connection to ``address`` open, reconnecting as needed.
+
+        Host names and IPv6 work (resolved at every attempt).  Connects start
+        from ``loop()``.  Returns the key for ``del_connector``.
+
+        Raises:
+            TypeError, ValueError: a malformed address or interval, or a
+                connector to this address already exists.
+        """
+        host, port = _check_address(address)
+        if reconnect_interval is not None and (
+            isinstance(reconnect_interval, bool)
+            or not isinstance(reconnect_interval, int | float)
+            or not reconnect_interval > 0
+        ):
+            raise ValueError(f"reconnect_interval must be > 0 seconds, got {reconnect_interval!r}")
+        key: Address = (host, port)
+        if key in self._connectors:
+            raise ValueError(f"connector {key!r} already set")
+        if ssl_config is not None:
+            ssl_config.client_context()
+        connector = _Connector(key, reconnect_interval or self.reconnect_interval, ssl_config)
+        self._connectors[key] = connector
+        self._plan_connect(connector, 0.0)
+        return key
+
+    def del_connector(self, address: Address) -> None:
+        """Remove a connector and close its connection."""
+        connector = self._connectors.pop(tuple(address))
+        connector.planned = None
+        conn = connector.conn
+        if conn is not None:
+            self._close(conn)
+
+    # ----------------------------------------------------------------- I/O
+
+    def send(self, conn_id: str, data: bytes | memoryview) -> None:
+        """Start writing ``data``; wait for ``on_ready_to_send`` before the next
+        ``send`` on this connection.
+
+        Raises:
+            NoConnection: ``conn_id`` is not an open connection.
+            SendNotFinished: the previous send is still being written.
+        """
+        conn = self._conns.get(conn_id)
+        if conn is None or not conn.established:
+            raise NoConnection(f"no open connection {conn_id!r}")
+        if conn.wbuf is not None:
+            raise SendNotFinished(
+                f"the previous send on {conn_id!r} is not finished; wait for on_ready_to_send"
+            )
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        conn.wlen = len(view)
+        conn.wbuf = view
+        self._write(conn)
+        if self._polling:
+            self.wakeup_poll()  # another thread sends: let the loop report it
+
+    def close(self, conn_id: str, final_data: bytes | memoryview = b"") -> None:
+        """Close a connection, first trying (without blocking) to write what
+        its current send has left and then ``final_data``.  Unknown ids are
+        ignored, so closing twice is harmless."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        if conn.established and not conn.in_handshake:
+            rest = bytes(conn.wbuf) if conn.wbuf is not None else b""
+            tail = rest + bytes(final_data) if final_data else rest
+            if tail:
+                with contextlib.suppress(OSError, ValueError):
+                    conn.sock.send(tail)
+        self._close(conn)
+
+    def getpeercert(self, conn_id: str, binary_form: bool = False) -> Any:
+        """The remote TLS certificate of ``conn_id`` (``None`` without TLS)."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            raise NoConnection(f"no open connection {conn_id!r}")
+        return conn.getpeercert(binary_form)
+
+    def get_ssl_config(self, conn_id: str) -> SSLConfig | None:
+        """The ``SSLConfig`` of the listener/connector that made ``conn_id``."""
+        conn = self._conns.get(conn_id)
+        return None if conn is None else conn.ssl_config
+
+    def get_socket_by_conn(self, conn_id: str) -> LinkSocket:
+        """The ``LinkSocket`` of ``conn_id`` (1.6 API)."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            raise NoConnection(f"no open connection {conn_id!r}")
+        return conn
+
+    def connections(self) -> list[str]:
+        """Ids of the open (ready) connections."""
+        return [c for c, s in self._conns.items() if s.established and not s.in_handshake]
+
+    def add_deadline_hook(self, hook: Callable[[], float | None]) -> None:
+        """``hook()`` returns the next ``time.monotonic()`` instant at which a
+        layer above needs a loop pass (or ``None``); ``select`` waits no longer."""
+        self._deadline_hooks.append(hook)
+
+    # ----------------------------------------------------------------- loop
+
+    def wakeup_poll(self) -> None:
+        """Make the loop run a pass soon.  Thread-safe, never blocks."""
+        self._wake_requested = True
+        if self._polling and not self._bell_rung:
+            with self._wake_lock:
+                if self._bell_rung:
+                    return
+                self._bell_rung = True
+            with contextlib.suppress(OSError):  # closed by cleanup()
+                self._wake_w.send(b"\0")
+
+    def loop(
+        self,
+        poll_timeout: float = POLL_TIMEOUT,
+        count: int | None = None,
+        runtime: float | None = None,
+    ) -> None:
+        """Run loop passes until ``stop()``, ``count`` passes with I/O events,
+        or ``runtime`` seconds (never longer: the last wait is cut short).
+
+        Errors of connecting, reading or writing never escape: they close the
+        connection concerned (and a connector retries).
+        """
+        if self._closed:
+            raise RuntimeError("this Link was cleaned up; make a new one")
+        self._running = True
+        monotonic = time.monotonic
+        end = None if runtime is None else monotonic() + runtime
+        select = self._selector.select
+        try:
+            while self._running and (count is None or count > 0):
+                now = monotonic()
+                if self._plan and self._plan[0][0] <= now:
+                    self._deal_connects(now)
+                timeout = poll_timeout
+                if end is not None:
+                    left = end - now
+                    if left <= 0:
+                        break
+                    if left < timeout:
+                        timeout = left
+                for hook in self._deadline_hooks:
+                    deadline = hook()
+                    if deadline is not None and deadline - now < timeout:
+                        timeout = max(0.0, deadline - now)
+                if self._plan and self._plan[0][0] - now < timeout:
+                    timeout = max(0.0, self._plan[0][0] - now)
+                if self._handshaking:
+                    first = min(c.handshake_deadline for c in self._handshaking)
+                    timeout = max(0.0, min(timeout, first - now))
+                if self._ready or self._broken:
+                    timeout = 0.0
+                self._polling = True
+                if self._wake_requested:
+                    timeout = 0.0
+                try:
+                    events = select(timeout)
+                finally:
+                    self._polling = False
+                self._wake_requested = False
+                real = 0
+                for key, mask in events:
+                    data = key.data
+                    if data is None:
+                        self._drain_bell()
+                    else:
+                        real += 1
+                        if type(data) is LinkSocket:
+                            self._handle_conn(data, mask)
+                        elif type(data) is _Listener:
+                            self._accept(data)
+                        # unknown data: a socket closed earlier in this pass
+                self._after_io(monotonic())
+                self.on_loop_pass()
+                if real and count is not None:
+                    count -= 1
+        finally:
+            self._running = False
+
+    def stop(self) -> None:
+        """Make ``loop()`` return after the current pass (thread-safe)."""
+        self._running = False
+        self.wakeup_poll()
+
+    def cleanup(self) -> None:
+        """Close every socket, listener and connector (``on_disconnect`` fires
+        for open connections).  The link cannot loop afterwards."""
+        if self._closed:
+            return
+        for address in list(self._connectors):
+            self.del_connector(address)
+        for address in list(self._listeners):
+            self.del_listener(address)
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._closed = True
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ------------------------------------------------------------- internal
+
+    def _drain_bell(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+        self._bell_rung = False
+
+    def _new_id(self, sock: socket.socket) -> str:
+        return f"{next(self._ids)}fd{sock.fileno()}"
+
+    def _plan_connect(self, connector: _Connector, delay: float) -> None:
+        when = time.monotonic() + delay
+        connector.planned = when
+        heapq.heappush(self._plan, (when, next(self._plan_seq), connector))
+
+    def _retry_later(self, connector: _Connector) -> None:
+        if self._connectors.get(connector.address) is not connector:
+            return  # deleted
+        delay = min(
+            self.reconnect_max_interval, connector.interval * (2 ** min(connector.failures, 30))
+        )
+        delay *= 1.0 + random.uniform(-RECONNECT_JITTER, RECONNECT_JITTER)
+        connector.failures += 1
+        log.debug("connector %r: next attempt in %.2f s", connector.address, delay)
+        self._plan_connect(connector, delay)
+
+    def _deal_connects(self, now: float) -> None:
+        plan = self._plan
+        while plan and plan[0][0] <= now:
+            when, _, connector = heapq.heappop(plan)
+            if connector.planned != when or connector.conn is not None:
+                continue  # stale entry
+            connector.planned = None
+            host, port = connector.address
+            try:
+                connector.addrs = socket.getaddrinfo(
+                    host or "localhost", port, socket.AF_UNSPEC, socket.SOCK_STREAM
+                )
+            except OSError as exc:
+                log.warning("connector %r: cannot resolve: %s", connector.address, exc)
+                self._retry_later(connector)
+                continue
+            connector.addr_index = 0
+            self._connect_next(connector)
+
+    def _connect_next(self, connector: _Connector) -> None:
+        """Try the connector's addresses from ``addr_index`` until one is in
+        progress or connected; retry later when all failed."""
+        while connector.addr_index < len(connector.addrs):
+            family, stype, proto, _, sockaddr = connector.addrs[connector.addr_index]
+            connector.addr_index += 1
+            try:
+                sock = socket.socket(family, stype, proto)
+            except OSError as exc:
+                log.debug("connector %r: socket(): %s", connector.address, exc)
+                continue
+            sock.setblocking(False)
+            _set_nodelay(sock)
+            err = sock.connect_ex(sockaddr)
+            if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY):
+                conn = LinkSocket(
+                    sock, self._new_id(sock), sockaddr, connector.ssl_config, connector
+                )
+                connector.conn = conn
+                self._conns[conn.conn_id] = conn
+                if err == 0:
+                    self._selector.register(sock, selectors.EVENT_READ, conn)
+                    self._connected(conn)
+                else:
+                    conn.writing = True
+                    self._selector.register(sock, selectors.EVENT_WRITE, conn)
+                return
+            log.debug(
+                "connector %r -> %r: %s", connector.address, sockaddr, errno.errorcode.get(err, err)
+            )
+            sock.close()
+        log.info("connector %r: no address answered", connector.address)
+        self._retry_later(connector)
+
+    def _connected(self, conn: LinkSocket) -> None:
+        """TCP is up (either direction): start TLS or report the connection."""
+        if conn.ssl_config is not None:
+            cfg = conn.ssl_config
+            try:
+                if conn.connector is not None:
+                    host = conn.connector.address[0] if cfg.check_hostname else None
+                    conn.sock = cfg.client_context().wrap_socket(
+                        conn.sock,
+                        server_side=False,
+                        do_handshake_on_connect=False,
+                        server_hostname=host,
+                    )
+                else:
+                    conn.sock = cfg.server_context().wrap_socket(
+                        conn.sock, server_side=True, do_handshake_on_connect=False
+                    )
+            except (OSError, ValueError) as exc:
+                log.error("conn=%s TLS setup failed: %s", conn.conn_id, exc)
+                self._close(conn)
+                return
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            conn.writing = False
+            conn.in_handshake = True
+            conn.established = True
+            conn.handshake_deadline = time.monotonic() + self.tls_handshake_timeout
+            self._handshaking.add(conn)
+            self._handshake(conn)
+            return
+        if conn.writing:
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            conn.writing = False
+        self._ready_conn(conn)
+
+    def _ready_conn(self, conn: LinkSocket) -> None:
+        conn.established = True
+        conn.established_at = time.monotonic()
+        log.info("connect %s %r", conn.conn_id, conn.remote_peer)
+        self.on_connect(conn.conn_id)
+
+    def _handshake(self, conn: LinkSocket) -> None:
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(conn, selectors.EVENT_WRITE)
+            return
+        except (OSError, ValueError) as exc:
+            log.error(
+                "conn=%s peer=%r TLS handshake failed: %s", conn.conn_id, conn.remote_peer, exc
+            )
+            self._close(conn)
+            return
+        self._handshaking.discard(conn)
+        conn.in_handshake = False
+        self._want(conn, selectors.EVENT_READ)
+        log.debug("conn=%s TLS handshake done, cipher=%r", conn.conn_id, sock.cipher())
+        self._ready_conn(conn)
+
+    def _want(self, conn: LinkSocket, events: int) -> None:
+        writing = bool(events & selectors.EVENT_WRITE)
+        if writing != conn.writing:
+            conn.writing = writing
+            self._selector.modify(conn.sock, events, conn)
+
+    def _accept(self, listener: _Listener) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, addr = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: keep the loop alive
+                log.error("accept on %r: %s", listener.address, exc)
+                return
+            sock.setblocking(False)
+            _set_nodelay(sock)
+            conn = LinkSocket(sock, self._new_id(sock), addr, listener.ssl_config, None)
+            conn.listener = listener
+            self._conns[conn.conn_id] = conn
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+            log.debug("accept %s %r", conn.conn_id, addr)
+            self._connected(conn)
+
+    def _handle_conn(self, conn: LinkSocket, mask: int) -> None:
+        if self._conns.get(conn.conn_id) is not conn:
+            return  # closed earlier in this pass
+        if not conn.established:
+            # non-blocking connect finished (EVENT_WRITE)
+            err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                connector = conn.connector
+                log.debug("connect %r: %s", conn.remote_peer, errno.errorcode.get(err, str(err)))
+                self._drop(conn)
+                if connector is not None:
+                    connector.conn = None
+                    self._connect_next(connector)
+                return
+            self._connected(conn)
+            return
+        if conn.in_handshake:
+            self._handshake(conn)
+            return
+        if mask & selectors.EVENT_WRITE and conn.wbuf is not None:
+            self._write(conn)
+            if self._conns.get(conn.conn_id) is not conn:
+                return
+        if mask & selectors.EVENT_READ:
+            self._read(conn)
+
+    def _read(self, conn: LinkSocket) -> None:
+        sock = conn.sock
+        try:
+            data = sock.recv(self.recv_block_size)
+            if data and isinstance(sock, ssl.SSLSocket):
+                pending = sock.pending()
+                if pending:  # decrypted bytes select() cannot see
+                    parts = [data]
+                    while pending:
+                        parts.append(sock.recv(pending))
+                        pending = sock.pending()
+                    data = b"".join(parts)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return
+        except (OSError, ValueError) as exc:
+            log.info("recv %s: %s", conn.conn_id, exc)
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        self.on_recv(conn.conn_id, data)
+
+    def _write(self, conn: LinkSocket) -> None:
+        buf = conn.wbuf
+        assert buf is not None
+        if conn.in_handshake:
+            return
+        try:
+            sent = conn.sock.send(buf)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError, InterruptedError):
+            sent = 0
+        except (OSError, ValueError) as exc:
+            log.info("send %s: %s", conn.conn_id, exc)
+            conn.wbuf = None
+            self._broken.append(conn)
+            return
+        if sent >= len(buf):
+            conn.wbuf = None
+            if conn.writing:
+                self._want(conn, selectors.EVENT_READ)
+            self._ready.append(conn)
+            return
+        conn.wbuf = buf[sent:]
+        if not conn.writing:
+            self._want(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+
+    def _after_io(self, now: float) -> None:
+        if self._broken:
+            broken, self._broken = self._broken, []
+            for conn in broken:
+                if self._conns.get(conn.conn_id) is conn:
+                    self._close(conn)
+        if self._ready:
+            ready, self._ready = self._ready, []
+            for conn in ready:
+                if self._conns.get(conn.conn_id) is conn:
+                    self.on_ready_to_send(conn.conn_id, conn.wlen)
+        if self._handshaking:
+            for conn in [c for c in self._handshaking if c.handshake_deadline <= now]:
+                log.error(
+                    "conn=%s peer=%r TLS handshake timed out after %s s",
+                    conn.conn_id,
+                    conn.remote_peer,
+                    self.tls_handshake_timeout,
+                )
+                self._close(conn)
+
+    def _drop(self, conn: LinkSocket) -> None:
+        """Forget and close a socket without any callback."""
+        self._conns.pop(conn.conn_id, None)
+        self._handshaking.discard(conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+
+    def _close(self, conn: LinkSocket) -> None:
+        if self._conns.get(conn.conn_id) is not conn:
+            return
+        was_ready = conn.established and not conn.in_handshake
+        conn.wbuf = None
+        self._drop(conn)
+        if was_ready:
+            log.info("disconnect %s", conn.conn_id)
+            self.on_disconnect(conn.conn_id)
+        connector = conn.connector
+        if connector is not None and connector.conn is conn:
+            connector.conn = None
+            if was_ready and time.monotonic() - conn.established_at >= STABLE_CONNECTION:
+                connector.failures = 0
+            self._retry_later(connector)

@@ -1,0 +1,442 @@
+"""``Messaging``: identified peers exchanging queued messages.
+
+Theory of operation
+-------------------
+
+All protocol rules live in one ``snakemq_proto.Engine``; this class moves
+bytes between the engine and the link, runs its timers and calls the user's
+callbacks.  It takes over the raw byte stream of every connection from the
+packeter (``Packeter.set_stream_handler``), so one ``recv`` of up to 256 KiB
+goes to ``engine.receive_data`` at once and one ``engine.data_to_send()``
+batch goes out with one ``send``.
+
+Threads: ``send_message`` may be called from any thread.  Every engine call
+happens under ``self._lock``; user callbacks are called *without* the lock,
+so a callback may call ``send_message`` (or block on another thread that
+does) without deadlock.
+
+Storage: every batch of storage changes the engine produces is applied in
+the order taken.  ``send_message`` applies the pending changes before it
+returns (a persistent message is durable then); changes produced by the
+loop are grouped and applied once per pass, and always before new bytes
+are written, so a peer never learns of something not yet on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from snakemq_proto import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_PACKET_SIZE,
+    DEFAULT_WINDOW,
+    CloseConnection,
+    Engine,
+    ErrorOccurred,
+    Event,
+    Message,
+    MessageDelivered,
+    MessageDropped,
+    MessageReceived,
+    MessageSent,
+    PeerConnected,
+    PeerDisconnected,
+    QueuesStorage,
+    StorageBatch,
+    cert_idents,
+)
+
+from .callbacks import Callback
+from .packeter import Packeter
+
+__all__ = ["Messaging", "ReceiveHook"]
+
+log = logging.getLogger("snakemq.messaging")
+
+
+class _Out:
+    """Output state of one connection."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf: memoryview | None = None  # handed to the link, not yet reported written
+
+
+class Messaging:
+    """A peer named ``identifier`` exchanging messages over ``packeter``.
+
+    Args:
+        identifier: this peer's identifier (1-50 characters).
+        domain: unused (kept for snakeMQ 1.6 compatibility).
+        packeter: the ``Packeter`` whose connections carry the messages.
+        queues_storage: where persistent messages wait (``None``: memory only).
+        max_packet_size: the largest packet accepted from a peer.
+        handshake_timeout: seconds a new connection may take to identify.
+        window: unacknowledged messages a capable peer may send us in a row.
+        legacy: speak exactly as snakeMQ 1.6 (no acknowledgements); for tests.
+
+    Callbacks:
+        on_connect(conn_id, ident), on_disconnect(conn_id, ident)
+        on_message_recv(conn_id, ident, message)
+        on_message_sent(conn_id, ident, uuid): completely written to the socket.
+        on_message_delivered(ident, uuid): acknowledged by the receiver, gone
+            from queue and storage (capable peers only).
+        on_message_drop(ident, uuid): its TTL ran out; it is gone.
+        on_error(conn_id, exception): the peer broke the protocol (or a
+            callback raised); the connection is closed in the first case.
+
+    Raises:
+        TypeError, ValueError: a bad identifier or option.
+    """
+
+    def __init__(
+        self,
+        identifier: str,
+        domain: str,
+        packeter: Packeter,
+        queues_storage: QueuesStorage | None = None,
+        *,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        window: int = DEFAULT_WINDOW,
+        legacy: bool = False,
+    ) -> None:
+        self._engine = Engine(
+            identifier,
+            persistent=queues_storage is not None,
+            keepalive_interval=None,
+            keepalive_wait=0.5,
+            handshake_timeout=handshake_timeout,
+            max_packet_size=max_packet_size,
+            window=window,
+            legacy=legacy,
+        )
+        self.identifier = identifier
+        self.domain = domain
+        self.packeter = packeter
+        self.link = packeter.link
+        self.storage = queues_storage
+
+        self.on_connect: Callback[[str, str]] = Callback()
+        self.on_disconnect: Callback[[str, str]] = Callback()
+        self.on_message_recv: Callback[[str, str, Message]] = Callback()
+        self.on_message_sent: Callback[[str, str, bytes]] = Callback()
+        self.on_message_delivered: Callback[[str, bytes]] = Callback()
+        self.on_message_drop: Callback[[str, bytes]] = Callback()
+        self.on_error: Callback[[str, Exception]] = Callback()
+
+        self._lock = threading.Lock()
+        self._outs: dict[str, _Out] = {}
+        self._dirty = False  # send_message queued something: flush in the next pass
+        self._deferred: list[Event] = []  # events to dispatch from the loop thread
+        self._pending_batch: StorageBatch | None = None  # taken, not yet applied
+
+        if queues_storage is not None:
+            state = queues_storage.load()
+            events = self._engine.load(state.queues, state.seen, time.monotonic())
+            self._deferred.extend(events)
+            self._take_batch()
+            self._apply_pending()
+
+        packeter.set_stream_handler(self)
+        self.link.on_loop_pass.add(self._on_loop_pass)
+        self.link.add_deadline_hook(self._next_deadline)
+
+    # ---------------------------------------------------------- attributes
+
+    @property
+    def keepalive_interval(self) -> float | None:
+        """Seconds of silence before a connection is pinged (``None``: never)."""
+        return self._engine.keepalive_interval
+
+    @keepalive_interval.setter
+    def keepalive_interval(self, value: float | None) -> None:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+        ):
+            raise ValueError(f"keepalive_interval must be > 0 seconds or None, got {value!r}")
+        with self._lock:
+            self._engine.keepalive_interval = value
+        self.link.wakeup_poll()
+
+    @property
+    def keepalive_wait(self) -> float:
+        """Seconds to wait for the answer to a ping before disconnecting."""
+        return self._engine.keepalive_wait
+
+    @keepalive_wait.setter
+    def keepalive_wait(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"keepalive_wait must be > 0 seconds, got {value!r}")
+        with self._lock:
+            self._engine.keepalive_wait = value
+
+    @property
+    def engine(self) -> Engine:
+        """The protocol engine (call it only under ``lock``)."""
+        return self._engine
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+    # ---------------------------------------------------------------- API
+
+    def send_message(self, ident: str, message: Message) -> None:
+        """Queue ``message`` for the peer ``ident``.  Thread-safe.
+
+        A persistent message (``FLAG_PERSISTENT``, with a storage) is durable
+        when this returns.  Sending to this peer's own identifier queues the
+        message, which is never delivered.
+
+        Raises:
+            TypeError, ValueError: ``ident`` or ``message`` is not valid.
+        """
+        with self._lock:
+            events = self._engine.send_message(ident, message, time.monotonic())
+            if events:
+                self._deferred.extend(events)
+            if self.storage is not None:
+                self._take_batch()
+                self._apply_pending()
+            self._dirty = True
+        self.link.wakeup_poll()
+
+    def queued(self, ident: str) -> list[Message]:
+        """The messages waiting for ``ident``, oldest first."""
+        with self._lock:
+            return self._engine.queued(ident)
+
+    def connected_idents(self) -> dict[str, str]:
+        """``{ident: conn_id}`` of the identified peers connected now."""
+        with self._lock:
+            return self._engine.connected_idents()
+
+    # ------------------------------------------------------------- storage
+
+    def _take_batch(self) -> None:
+        """Move the engine's storage changes to the pending batch (lock held)."""
+        batch = self._engine.take_storage_batch()
+        if batch is None:
+            return
+        if self._pending_batch is None:
+            self._pending_batch = batch
+        else:
+            self._pending_batch.extend(batch)
+
+    def _apply_pending(self) -> None:
+        """Apply the pending storage changes (lock held)."""
+        batch = self._pending_batch
+        if batch is None or self.storage is None:
+            self._pending_batch = None
+            return
+        self._pending_batch = None
+        self.storage.apply(batch)
+
+    # ---------------------------------------------------- stream handler
+
+    def stream_connect(self, conn_id: str) -> None:
+        idents = None
+        cfg = self.link.get_ssl_config(conn_id)
+        if cfg is not None and cfg.bind_ident:
+            idents = cert_idents(self.link.getpeercert(conn_id))
+        with self._lock:
+            self._engine.connection_made(conn_id, time.monotonic(), cert_idents=idents)
+        self._outs[conn_id] = _Out()
+        self._flush(conn_id)
+
+    def stream_disconnect(self, conn_id: str) -> None:
+        self._outs.pop(conn_id, None)
+        with self._lock:
+            events = self._engine.connection_lost(conn_id, time.monotonic())
+        if events:
+            self._dispatch(events)
+
+    def stream_recv(self, conn_id: str, data: bytes) -> None:
+        with self._lock:
+            events = self._engine.receive_data(conn_id, data, time.monotonic())
+        if events:
+            self._dispatch(events)
+        self._flush(conn_id)
+
+    def stream_ready(self, conn_id: str, sent_length: int) -> None:
+        out = self._outs.get(conn_id)
+        if out is None or out.buf is None:
+            return
+        with self._lock:
+            events = self._engine.data_sent(conn_id, sent_length)
+        rest = out.buf[sent_length:]
+        if len(rest):
+            out.buf = rest
+            self.link.send(conn_id, rest)
+        else:
+            out.buf = None
+        if events:
+            self._dispatch(events)
+        self._flush(conn_id)
+
+    def _flush(self, conn_id: str) -> None:
+        """Give the engine's next bytes for ``conn_id`` to the link."""
+        out = self._outs.get(conn_id)
+        if out is None or out.buf is not None:
+            return
+        with self._lock:
+            data = self._engine.data_to_send(conn_id)
+            if not data:
+                return
+            if self.storage is not None:
+                self._take_batch()
+                self._apply_pending()
+        out.buf = memoryview(data)
+        self.link.send(conn_id, out.buf)
+
+    # ------------------------------------------------------------ the loop
+
+    def _next_deadline(self) -> float | None:
+        with self._lock:
+            return self._engine.next_deadline()
+
+    def _on_loop_pass(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            deadline = self._engine.next_deadline()
+            events = (
+                self._engine.handle_timeout(now) if deadline is not None and deadline <= now else []
+            )
+            if self._deferred:
+                events = self._deferred + events
+                self._deferred = []
+            dirty = self._dirty or bool(events)
+            self._dirty = False
+        if events:
+            self._dispatch(events)
+        if dirty:
+            for conn_id in list(self._outs):
+                self._flush(conn_id)
+        if self.storage is not None:
+            with self._lock:
+                self._take_batch()
+                self._apply_pending()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        """Call the user's callbacks for ``events`` (lock not held)."""
+        received_conn: str | None = None
+        received = 0
+        for event in events:
+            cls = type(event)
+            if cls is MessageReceived:
+                assert isinstance(event, MessageReceived)
+                conn_id = event.conn_id
+                if received and conn_id != received_conn:
+                    assert received_conn is not None
+                    self._handed(received_conn, received)
+                    received = 0
+                received_conn = conn_id
+                received += 1
+                self._call(self.on_message_recv, conn_id, event.ident, event.message)
+            elif cls is MessageSent:
+                assert isinstance(event, MessageSent)
+                self._call(self.on_message_sent, event.conn_id, event.ident, event.uuid)
+            elif cls is MessageDelivered:
+                assert isinstance(event, MessageDelivered)
+                self._call(self.on_message_delivered, event.ident, event.uuid)
+            elif cls is MessageDropped:
+                assert isinstance(event, MessageDropped)
+                log.debug("ident=%s dropped %s (TTL)", event.ident, event.uuid.hex())
+                self._call(self.on_message_drop, event.ident, event.uuid)
+            elif cls is PeerConnected:
+                assert isinstance(event, PeerConnected)
+                log.info(
+                    "conn=%s peer %r identified%s",
+                    event.conn_id,
+                    event.ident,
+                    " (legacy 1.6 peer)" if event.legacy else "",
+                )
+                self._call(self.on_connect, event.conn_id, event.ident)
+            elif cls is PeerDisconnected:
+                assert isinstance(event, PeerDisconnected)
+                self._call(self.on_disconnect, event.conn_id, event.ident)
+            elif cls is ErrorOccurred:
+                assert isinstance(event, ErrorOccurred)
+                self._call(self.on_error, event.conn_id, event.error)
+            elif cls is CloseConnection:
+                assert isinstance(event, CloseConnection)
+                if received:
+                    assert received_conn is not None
+                    self._handed(received_conn, received)
+                    received = 0
+                self._close(event.conn_id)
+        if received:
+            assert received_conn is not None
+            self._handed(received_conn, received)
+
+    def _call(self, callback: Callable[..., object], *args: Any) -> None:
+        # ``Callback`` never raises; this guards a plain function assigned
+        # in place of one (1.6 programs did that).
+        try:
+            callback(*args)
+        except Exception as exc:
+            log.exception("callback %r raised; the loop goes on", callback)
+            if callback is not self.on_error and args and isinstance(args[0], str):
+                self._call(self.on_error, args[0], exc)
+
+    def _handed(self, conn_id: str, count: int) -> None:
+        with self._lock:
+            self._engine.handed(conn_id, count)
+
+    def _close(self, conn_id: str) -> None:
+        """Flush what the engine still has for ``conn_id`` (best effort), close."""
+        with self._lock:
+            data = self._engine.data_to_send(conn_id)
+            if self.storage is not None:
+                self._take_batch()
+                self._apply_pending()
+        self.link.close(conn_id, data)
+        # the link reports the close through on_disconnect -> stream_disconnect,
+        # which calls engine.connection_lost; make sure it happened even if the
+        # connection was already gone from the link
+        if conn_id in self._outs:
+            self.stream_disconnect(conn_id)
+
+
+class ReceiveHook:
+    """Route received messages to callbacks by a regular expression matched
+    against the payload (``re.match`` on ``bytes``).
+
+    Unlike snakeMQ 1.6 it *adds* itself to ``messaging.on_message_recv``, so
+    callbacks added before it keep working.
+    """
+
+    def __init__(self, messaging: Messaging) -> None:
+        self.messaging = messaging
+        self._hooks: dict[
+            bytes | str, tuple[re.Pattern[bytes], Callable[[str, str, Message], object]]
+        ] = {}
+        messaging.on_message_recv.add(self._on_message_recv)
+
+    def register(
+        self, regexp: bytes | str, callback: Callable[[str, str, Message], object]
+    ) -> None:
+        """Call ``callback(conn_id, ident, message)`` for payloads matching ``regexp``."""
+        pattern = regexp.encode() if isinstance(regexp, str) else regexp
+        self._hooks[regexp] = (re.compile(pattern), callback)
+
+    def unregister(self, regexp: bytes | str) -> None:
+        del self._hooks[regexp]
+
+    def clear(self) -> None:
+        self._hooks.clear()
+
+    def _on_message_recv(self, conn_id: str, ident: str, message: Message) -> None:
+        for pattern, callback in list(self._hooks.values()):
+            if pattern.match(message.data):
+                try:
+                    callback(conn_id, ident, message)
+                except Exception:
+                    log.exception("receive hook %r raised", callback)

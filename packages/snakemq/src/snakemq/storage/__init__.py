@@ -1,0 +1,19 @@
+"""Queue storages: where persistent messages wait until delivered.
+
+``MemoryQueuesStorage`` keeps nothing across restarts (tests);
+``snakemq.storage.sqlite.SqliteQueuesStorage`` is durable.
+"""
+
+from __future__ import annotations
+
+from snakemq_proto import MemoryQueuesStorage, QueuesStorage, StorageBatch, StoredState
+
+QueuesStorageBase = QueuesStorage  # snakeMQ 1.6 name
+
+__all__ = [
+    "MemoryQueuesStorage",
+    "QueuesStorage",
+    "QueuesStorageBase",
+    "StorageBatch",
+    "StoredState",
+]

@@ -1,5 +1,0 @@
-import snakemq
-
-
-def test_package_imports() -> None:
-    assert snakemq.__doc__
