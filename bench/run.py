@@ -1,3 +1,8 @@
-"""Benchmark harness (placeholder until the performance issue lands)."""
+"""``tox -e bench`` entry point: see ``python bench/run.py --help`` and harness.py."""
 
-print("bench: not built yet")
+import sys
+
+from harness import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""A driver written against the classic snakeMQ tutorial API (Link / Packeter / Messaging).
+
+Used as is for snakeMQ 1.6 (run by the 1.6 virtualenv's interpreter) and for our
+sync package, whose API is the same.  Everything runs in the thread that runs
+``Link.loop()``: 1.6's SQLite storage cannot be used from another thread.
+
+The sender keeps a bounded window of queued messages and tops it up on every
+loop pass, so the cost of ``send_message`` (and, when persistent, of making the
+message durable) is inside the interval the receiver measures.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import _common
+import snakemq
+import snakemq.link
+import snakemq.message
+import snakemq.messaging
+import snakemq.packeter
+
+
+def _ssl_config(config: dict[str, Any]) -> Any:
+    tls = config.get("tls")
+    if not tls:
+        return None
+    return snakemq.link.SSLConfig(
+        tls["key"], tls["cert"], cert_reqs=ssl.CERT_REQUIRED, ca_certs=tls["ca"]
+    )
+
+
+def _peer(ident: str, config: dict[str, Any]) -> tuple[Any, Any]:
+    if hasattr(snakemq, "init"):
+        snakemq.init()
+    link = snakemq.link.Link()
+    packeter = snakemq.packeter.Packeter(link)
+    storage = None
+    if config.get("storage"):
+        from snakemq.storage.sqlite import SqliteQueuesStorage
+
+        storage = SqliteQueuesStorage(config["storage"])
+    messaging = snakemq.messaging.Messaging(ident, "", packeter, storage)
+    return link, messaging
+
+
+def _message(payload: bytes, persistent: bool) -> Any:
+    flags = snakemq.message.FLAG_PERSISTENT if persistent else 0
+    return snakemq.message.Message(payload, ttl=_common.TTL, flags=flags)
+
+
+def run_receiver(config: dict[str, Any]) -> None:
+    """Throughput receiver, or echo server for the latency workload."""
+    link, messaging = _peer(_common.RECEIVER_IDENT, config)
+    _host, port = link.add_listener((config["host"], 0), ssl_config=_ssl_config(config))
+
+    if config["mode"] == "latency":
+
+        def on_echo(conn_id: Any, ident: str, message: Any) -> None:
+            messaging.send_message(ident, _message(message.data, False))
+
+        messaging.on_message_recv.add(on_echo)
+    else:
+        meter = _common.ThroughputMeter(config["count"], config["size"])
+
+        def on_recv(conn_id: Any, ident: str, message: Any) -> None:
+            if meter.add(len(message.data)):
+                meter.report()
+
+        messaging.on_message_recv.add(on_recv)
+
+    _common.ready(port=port)
+    link.loop()
+
+
+def run_sender(config: dict[str, Any]) -> None:
+    """Throughput sender, or ping-pong client for the latency workload."""
+    link, messaging = _peer(_common.SENDER_IDENT, config)
+    link.add_connector((config["host"], config["port"]), ssl_config=_ssl_config(config))
+    size = config["size"]
+    payload = b"x" * size
+
+    if config["mode"] == "latency":
+        meter = _common.LatencyMeter(config["count"], config["warmup"], size)
+
+        def ping() -> None:
+            meter.start()
+            messaging.send_message(_common.RECEIVER_IDENT, _message(payload, False))
+
+        def on_connect(conn_id: Any, ident: str) -> None:
+            if ident == _common.RECEIVER_IDENT and meter.seen == 0:
+                ping()
+
+        def on_pong(conn_id: Any, ident: str, message: Any) -> None:
+            if meter.done(len(message.data)):
+                meter.report()
+            else:
+                ping()
+
+        messaging.on_connect.add(on_connect)
+        messaging.on_message_recv.add(on_pong)
+        link.loop()
+        return
+
+    count = config["count"]
+    persistent = bool(config.get("storage"))
+    limit = _common.window(size)
+    state = {"queued": 0, "sent": 0, "connected": False}
+
+    def on_connect_send(conn_id: Any, ident: str) -> None:
+        if ident == _common.RECEIVER_IDENT:
+            state["connected"] = True
+
+    def on_sent(conn_id: Any, ident: str, uuid: bytes) -> None:
+        state["sent"] += 1
+
+    def top_up() -> None:
+        if not state["connected"]:
+            return
+        queued = state["queued"]
+        room = min(count - queued, limit - (queued - state["sent"]))
+        for _ in range(room):
+            messaging.send_message(_common.RECEIVER_IDENT, _message(payload, persistent))
+        state["queued"] = queued + max(0, room)
+
+    messaging.on_connect.add(on_connect_send)
+    messaging.on_message_sent.add(on_sent)
+    link.on_loop_pass.add(top_up)
+    link.loop()

@@ -1,0 +1,155 @@
+"""What every benchmark driver shares: its configuration, and how it talks to the harness.
+
+A driver is started as ``python <driver>.py '<json config>'`` and speaks a line
+protocol on stdout:
+
+- ``READY {"port": ...}`` once it listens (receivers and echo servers);
+- ``RESULT {...}`` once it has measured what it was asked to measure.
+
+After that a driver keeps running (so its connections stay up and its peak RSS
+can be read) until the harness kills it.  Nothing here may import anything but
+the standard library: the same file runs in the snakeMQ 1.6 virtualenv.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+#: The receiver's identifier; senders address their messages to it.
+RECEIVER_IDENT = "recv"
+#: The sender's identifier.
+SENDER_IDENT = "send"
+#: TTL of every benchmark message (the tutorial's value).
+TTL = 600
+#: Bytes a windowed sender keeps queued but not yet sent.
+WINDOW_BYTES = 4 * 1024 * 1024
+#: Messages a windowed sender keeps queued but not yet sent, at most.
+WINDOW_MESSAGES = 1000
+
+
+def load_config() -> dict[str, Any]:
+    """The driver's configuration: the JSON object given as the only argument."""
+    if len(sys.argv) != 2:
+        raise SystemExit(f"usage: {sys.argv[0]} '<json config>'")
+    config: dict[str, Any] = json.loads(sys.argv[1])
+    return config
+
+
+def window(size: int) -> int:
+    """How many messages of ``size`` bytes a sender keeps in flight."""
+    return max(4, min(WINDOW_MESSAGES, WINDOW_BYTES // max(1, size)))
+
+
+def peak_rss_kib() -> int:
+    """Peak resident set size of this process, in KiB."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def emit(tag: str, payload: dict[str, Any]) -> None:
+    """Write one protocol line to the harness."""
+    sys.stdout.write(f"{tag} {json.dumps(payload)}\n")
+    sys.stdout.flush()
+
+
+def ready(**info: Any) -> None:
+    """Tell the harness where this driver listens."""
+    emit("READY", info)
+
+
+def block_forever() -> None:
+    """Keep the process (and whatever threads it runs) alive until the harness kills it."""
+    while True:
+        time.sleep(3600)
+
+
+class ThroughputMeter:
+    """Counts received messages, checks their size, times first to last."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.expected = count
+        self.size = size
+        self.received = 0
+        self.bytes = 0
+        self.wrong_size = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.reported = False
+
+    def add(self, length: int) -> bool:
+        """Record one message of ``length`` bytes; True once all have arrived."""
+        now = time.perf_counter()
+        if self.received == 0:
+            self.first = now
+        self.last = now
+        self.received += 1
+        self.bytes += length
+        if length != self.size:
+            self.wrong_size += 1
+        return self.received >= self.expected
+
+    def report(self) -> None:
+        """Send the RESULT line (once)."""
+        if self.reported:
+            return
+        self.reported = True
+        emit(
+            "RESULT",
+            {
+                "received": self.received,
+                "bytes": self.bytes,
+                "wrong_size": self.wrong_size,
+                "elapsed": self.last - self.first,
+                "rss_kib": peak_rss_kib(),
+            },
+        )
+
+
+class LatencyMeter:
+    """Round-trip times of a ping-pong client, warm-up excluded."""
+
+    def __init__(self, count: int, warmup: int, size: int) -> None:
+        self.count = count
+        self.warmup = warmup
+        self.size = size
+        self.samples: list[float] = []
+        self.seen = 0
+        self.wrong_size = 0
+        self.sent_at = 0.0
+        self.reported = False
+
+    def start(self) -> None:
+        """Mark the moment a ping is sent."""
+        self.sent_at = time.perf_counter()
+
+    def done(self, length: int) -> bool:
+        """Record the echo of the last ping; True once enough round trips are measured."""
+        rtt = time.perf_counter() - self.sent_at
+        if length != self.size:
+            self.wrong_size += 1
+        self.seen += 1
+        if self.seen > self.warmup:
+            self.samples.append(rtt)
+        return len(self.samples) >= self.count
+
+    def report(self) -> None:
+        """Send the RESULT line (once)."""
+        if self.reported:
+            return
+        self.reported = True
+        ordered = sorted(self.samples)
+        p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+        emit(
+            "RESULT",
+            {
+                "round_trips": len(ordered),
+                "wrong_size": self.wrong_size,
+                "median_us": statistics.median(ordered) * 1e6,
+                "p99_us": p99 * 1e6,
+                "rss_kib": peak_rss_kib(),
+            },
+        )

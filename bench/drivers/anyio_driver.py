@@ -1,0 +1,85 @@
+"""Driver for our async package ``snakemq_anyio``, on the backend ``config["backend"]``.
+
+The sender awaits ``send_message`` in a plain loop: the package's own
+backpressure (the in-flight window) is what paces it.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import _common
+import anyio
+import snakemq_anyio
+
+
+def _ssl_config(config: dict[str, Any]) -> Any:
+    tls = config.get("tls")
+    if not tls:
+        return None
+    return snakemq_anyio.SSLConfig(
+        tls["key"], tls["cert"], cert_reqs=ssl.CERT_REQUIRED, ca_certs=tls["ca"]
+    )
+
+
+def _storage(config: dict[str, Any]) -> Any:
+    if not config.get("storage"):
+        return None
+    return snakemq_anyio.SqliteQueuesStorage(config["storage"])
+
+
+async def run_receiver(config: dict[str, Any]) -> None:
+    """Throughput receiver, or echo server for the latency workload."""
+    async with snakemq_anyio.Messaging(_common.RECEIVER_IDENT) as messaging:
+        _host, port = await messaging.add_listener(
+            (config["host"], 0), ssl_config=_ssl_config(config)
+        )
+        _common.ready(port=port)
+        if config["mode"] == "latency":
+            async for ident, message in messaging:
+                await messaging.send_message(
+                    ident, snakemq_anyio.Message(message.data, ttl=_common.TTL)
+                )
+        meter = _common.ThroughputMeter(config["count"], config["size"])
+        async for _ident, message in messaging:
+            if meter.add(len(message.data)):
+                break
+        meter.report()
+        await anyio.sleep_forever()
+
+
+async def run_sender(config: dict[str, Any]) -> None:
+    """Throughput sender, or ping-pong client for the latency workload."""
+    async with snakemq_anyio.Messaging(_common.SENDER_IDENT, storage=_storage(config)) as messaging:
+        await messaging.add_connector(
+            (config["host"], config["port"]), ssl_config=_ssl_config(config)
+        )
+        await messaging.wait_connected(_common.RECEIVER_IDENT)
+        size = config["size"]
+        payload = b"x" * size
+        to = _common.RECEIVER_IDENT
+
+        if config["mode"] == "latency":
+            meter = _common.LatencyMeter(config["count"], config["warmup"], size)
+            while True:
+                meter.start()
+                await messaging.send_message(to, snakemq_anyio.Message(payload, ttl=_common.TTL))
+                _ident, message = await messaging.receive()
+                if meter.done(len(message.data)):
+                    break
+            meter.report()
+            await anyio.sleep_forever()
+
+        flags = snakemq_anyio.FLAG_PERSISTENT if config.get("storage") else 0
+        for _ in range(config["count"]):
+            await messaging.send_message(
+                to, snakemq_anyio.Message(payload, ttl=_common.TTL, flags=flags)
+            )
+        await anyio.sleep_forever()
+
+
+if __name__ == "__main__":
+    cfg = _common.load_config()
+    main = run_receiver if cfg["role"] == "recv" else run_sender
+    anyio.run(main, cfg, backend=cfg["backend"])

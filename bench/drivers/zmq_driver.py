@@ -1,0 +1,97 @@
+"""pyzmq driver: PUSH/PULL or DEALER/ROUTER, chosen by ``config["pattern"]``.
+
+The reference point for what a C messaging core reached from Python gets; it
+has no TLS and no durable queue, so the harness gives it neither workload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import _common
+import zmq
+
+#: Payloads of at least this size are handed to libzmq without a copy.
+ZERO_COPY_FROM = 64 * 1024
+
+
+def _bind(sock: Any, host: str) -> int:
+    sock.bind(f"tcp://{host}:*")
+    endpoint: bytes = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return int(endpoint.decode().rsplit(":", 1)[1])
+
+
+def run_receiver(config: dict[str, Any]) -> None:
+    """Throughput receiver, or echo server for the latency workload."""
+    ctx = zmq.Context()
+    host = config["host"]
+    router = config["pattern"] == "dealerrouter"
+
+    if config["mode"] == "latency":
+        if router:
+            sock = ctx.socket(zmq.ROUTER)
+            _common.ready(port=_bind(sock, host))
+            while True:
+                sock.send_multipart(sock.recv_multipart())
+        else:
+            pull = ctx.socket(zmq.PULL)
+            push = ctx.socket(zmq.PUSH)
+            _common.ready(port=_bind(pull, host), port2=_bind(push, host))
+            while True:
+                push.send(pull.recv())
+
+    meter = _common.ThroughputMeter(config["count"], config["size"])
+    if router:
+        sock = ctx.socket(zmq.ROUTER)
+        _common.ready(port=_bind(sock, host))
+        while not meter.add(len(sock.recv_multipart()[1])):
+            pass
+    else:
+        sock = ctx.socket(zmq.PULL)
+        _common.ready(port=_bind(sock, host))
+        while not meter.add(len(sock.recv())):
+            pass
+    meter.report()
+    _common.block_forever()
+
+
+def run_sender(config: dict[str, Any]) -> None:
+    """Throughput sender, or ping-pong client for the latency workload."""
+    ctx = zmq.Context()
+    address = f"tcp://{config['host']}:{config['port']}"
+    router = config["pattern"] == "dealerrouter"
+    size = config["size"]
+    payload = b"x" * size
+    copy = size < ZERO_COPY_FROM
+
+    if config["mode"] == "latency":
+        meter = _common.LatencyMeter(config["count"], config["warmup"], size)
+        if router:
+            out = inp = ctx.socket(zmq.DEALER)
+            out.connect(address)
+        else:
+            out = ctx.socket(zmq.PUSH)
+            out.connect(address)
+            inp = ctx.socket(zmq.PULL)
+            inp.connect(f"tcp://{config['host']}:{config['port2']}")
+        while True:
+            meter.start()
+            out.send(payload)
+            if meter.done(len(inp.recv())):
+                break
+        meter.report()
+        _common.block_forever()
+
+    sock = ctx.socket(zmq.DEALER if router else zmq.PUSH)
+    sock.connect(address)
+    for _ in range(config["count"]):
+        sock.send(payload, copy=copy)
+    _common.block_forever()
+
+
+if __name__ == "__main__":
+    cfg = _common.load_config()
+    if cfg["role"] == "recv":
+        run_receiver(cfg)
+    else:
+        run_sender(cfg)

@@ -1,0 +1,163 @@
+"""Smoke run of the benchmark harness with tiny counts, so it cannot rot.
+
+Not a performance test: nothing here looks at a speed.  It checks that every
+system's drivers run every workload they support to the end (all messages
+counted and sized), that the outputs are written, and that a run that hangs or
+crashes is reported and leaves no process behind.
+
+Needs what ``tox -e bench`` installs (pyzmq, matplotlib, trustme, our packages)
+and network access to PyPI the first time (snakeMQ 1.6 goes into bench/.venv16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import harness
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("system", list(harness.SYSTEMS))
+def test_every_supported_workload_completes(system: str, tmp_path: Path) -> None:
+    report = harness.run([system], quick=True, repeat=1, out_dir=tmp_path, chart=False)
+
+    assert report["unavailable"] == {}
+    for wname, cell in report["results"][system].items():
+        workload = harness.WORKLOADS[wname]
+        if not harness.supports(harness.SYSTEMS[system], workload):
+            assert cell["status"] == "n/a"
+            continue
+        assert cell["status"] == "ok", f"{system}/{wname}: {cell.get('error')}"
+        (only,) = cell["runs"]
+        assert only["rss_send_kib"] > 0
+        assert only["rss_recv_kib"] > 0
+        if workload.mode == "latency":
+            assert only["round_trips"] == workload.quick_count
+            assert 0 < cell["median_us"] <= cell["p99_us"]
+        else:
+            assert cell["msgs_per_s"] > 0
+            assert cell["mb_per_s"] == pytest.approx(cell["msgs_per_s"] * workload.size / 1e6)
+
+
+def test_outputs_table_json_chart_and_ratios(tmp_path: Path) -> None:
+    systems = ["snakemq-1.6", "zmq-pushpull", "zmq-dealerrouter"]
+    report = harness.run(
+        systems, ["100B", "100B-persistent", "latency"], quick=True, repeat=2, out_dir=tmp_path
+    )
+
+    assert harness.all_ok(report)
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["results"].keys() == set(systems)
+    assert (tmp_path / "throughput.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+    legacy = report["results"]["snakemq-1.6"]
+    zmq = report["results"]["zmq-pushpull"]
+    assert len(legacy["100B"]["runs"]) == 2
+    assert legacy["100B"]["ratios"]["msgs_per_s"]["snakemq-1.6"] == pytest.approx(1.0)
+    assert zmq["100B"]["ratios"]["msgs_per_s"]["snakemq-1.6"] == pytest.approx(
+        zmq["100B"]["msgs_per_s"] / legacy["100B"]["msgs_per_s"]
+    )
+    assert legacy["latency"]["ratios"]["median_us"]["zmq-pushpull"] == pytest.approx(
+        legacy["latency"]["median_us"] / zmq["latency"]["median_us"]
+    )
+    assert zmq["100B-persistent"]["status"] == "n/a"
+
+    table = harness.format_table(report)
+    for heading in ("ratio to snakeMQ 1.6", "ratio to pyzmq PUSH/PULL", "peak RSS MiB"):
+        assert heading in table
+    persistent_row = next(
+        line for line in table.splitlines() if line.startswith("100 B persistent")
+    )
+    assert "n/a" in persistent_row
+
+
+def test_command_line_quick_run(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH_DIR / "run.py"),
+            "--quick",
+            "--repeat=1",
+            "--systems=zmq-pushpull",
+            "--workloads=100B,1MiB",
+            f"--out={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "100 B (msg/s)" in done.stdout
+    assert "1 MiB (MB/s)" in done.stdout
+    assert (tmp_path / "results.json").exists()
+
+
+def test_unknown_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown system nosuch"):
+        harness.run(["nosuch"], quick=True, out_dir=None)
+    with pytest.raises(ValueError, match="unknown workload 2B"):
+        harness.run(["zmq-pushpull"], ["2B"], quick=True, out_dir=None)
+
+
+def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the pid of every driver process the harness starts."""
+    pids: list[int] = []
+    original = harness.DriverProcess.__init__
+
+    def recording(self: harness.DriverProcess, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        pids.append(self.popen.pid)
+
+    monkeypatch.setattr(harness.DriverProcess, "__init__", recording)
+    return pids
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_run_over_its_time_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pids = _spawned(monkeypatch)
+    workload = dataclasses.replace(harness.WORKLOADS["100B"], quick_count=10**9)
+
+    with pytest.raises(harness.RunError, match="timed out"):
+        harness.run_once(
+            harness.SYSTEMS["zmq-pushpull"],
+            workload,
+            quick=True,
+            timeout=3.0,
+            workdir=tmp_path,
+            certificates=None,
+        )
+
+    assert len(pids) == 2
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_a_crashing_driver_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pids = _spawned(monkeypatch)
+    broken = dataclasses.replace(harness.SYSTEMS["zmq-pushpull"], driver="no_such_driver.py")
+
+    with pytest.raises(harness.RunError, match=r"exited with 2: .*no_such_driver\.py"):
+        harness.run_once(
+            broken,
+            harness.WORKLOADS["100B"],
+            quick=True,
+            timeout=30.0,
+            workdir=tmp_path,
+            certificates=None,
+        )
+
+    assert all(_gone(pid) for pid in pids)
