@@ -306,13 +306,12 @@ class Messaging:
         now = time.monotonic()
         with self._lock:
             deadline = self._engine.next_deadline()
-            events = (
-                self._engine.handle_timeout(now) if deadline is not None and deadline <= now else []
-            )
+            due = deadline is not None and deadline <= now
+            events = self._engine.handle_timeout(now) if due else []
             if self._deferred:
                 events = self._deferred + events
                 self._deferred = []
-            dirty = self._dirty or bool(events)
+            dirty = self._dirty or due  # a timeout may have queued pings
             self._dirty = False
         if events:
             self._dispatch(events)

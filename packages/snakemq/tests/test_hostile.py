@@ -1,0 +1,99 @@
+"""Hostile input against a live listener while a good peer keeps exchanging."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+from snakemq.exceptions import (
+    HandshakeTimeoutError,
+    MalformedFrameError,
+    PacketTooLargeError,
+    RemoteProtocolError,
+    UnexpectedFrameError,
+)
+from snakemq.message import Message
+from sync_helpers import WAIT, Peer
+
+VERSION = struct.pack("!IBI", 5, 0, 1)
+
+
+def ident_frame(ident: bytes) -> bytes:
+    return struct.pack("!IB", len(ident) + 1, 2) + ident
+
+
+HOSTILE: list[tuple[str, bytes, type[RemoteProtocolError]]] = [
+    ("http get", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", PacketTooLargeError),
+    ("huge length header", b"\xff\xff\xff\xfe", PacketTooLargeError),
+    ("zero-length packet", b"\x00\x00\x00\x00", MalformedFrameError),
+    ("garbage", bytes(range(7, 200)), PacketTooLargeError),
+    ("message before handshake", struct.pack("!IB", 25, 3) + bytes(24), UnexpectedFrameError),
+    ("bad version frame", struct.pack("!IB", 2, 0) + b"\x01", MalformedFrameError),
+    ("bad utf-8 ident", VERSION + ident_frame(b"\xff\xfe"), MalformedFrameError),
+    ("ident too long", VERSION + ident_frame(b"x" * 300), MalformedFrameError),
+]
+
+
+def test_hostile_inputs_close_only_their_connection(peers: list[Peer]) -> None:
+    srv = Peer("srv", handshake_timeout=0.5, max_packet_size=1024 * 1024)
+    good = Peer("good")
+    peers += [srv, good]
+    port = srv.listen()
+    good.connect(port)
+
+    def echo(conn_id: str, ident: str, message: Message) -> None:
+        srv.messaging.send_message(ident, Message(message.data, ttl=None))
+
+    srv.messaging.on_message_recv.add(echo)
+    srv.start()
+    good.start()
+    good.wait_connected("srv")
+
+    stop = threading.Event()
+    sent: list[bytes] = []
+
+    def chatter() -> None:  # the good peer keeps exchanging during the attack
+        i = 0
+        while not stop.is_set() and i < 100_000:
+            n = len(good.rec.get("on_message_recv"))
+            if n >= len(sent):
+                data = b"msg %d" % i
+                sent.append(data)
+                good.send("srv", data, ttl=None)
+                i += 1
+            else:
+                with good.rec.cond:
+                    good.rec.cond.wait(0.5)
+
+    talker = threading.Thread(target=chatter, daemon=True)
+    talker.start()
+
+    raws = []
+    for _name, payload, _err in HOSTILE:
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.sendall(payload)
+        raws.append(raw)
+    silent = socket.create_connection(("127.0.0.1", port))  # half handshake, then silence
+    silent.sendall(VERSION)
+    raws.append(silent)
+
+    errors = srv.rec.wait_count("on_error", len(HOSTILE) + 1)
+    kinds = sorted(type(e).__name__ for _c, e in errors)
+    expected = sorted([e.__name__ for _n, _p, e in HOSTILE] + [HandshakeTimeoutError.__name__])
+    assert kinds == expected
+    for raw in raws:  # every hostile connection was closed by the listener
+        raw.settimeout(WAIT)
+        while raw.recv(65536):
+            pass
+        raw.close()
+
+    before = len(good.rec.get("on_message_recv"))
+    good.rec.wait_count("on_message_recv", before + 3)  # still exchanging
+    stop.set()
+    talker.join(WAIT)
+    assert good.messaging.connected_idents().keys() == {"srv"}
+    assert good.rec.get("on_disconnect") == [] and good.rec.get("on_error") == []
+    got = good.received()
+    assert got == sent[: len(got)]
+    assert len(got) > 3

@@ -1,0 +1,263 @@
+"""Link and Packeter on their own, over real sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import snakemq
+from snakemq.callbacks import Callback
+from snakemq.exceptions import NoConnection, PacketTooLargeError, SendNotFinished
+from snakemq.link import Link
+from snakemq.packeter import Packeter
+from sync_helpers import WAIT, Recorder
+
+
+class LoopThread:
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.thread = threading.Thread(target=link.loop, kwargs={"poll_timeout": 0.5}, daemon=True)
+
+    def __enter__(self) -> Link:
+        self.thread.start()
+        return self.link
+
+    def __exit__(self, *exc: object) -> None:
+        self.link.stop()
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def links() -> Iterator[list[Link]]:
+    made: list[Link] = []
+    yield made
+    for link in made:
+        link.cleanup()
+
+
+def recorded_link(rec: Recorder, name: str) -> Link:
+    link = Link()
+    link.reconnect_interval = 0.05
+    link.on_connect.add(rec.hook(f"{name}.connect"))
+    link.on_disconnect.add(rec.hook(f"{name}.disconnect"))
+    link.on_recv.add(rec.hook(f"{name}.recv"))
+    link.on_ready_to_send.add(rec.hook(f"{name}.ready"))
+    return link
+
+
+def test_link_callbacks_and_port_zero(links: list[Link]) -> None:
+    rec = Recorder()
+    server, client = recorded_link(rec, "s"), recorded_link(rec, "c")
+    links += [server, client]
+    passes: list[None] = []
+    server.on_loop_pass.add(lambda: passes.append(None))
+    host, port = server.add_listener(("127.0.0.1", 0))
+    assert host == "127.0.0.1" and port > 0
+    client.add_connector(("127.0.0.1", port))
+    client_loop = LoopThread(client)
+    with LoopThread(server), client_loop:
+        ((s_conn,),) = rec.wait_count("s.connect", 1)
+        ((c_conn,),) = rec.wait_count("c.connect", 1)
+        assert isinstance(s_conn, str) and isinstance(c_conn, str)
+        client.send(c_conn, b"hello")  # the loop is in another thread: send is not
+        assert rec.wait_count("c.ready", 1) == [(c_conn, 5)]  # thread-safe in general,
+        rec.wait(lambda: b"".join(a[1] for a in rec.get("s.recv")) == b"hello")  # fine here
+        assert passes
+        conn = client.get_socket_by_conn(c_conn)
+        assert conn.getpeercert() is None  # plain TCP
+        assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client_loop.__exit__()
+        client.cleanup()
+        assert rec.wait_count("c.disconnect", 1) == [(c_conn,)]
+        assert rec.wait_count("s.disconnect", 1) == [(s_conn,)]
+
+
+def test_send_before_ready_raises_and_unknown_conn() -> None:
+    link = Link()
+    try:
+        with pytest.raises(NoConnection):
+            link.send("nope", b"x")
+        link.close("nope")  # closing an unknown id is harmless
+        a, b = socket.socketpair()
+        b.close()
+        a.close()
+    finally:
+        link.cleanup()
+    assert issubclass(SendNotFinished, Exception)
+
+
+def test_ipv6_and_host_names(links: list[Link]) -> None:
+    if not socket.has_ipv6:  # pragma: no cover
+        pytest.fail("the machine has no IPv6; the test needs [::1]")
+    rec = Recorder()
+    server, client6, client_name = (
+        recorded_link(rec, "s"),
+        recorded_link(rec, "c6"),
+        recorded_link(rec, "cn"),
+    )
+    links += [server, client6, client_name]
+    port = server.add_listener(("", 0))[1]
+    client6.add_connector(("::1", port))
+    client_name.add_connector(("localhost", port))
+    with LoopThread(server), LoopThread(client6), LoopThread(client_name):
+        rec.wait_count("c6.connect", 1)
+        rec.wait_count("cn.connect", 1)
+        rec.wait_count("s.connect", 2)
+
+
+def test_connect_errors_never_escape_loop_and_back_off(links: list[Link]) -> None:
+    link = Link()
+    links.append(link)
+    link.reconnect_interval = 0.01
+    link.reconnect_max_interval = 0.08
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there: refused
+    link.add_connector(("127.0.0.1", port))
+    link.add_connector(("no-such-host.invalid", 1))  # resolution fails
+    link.add_connector(("192.0.2.1", 0))  # port 0: connect() fails at once
+    start = time.monotonic()
+    link.loop(poll_timeout=0.05, runtime=0.5)
+    took = time.monotonic() - start
+    assert 0.5 <= took < 0.5 + 0.05  # runtime is never overrun by a poll timeout
+    connector = link._connectors[("127.0.0.1", port)]
+    assert connector.failures >= 3
+
+
+def test_runtime_not_overrun_by_long_poll_timeout() -> None:
+    link = Link()
+    try:
+        start = time.monotonic()
+        link.loop(poll_timeout=5.0, runtime=0.2)
+        assert time.monotonic() - start < 1.0
+    finally:
+        link.cleanup()
+
+
+def test_wakeup_poll_never_blocks_without_loop() -> None:
+    link = Link()
+    try:
+        for _ in range(200_000):  # 1.6 blocked forever at the 65,536th call
+            link.wakeup_poll()
+        link.loop(count=1, poll_timeout=0.01, runtime=0.05)
+    finally:
+        link.cleanup()
+
+
+def test_wakeup_poll_interrupts_a_long_poll() -> None:
+    link = Link()
+    about_to_poll = threading.Event()
+
+    def hook() -> None:  # called right before select()
+        about_to_poll.set()
+
+    link.add_deadline_hook(hook)
+    thread = threading.Thread(target=link.loop, kwargs={"poll_timeout": 30.0}, daemon=True)
+    thread.start()
+    try:
+        assert about_to_poll.wait(WAIT)
+        t0 = time.monotonic()
+        link.stop()
+        thread.join(5.0)
+        assert not thread.is_alive()
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        link.cleanup()
+
+
+def test_count_counts_passes_with_events(links: list[Link]) -> None:
+    link = Link()
+    links.append(link)
+    start = time.monotonic()
+    link.loop(poll_timeout=0.01, count=1, runtime=0.3)  # no events: runs until runtime
+    assert time.monotonic() - start >= 0.3
+
+
+def test_packeter_packets_ids_errors_zero_length(links: list[Link]) -> None:
+    rec = Recorder()
+    server, client = Link(), Link()
+    links += [server, client]
+    sp, cp = Packeter(server, max_packet_size=1024), Packeter(client)
+    for name, p in (("s", sp), ("c", cp)):
+        p.on_connect.add(rec.hook(f"{name}.connect"))
+        p.on_disconnect.add(rec.hook(f"{name}.disconnect"))
+        p.on_packet_recv.add(rec.hook(f"{name}.packet"))
+        p.on_packet_sent.add(rec.hook(f"{name}.sent"))
+        p.on_error.add(rec.hook(f"{name}.error"))
+    port = server.add_listener(("127.0.0.1", 0))[1]
+    client.add_connector(("127.0.0.1", port))
+    with LoopThread(server), LoopThread(client):
+        ((c_conn,),) = rec.wait_count("c.connect", 1)
+        ((s_conn,),) = rec.wait_count("s.connect", 1)
+        ids: list[int] = []
+        done = threading.Event()
+
+        def send_all() -> None:  # send from the loop thread (Packeter is not thread-safe)
+            ids.extend(cp.send_packet(c_conn, d) for d in (b"one", b"", b"x" * 1000))
+            done.set()
+
+        client.on_loop_pass.add(send_all)
+        client.wakeup_poll()
+        assert done.wait(WAIT)
+        client.on_loop_pass.remove(send_all)
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        got = rec.wait_count("s.packet", 3)
+        assert got[:3] == [(s_conn, b"one"), (s_conn, b""), (s_conn, b"x" * 1000)]
+        assert sorted(rec.wait_count("c.sent", 3)) == [(c_conn, i) for i in ids]
+
+        # a packet over the limit: on_error, then only this connection closes
+        def too_big() -> None:
+            cp.send_packet(c_conn, b"y" * 2000)
+            client.on_loop_pass.remove(too_big)
+
+        client.on_loop_pass.add(too_big)
+        client.wakeup_poll()
+        ((conn, exc),) = rec.wait_count("s.error", 1)
+        assert conn == s_conn and isinstance(exc, PacketTooLargeError)
+        assert rec.wait_count("s.disconnect", 1) == [(s_conn,)]
+        # the connector reconnects
+        rec.wait_count("c.connect", 2)
+
+
+def test_send_packet_argument_errors(links: list[Link]) -> None:
+    link = Link()
+    links.append(link)
+    p = Packeter(link)
+    with pytest.raises(TypeError, match="buf"):
+        p.send_packet("x", "text")  # type: ignore[arg-type]
+    with pytest.raises(NoConnection):
+        p.send_packet("x", b"data")
+
+
+def test_callback_keeps_calling_after_exception() -> None:
+    cb: Callback[[int]] = Callback()
+    seen: list[int] = []
+
+    def bad(x: int) -> None:
+        raise RuntimeError(x)
+
+    cb.add(bad)
+    cb.add(seen.append)
+    cb(3)
+    assert seen == [3] and len(cb) == 2
+    cb.remove(bad)
+    assert len(cb) == 1
+
+
+def test_init_is_harmless_and_logging(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+    import sys
+
+    snakemq.init()
+    snakemq.init()
+    snakemq.init_logging(sys.stderr)
+    snakemq.init_logging(sys.stderr)
+    logger = logging.getLogger("snakemq")
+    assert sum(isinstance(h, logging.StreamHandler) for h in logger.handlers) == 1
+    logging.getLogger("snakemq.link").warning("visible")
+    assert "visible" in capsys.readouterr().err
