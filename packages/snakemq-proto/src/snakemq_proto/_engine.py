@@ -128,6 +128,10 @@ OUTPUT_HIGH_WATER = 512 * 1024
 """``data_to_send()`` stops adding messages once this many bytes are ready."""
 
 _MAX_WIRE_TTL = 0xFFFFFFFE
+# states of a received message on its way to an acknowledgement
+_RX_UNHANDED = "unhanded"  # MessageReceived emitted, handed() not yet called
+_RX_READY = "ready"  # handed, or a duplicate of a message handed before
+_RX_WAIT = "wait"  # duplicate of a message received earlier and not yet handed
 _PING_PACKET = encode_packet(Ping().encode())
 _PONG_PACKET = encode_packet(Pong().encode())
 
@@ -181,6 +185,7 @@ class _Conn:
         "queue",
         "remote_caps",
         "remote_window",
+        "rx_order",
         "rx_unready",
         "sent_marks",
         "state",
@@ -213,7 +218,10 @@ class _Conn:
         self.written = 0  # bytes reported by data_sent() so far
         self.sent_marks: deque[tuple[int, _Item]] = deque()  # (end offset, item)
         # receive side of acknowledgements
-        self.rx_unready: deque[tuple[bytes, bool]] = deque()  # (uuid, duplicate)
+        # every received message not yet acknowledged, in arrival order, as
+        # [uuid, state]: _RX_UNHANDED, _RX_READY or _RX_WAIT (see _drain_acks)
+        self.rx_unready: deque[list[object]] = deque()
+        self.rx_order: deque[list[object]] = deque()  # the _RX_UNHANDED entries, in order
         self.ack_count = 0
         self.ack_last = b""
 
@@ -423,7 +431,7 @@ class Engine:
         conn.out.clear()
         conn.out_bytes = 0
         conn.sent_marks.clear()
-        if conn.rx_unready:
+        if conn.rx_order:
             self._closed_rx[conn_id] = conn
         queue = conn.queue
         if queue is not None and conn.ident is not None:
@@ -575,11 +583,21 @@ class Engine:
 
     def handed(self, conn_id: str, count: int) -> None:
         """``count`` messages received on ``conn_id`` (in the order of their
-        ``MessageReceived`` events) reached the application."""
+        ``MessageReceived`` events) reached the application.
+
+        Call it for every ``MessageReceived``, also after ``connection_lost()``
+        of its connection: a resent copy of a message not yet handed is
+        acknowledged only once the original is.
+        """
         conn = self._conns.get(conn_id) or self._closed_rx.get(conn_id)
-        if conn is None or conn.legacy:
+        if conn is None or conn.legacy or count <= 0:
             return
-        unready = conn.rx_unready
+        order = conn.rx_order
+        if count > len(order):
+            raise LocalProtocolError(
+                f"handed({conn_id!r}, {count}) covers more messages than were received "
+                f"and not yet handed ({len(order)})"
+            )
         ident = conn.ident
         assert ident is not None
         seen = self._seen.setdefault(ident, {})
@@ -587,25 +605,40 @@ class Engine:
         record = self.persistent
         batch_seen = self._batch.seen
         for _ in range(count):
-            if not unready:
-                raise LocalProtocolError(
-                    f"handed({conn_id!r}, {count}) covers more messages than were received"
-                )
-            uuid, _dup = unready.popleft()
+            entry = order.popleft()
+            entry[1] = _RX_READY
+            uuid = entry[0]
+            assert isinstance(uuid, bytes)
             seen[uuid] = None
             if pending is not None:
                 pending.discard(uuid)
             if record:
                 batch_seen.append((ident, uuid))
-            conn.ack_count += 1
-            conn.ack_last = uuid
-            while unready and unready[0][1]:
-                conn.ack_last = unready.popleft()[0]
-                conn.ack_count += 1
         while len(seen) > self.dedup_window:
             del seen[next(iter(seen))]
-        if not unready:
+        self._drain_acks(conn)
+        if not order:
             self._closed_rx.pop(conn_id, None)
+        live = self._by_ident.get(ident)
+        if live is not None and live is not conn and live.rx_unready:
+            # resent copies of what was just handed may be waiting there
+            self._drain_acks(live)
+
+    def _drain_acks(self, conn: _Conn) -> None:
+        """Acknowledge the longest prefix of ``rx_unready`` that may be: messages
+        handed (_RX_READY) and copies of messages whose original, received on an
+        earlier connection, has been handed since (_RX_WAIT)."""
+        unready = conn.rx_unready
+        assert conn.ident is not None
+        pending = self._pending.get(conn.ident) or ()
+        while unready:
+            uuid, state = unready[0]
+            if state is _RX_UNHANDED or (state is _RX_WAIT and uuid in pending):
+                break
+            unready.popleft()
+            conn.ack_count += 1
+            assert isinstance(uuid, bytes)
+            conn.ack_last = uuid
         if conn.state is ConnState.ACTIVE and conn.ack_count:
             self._emit_ack(conn)
 
@@ -812,15 +845,17 @@ class Engine:
         ident = conn.ident
         delete = self._batch.delete
         marks = conn.sent_marks
-        written = conn.written
+        nmarks = len(marks)
+        j = 0  # marks not yet reached by data_sent(): the acked ones come first
         items = queue.items
         for _ in range(count):
             item = items.popleft()
             uuid = item.message.uuid
-            if marks and marks[0][1] is item and marks[0][0] > written:
+            if j < nmarks and marks[j][1] is item:
                 # acknowledged before data_sent() caught up (async I/O race)
                 events.append(MessageSent(conn.conn_id, ident, uuid))
                 item.reported = True
+                j += 1
             if item.stored:
                 delete.append(uuid)
             events.append(MessageDelivered(ident, uuid))
@@ -840,16 +875,23 @@ class Engine:
             pending = self._pending.get(ident)
             if pending is None:
                 pending = self._pending[ident] = set()
+            if uuid in pending:
+                # a copy of a message received but not yet handed (on an earlier
+                # connection): acknowledged once the original is handed
+                conn.rx_unready.append([uuid, _RX_WAIT])
+                return
             seen = self._seen.get(ident)
-            if uuid in pending or (seen is not None and uuid in seen):
+            if seen is not None and uuid in seen:
                 if conn.rx_unready:
-                    conn.rx_unready.append((uuid, True))
+                    conn.rx_unready.append([uuid, _RX_READY])
                 else:
                     conn.ack_count += 1
                     conn.ack_last = uuid
                 return
             pending.add(uuid)
-            conn.rx_unready.append((uuid, False))
+            entry: list[object] = [uuid, _RX_UNHANDED]
+            conn.rx_unready.append(entry)
+            conn.rx_order.append(entry)
         message = Message._trusted(
             packet[MESSAGE_HEAD_SIZE:].tobytes(),
             None if ttl == INFINITE_TTL else float(ttl),

@@ -1,0 +1,964 @@
+"""The engine: bytes in, events out, over a fake network and a fake clock."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from helpers import Clock, Link, frames_of, of_type, packets
+from snakemq_proto import (
+    CAP_ACK,
+    DEFAULT_WINDOW,
+    FLAG_PERSISTENT,
+    Ack,
+    Capabilities,
+    CloseConnection,
+    DuplicateIdentError,
+    Engine,
+    ErrorOccurred,
+    HandshakeTimeoutError,
+    Identification,
+    IdentityMismatchError,
+    IncompatibleProtocol,
+    IncompatibleProtocolError,
+    KeepaliveTimeoutError,
+    LocalProtocolError,
+    MalformedFrameError,
+    MemoryQueuesStorage,
+    Message,
+    MessageDelivered,
+    MessageDropped,
+    MessageFrame,
+    MessageReceived,
+    MessageSent,
+    PacketTooLargeError,
+    PeerConnected,
+    PeerDisconnected,
+    Ping,
+    Pong,
+    ProtocolVersion,
+    UnexpectedFrameError,
+)
+
+UUID = bytes(range(16))
+# what a snakeMQ 1.6 peer "bob" writes on connect: PROTOCOL_VERSION, IDENTIFICATION
+LEGACY_HELLO = bytes.fromhex("0000000500000000010000000402626f62")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def pair(clock: Clock, a: Engine | None = None, b: Engine | None = None, **kw: bool) -> Link:
+    link = Link(a or Engine("alice"), b or Engine("bob"), clock, **kw)
+    link.connect()
+    link.pump()
+    return link
+
+
+def errors(events: object) -> list[ErrorOccurred]:
+    assert isinstance(events, list)
+    return of_type(events, ErrorOccurred)
+
+
+# -------------------------------------------------------------------- handshake
+
+
+def test_handshake_between_capable_engines(clock: Clock) -> None:
+    a, b = Engine("alice", window=7), Engine("bob")
+    link = Link(a, b, clock).connect()
+    hello = frames_of(a.data_to_send(link.a.conn_id))
+    assert hello == [ProtocolVersion(1), Capabilities(CAP_ACK, 7), Identification("alice")]
+    a.data_sent(link.a.conn_id, 0)
+    # deliver alice's hello to bob by hand
+    stream = packets(ProtocolVersion(1), Capabilities(CAP_ACK, 7), Identification("alice"))
+    link.b.record(b.receive_data(link.b.conn_id, stream, clock.now))
+    assert link.b.events == [PeerConnected(link.b.conn_id, "alice", legacy=False)]
+    link.pump()
+    assert link.a.events == [PeerConnected(link.a.conn_id, "bob", legacy=False)]
+    assert a.connected_idents() == {"bob": link.a.conn_id}
+    assert b.conn_ident(link.b.conn_id) == "alice"
+
+
+def test_messages_both_directions(clock: Clock) -> None:
+    link = pair(clock)
+    a, b = link.a.engine, link.b.engine
+    m1, m2 = Message(b"to bob", ttl=5), Message(b"to alice", ttl=None, flags=3)
+    assert a.send_message("bob", m1, clock.now) == []
+    assert b.send_message("alice", m2, clock.now) == []
+    link.pump()
+    assert link.b.received == [Message(b"to bob", ttl=5.0, uuid=m1.uuid)]
+    assert link.a.received == [m2]
+    assert of_type(link.a.events, MessageSent) == [MessageSent(link.a.conn_id, "bob", m1.uuid)]
+    assert of_type(link.a.events, MessageDelivered) == [MessageDelivered("bob", m1.uuid)]
+    assert of_type(link.b.events, MessageDelivered) == [MessageDelivered("alice", m2.uuid)]
+    assert a.queued("bob") == [] and b.queued("alice") == []
+
+
+def test_messages_queued_before_connect_are_delivered_in_order(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob")
+    sent = [Message(str(i).encode(), ttl=None) for i in range(50)]
+    for m in sent:
+        a.send_message("bob", m, clock.now)
+    link = pair(clock, a, b)
+    assert [m.uuid for m in link.b.received] == [m.uuid for m in sent]
+    assert [e.uuid for e in of_type(link.a.events, MessageDelivered)] == [m.uuid for m in sent]
+
+
+def test_capable_engine_and_legacy_engine_agree_on_legacy(clock: Clock) -> None:
+    link = pair(clock, Engine("alice"), Engine("bob", legacy=True))
+    assert of_type(link.a.events, PeerConnected)[0].legacy
+    assert of_type(link.b.events, PeerConnected)[0].legacy
+    m = Message(b"x", ttl=None)
+    link.a.engine.send_message("bob", m, clock.now)
+    link.b.engine.send_message("alice", Message(b"y", ttl=None), clock.now)
+    link.pump()
+    assert [x.data for x in link.b.received] == [b"x"]
+    assert [x.data for x in link.a.received] == [b"y"]
+    # no acknowledgements in either direction; sent means written
+    assert of_type(link.a.events, MessageDelivered) == []
+    assert of_type(link.a.events, MessageSent) == [MessageSent(link.a.conn_id, "bob", m.uuid)]
+    assert link.a.engine.queued("bob") == []
+
+
+def test_legacy_engine_sends_no_capabilities(clock: Clock) -> None:
+    e = Engine("bob", legacy=True)
+    e.connection_made("c", clock.now)
+    assert e.data_to_send("c") == LEGACY_HELLO
+
+
+# ------------------------------------------------------- a scripted 1.6 peer
+
+
+def legacy_conn(clock: Clock, engine: Engine | None = None) -> Engine:
+    e = engine or Engine("alice")
+    e.connection_made("c", clock.now)
+    hello = e.data_to_send("c")
+    assert frames_of(hello) == [
+        ProtocolVersion(1),
+        Capabilities(CAP_ACK, DEFAULT_WINDOW),
+        Identification("alice"),
+    ]
+    e.data_sent("c", len(hello))
+    assert e.receive_data("c", LEGACY_HELLO, clock.now) == [PeerConnected("c", "bob", True)]
+    return e
+
+
+def test_legacy_peer_message_leaves_queue_only_when_completely_written(clock: Clock) -> None:
+    e = legacy_conn(clock)
+    m = Message(b"hello", ttl=60, flags=FLAG_PERSISTENT, uuid=UUID)
+    e.send_message("bob", m, clock.now)
+    data = e.data_to_send("c")
+    # byte for byte what 1.6 writes for this message
+    assert data == bytes.fromhex(
+        "0000001e03000102030405060708090a0b0c0d0e0f0000003c0000000168656c6c6f"
+    )
+    assert e.data_sent("c", len(data) - 1) == []
+    assert e.queued("bob") == [m]
+    assert e.data_sent("c", 1) == [MessageSent("c", "bob", UUID)]
+    assert e.queued("bob") == []
+    assert e.data_to_send("c") == b""
+
+
+def test_legacy_peer_unwritten_message_is_resent_after_reconnect(clock: Clock) -> None:
+    e = legacy_conn(clock)
+    m = Message(b"hello", ttl=None, uuid=UUID)
+    e.send_message("bob", m, clock.now)
+    data = e.data_to_send("c")
+    e.data_sent("c", 10)  # the connection resets mid-packet
+    assert e.connection_lost("c", clock.now) == [PeerDisconnected("c", "bob")]
+    assert e.queued("bob") == [m]
+    e.connection_made("c2", clock.now)
+    e.data_to_send("c2")
+    e.receive_data("c2", LEGACY_HELLO, clock.now)
+    assert e.data_to_send("c2") == data
+
+
+def test_legacy_peer_gets_no_acks_and_may_not_send_them(clock: Clock) -> None:
+    e = legacy_conn(clock)
+    frame = MessageFrame(UUID, 30, 0, b"from 1.6").encode()
+    events = e.receive_data("c", packets(frame), clock.now)
+    assert events == [MessageReceived("c", "bob", Message(b"from 1.6", ttl=30, uuid=UUID))]
+    e.handed("c", 1)
+    assert e.data_to_send("c") == b""
+    # a 1.6 peer has no de-duplication window: the same uuid is delivered again
+    assert len(of_type(e.receive_data("c", packets(frame), clock.now), MessageReceived)) == 1
+    events = e.receive_data("c", packets(Ack(1, UUID)), clock.now)
+    assert [type(x.error) for x in errors(events)] == [UnexpectedFrameError]
+    assert events[-1] == CloseConnection("c")
+
+
+def test_legacy_peer_ping_is_answered(clock: Clock) -> None:
+    e = legacy_conn(clock)
+    assert e.receive_data("c", packets(Ping()), clock.now) == []
+    assert frames_of(e.data_to_send("c")) == [Pong()]
+
+
+def test_legacy_peer_ignores_nothing_we_cannot_send_it(clock: Clock) -> None:
+    # towards a legacy peer only 1.6 frame types ever go out (after the hello)
+    e = Engine("alice", keepalive_interval=1.0)
+    e = legacy_conn(clock, e)
+    e.send_message("bob", Message(b"x", ttl=None), clock.now)
+    e.receive_data("c", packets(MessageFrame(UUID, None, 0, b"y").encode()), clock.now)
+    e.handed("c", 1)
+    e.handle_timeout(clock.advance(1.0))
+    types = {type(f) for f in frames_of(e.data_to_send("c"))}
+    assert types == {MessageFrame, Ping}
+
+
+def test_unknown_frame_types_are_ignored(clock: Clock) -> None:
+    e = legacy_conn(clock)
+    assert e.receive_data("c", packets(b"\x07future", b"\x42", b"\xff\x00"), clock.now) == []
+    m = MessageFrame(UUID, 1, 0, b"still fine").encode()
+    assert len(of_type(e.receive_data("c", packets(m), clock.now), MessageReceived)) == 1
+
+
+# -------------------------------------------- acknowledgement, resend, de-dup
+
+
+def test_receiver_acks_only_after_handed(clock: Clock) -> None:
+    link = pair(clock, auto_hand=False)
+    a = link.a.engine
+    m = Message(b"x", ttl=None)
+    a.send_message("bob", m, clock.now)
+    link.pump()
+    assert len(link.b.received) == 1
+    assert of_type(link.a.events, MessageDelivered) == []
+    assert a.queued("bob") == [m]  # written, not yet handed: still queued
+    link.b.hand()
+    link.pump()
+    assert of_type(link.a.events, MessageDelivered) == [MessageDelivered("bob", m.uuid)]
+    assert a.queued("bob") == []
+
+
+def test_acks_are_cumulative_and_batched(clock: Clock) -> None:
+    link = pair(clock, auto_hand=False)
+    a, b = link.a.engine, link.b.engine
+    sent = [Message(bytes([i]), ttl=None) for i in range(5)]
+    for m in sent:
+        a.send_message("bob", m, clock.now)
+    link.transfer(link.a)
+    link.b.hand()
+    assert frames_of(b.data_to_send(link.b.conn_id)) == [Ack(5, sent[-1].uuid)]
+
+
+def test_in_flight_messages_are_resent_after_reconnect_and_duplicates_dropped(
+    clock: Clock,
+) -> None:
+    a, b = Engine("alice"), Engine("bob")
+    link = pair(clock, a, b)
+    sent = [Message(bytes([i]), ttl=None) for i in range(3)]
+    for m in sent:
+        a.send_message("bob", m, clock.now)
+    link.transfer(link.a)  # bob receives and hands all three ...
+    assert len(link.b.received) == 3
+    link.disconnect()  # ... but his ack never reaches alice
+    assert of_type(link.a.events, MessageDelivered) == []
+    assert [m.uuid for m in a.queued("bob")] == [m.uuid for m in sent]
+
+    link2 = pair(clock, a, b)
+    assert link2.b.received == []  # duplicates never produce MessageReceived
+    assert [e.uuid for e in of_type(link2.a.events, MessageDelivered)] == [m.uuid for m in sent]
+    assert a.queued("bob") == []
+
+
+def test_resend_mixes_duplicates_and_new_messages_in_order(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob")
+    link = pair(clock, a, b)
+    first = [Message(b"1", ttl=None), Message(b"2", ttl=None)]
+    for m in first:
+        a.send_message("bob", m, clock.now)
+    link.transfer(link.a)
+    link.disconnect()
+    later = [Message(b"3", ttl=None), Message(b"4", ttl=None)]
+    for m in later:
+        a.send_message("bob", m, clock.now)
+    link2 = pair(clock, a, b)
+    assert [m.data for m in link2.b.received] == [b"3", b"4"]
+    assert len(of_type(link2.a.events, MessageDelivered)) == 4
+
+
+def test_message_lost_in_transit_is_resent(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob")
+    link = pair(clock, a, b)
+    m = Message(b"x" * 100, ttl=None)
+    a.send_message("bob", m, clock.now)
+    link.transfer(link.a, limit=50)  # half of the packet, then the reset
+    link.disconnect()
+    # alice's I/O layer reported the 50 bytes as written; the message is not sent
+    assert of_type(link.a.events, MessageSent) == []
+    link2 = pair(clock, a, b)
+    assert link2.b.received == [m]
+
+
+def test_handed_after_disconnect_still_counts_for_dedup(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob")
+    link = pair(clock, a, b, auto_hand=False)
+    m = Message(b"x", ttl=None)
+    a.send_message("bob", m, clock.now)
+    link.transfer(link.a)
+    link.disconnect()
+    link.b.hand()  # the application took it after the socket went away
+    link2 = pair(clock, a, b)
+    assert link2.b.received == []
+    assert of_type(link2.a.events, MessageDelivered) == [MessageDelivered("bob", m.uuid)]
+
+
+def test_duplicate_of_unhanded_message_is_not_acked_before_it_is_handed(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob")
+    link = pair(clock, a, b, auto_hand=False)
+    m = Message(b"x", ttl=None)
+    a.send_message("bob", m, clock.now)
+    link.transfer(link.a)
+    link.disconnect()  # bob's application has not taken the message yet
+    link2 = pair(clock, a, b, auto_hand=False)
+    assert link2.b.received == []  # the resend is a duplicate
+    assert of_type(link2.a.events, MessageDelivered) == []  # not handed: no ack yet
+    link.b.hand()  # now the application takes the original
+    link2.pump()
+    assert of_type(link2.a.events, MessageDelivered) == [MessageDelivered("bob", m.uuid)]
+    assert a.queued("bob") == []
+
+
+def test_handed_more_than_received_is_a_local_error(clock: Clock) -> None:
+    link = pair(clock, auto_hand=False)
+    link.a.engine.send_message("bob", Message(b"x", ttl=None), clock.now)
+    link.pump()
+    with pytest.raises(LocalProtocolError, match="handed"):
+        link.b.engine.handed(link.b.conn_id, 2)
+
+
+def test_ack_of_messages_not_in_flight_is_refused(clock: Clock) -> None:
+    link = pair(clock)
+    b = link.b.engine
+    events = link.a.engine.receive_data(link.a.conn_id, packets(Ack(1, UUID)), clock.now)
+    assert [type(e.error) for e in errors(events)] == [MalformedFrameError]
+    assert b.connected_idents() == {"alice": link.b.conn_id}
+
+
+def test_ack_naming_the_wrong_uuid_is_refused(clock: Clock) -> None:
+    link = pair(clock)
+    a = link.a.engine
+    a.send_message("bob", Message(b"x", ttl=None), clock.now)
+    a.data_to_send(link.a.conn_id)
+    events = a.receive_data(link.a.conn_id, packets(Ack(1, UUID)), clock.now)
+    assert [type(e.error) for e in errors(events)] == [MalformedFrameError]
+
+
+def test_ack_before_data_sent_reports_sent_then_delivered(clock: Clock) -> None:
+    # async I/O: the peer's ack can be processed before our write completes
+    link = pair(clock)
+    a, b = link.a.engine, link.b.engine
+    sent = [Message(bytes([i]), ttl=None) for i in range(3)]
+    for m in sent:
+        a.send_message("bob", m, clock.now)
+    data = a.data_to_send(link.a.conn_id)
+    b.receive_data(link.b.conn_id, data, clock.now)
+    b.handed(link.b.conn_id, 3)
+    events = a.receive_data(link.a.conn_id, b.data_to_send(link.b.conn_id), clock.now)
+    events += a.data_sent(link.a.conn_id, len(data))
+    kinds = [(type(e).__name__, getattr(e, "uuid", None)) for e in events]
+    expected = []
+    for m in sent:
+        expected += [("MessageSent", m.uuid), ("MessageDelivered", m.uuid)]
+    assert kinds == expected
+
+
+# ---------------------------------------------------------------- flow control
+
+
+def test_never_more_than_the_remote_window_unacknowledged(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob", window=3)
+    link = pair(clock, a, b, auto_hand=False)
+    for i in range(10):
+        a.send_message("bob", Message(bytes([i]), ttl=None), clock.now)
+    link.pump()
+    assert len(link.b.received) == 3
+    assert not a.wants_write(link.a.conn_id)
+    link.b.engine.handed(link.b.conn_id, 1)
+    link.b.unhanded -= 1
+    link.pump()
+    assert len(link.b.received) == 4
+    while len(link.b.received) < 10:
+        delivered = len(of_type(link.a.events, MessageDelivered))
+        assert len(link.b.received) - delivered <= 3
+        link.b.hand()
+        link.pump()
+    link.b.hand()
+    link.pump()
+    assert len(of_type(link.a.events, MessageDelivered)) == 10
+
+
+def test_output_is_limited_by_the_high_water_mark(clock: Clock) -> None:
+    link = pair(clock)
+    a = link.a.engine
+    for _ in range(10):
+        a.send_message("bob", Message(b"x" * 1000, ttl=None), clock.now)
+    first = a.data_to_send(link.a.conn_id, limit=2500)
+    assert 2500 <= len(first) < 3600
+    assert a.wants_write(link.a.conn_id)
+
+
+# ------------------------------------------------------------------------ TTL
+
+
+def test_ttl_0_to_a_disconnected_peer_is_dropped_at_once(clock: Clock) -> None:
+    a = Engine("alice", persistent=True)
+    m = Message(b"x", ttl=0, flags=FLAG_PERSISTENT)
+    assert a.send_message("bob", m, clock.now) == [MessageDropped("bob", m.uuid)]
+    assert a.queued("bob") == []
+    assert a.take_storage_batch() is None
+
+
+def test_ttl_0_to_a_connected_peer_is_delivered(clock: Clock) -> None:
+    a = Engine("alice", persistent=True)
+    link = pair(clock, a)
+    m = Message(b"x", ttl=0, flags=FLAG_PERSISTENT)
+    assert a.send_message("bob", m, clock.now) == []
+    assert a.take_storage_batch() is None  # ttl=0 is never stored
+    link.pump()
+    assert link.b.received == [m]
+
+
+def test_ttl_0_in_queue_is_dropped_when_the_peer_disconnects(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob", window=1)
+    link = pair(clock, a, b, auto_hand=False)
+    a.send_message("bob", Message(b"1", ttl=None), clock.now)
+    m = Message(b"2", ttl=0)
+    a.send_message("bob", m, clock.now)
+    link.pump()  # window 1: the ttl=0 message waits behind the first
+    link.disconnect()
+    assert MessageDropped("bob", m.uuid) in link.a.events
+
+
+def test_fractional_ttl_expires_exactly_at_its_deadline(clock: Clock) -> None:
+    a = Engine("alice")
+    t0 = clock.now
+    m = Message(b"x", ttl=0.25)
+    assert a.send_message("bob", m, t0) == []
+    assert a.next_deadline() == t0 + 0.25
+    assert a.handle_timeout(t0 + 0.2499) == []
+    assert a.queued("bob") == [m]
+    assert a.handle_timeout(t0 + 0.25) == [MessageDropped("bob", m.uuid)]
+    assert a.queued("bob") == []
+    assert a.next_deadline() is None
+
+
+def test_connect_just_before_the_deadline_delivers_with_wire_ttl_0(clock: Clock) -> None:
+    a = Engine("alice")
+    m = Message(b"x", ttl=0.25)
+    a.send_message("bob", m, clock.now)
+    clock.advance(0.2499)
+    link = pair(clock, a)
+    assert [(x.uuid, x.ttl) for x in link.b.received] == [(m.uuid, 0.0)]
+
+
+def test_connect_at_the_deadline_without_a_timer_run_drops(clock: Clock) -> None:
+    a = Engine("alice")
+    m = Message(b"x", ttl=2)
+    a.send_message("bob", m, clock.now)
+    clock.advance(2)
+    link = pair(clock, a)
+    assert link.b.received == []
+    assert of_type(link.a.events, MessageDropped) == [MessageDropped("bob", m.uuid)]
+
+
+def test_infinite_ttl_never_expires(clock: Clock) -> None:
+    a = Engine("alice")
+    m = Message(b"x", ttl=None)
+    a.send_message("bob", m, clock.now)
+    assert a.next_deadline() is None
+    assert a.handle_timeout(clock.now + 10**9) == []
+    link = pair(clock, a)
+    assert [(x.uuid, x.ttl) for x in link.b.received] == [(m.uuid, None)]
+
+
+def test_receiver_sees_the_remaining_ttl_in_whole_seconds(clock: Clock) -> None:
+    a = Engine("alice")
+    a.send_message("bob", Message(b"x", ttl=10), clock.now)
+    clock.advance(3.5)
+    link = pair(clock, a)
+    assert [x.ttl for x in link.b.received] == [6.0]
+
+
+def test_ttl_counts_from_the_disconnect_when_queued_while_connected(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob", window=1)
+    link = pair(clock, a, b, auto_hand=False)
+    a.send_message("bob", Message(b"blocker", ttl=None), clock.now)
+    m = Message(b"x", ttl=5)
+    a.send_message("bob", m, clock.now)
+    link.pump()
+    clock.advance(100)  # connected: no aging
+    assert a.handle_timeout(clock.now) == []
+    link.disconnect()
+    t_disc = clock.now
+    assert a.next_deadline() == t_disc + 5
+    assert a.handle_timeout(t_disc + 4.999) == []
+    assert a.handle_timeout(t_disc + 5) == [MessageDropped("bob", m.uuid)]
+
+
+def test_ttl_counts_from_queueing_when_queued_after_the_disconnect(clock: Clock) -> None:
+    a = Engine("alice")
+    link = pair(clock, a)
+    link.disconnect()
+    clock.advance(100)
+    m = Message(b"x", ttl=5)
+    a.send_message("bob", m, clock.now)
+    assert a.handle_timeout(clock.now + 4.999) == []
+    assert a.handle_timeout(clock.now + 5) == [MessageDropped("bob", m.uuid)]
+
+
+def test_time_connected_does_not_age(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob", window=1)
+    t0 = clock.now
+    a.send_message("bob", Message(b"blocker", ttl=None), t0)
+    m = Message(b"x", ttl=10)
+    a.send_message("bob", m, t0)
+    clock.advance(4)  # 4 s disconnected: 6 s remain
+    link = pair(clock, a, b, auto_hand=False)
+    clock.advance(1000)  # connected, m stuck behind the window
+    assert a.handle_timeout(clock.now) == []
+    assert a.queued("bob")[1].ttl == 6
+    link.disconnect()
+    t_disc = clock.now
+    assert a.handle_timeout(t_disc + 5.999) == []
+    assert a.handle_timeout(t_disc + 6) == [MessageDropped("bob", m.uuid)]
+
+
+def test_expired_message_reported_once_and_removed_from_storage(clock: Clock) -> None:
+    a = Engine("alice", persistent=True)
+    m = Message(b"x", ttl=1, flags=FLAG_PERSISTENT)
+    a.send_message("bob", m, clock.now)
+    batch = a.take_storage_batch()
+    assert batch is not None and batch.push == [("bob", m)]
+    assert a.handle_timeout(clock.now + 1) == [MessageDropped("bob", m.uuid)]
+    assert a.handle_timeout(clock.now + 2) == []
+    batch = a.take_storage_batch()
+    assert batch is not None and batch.delete == [m.uuid]
+
+
+# ------------------------------------------------------------------ keepalive
+
+
+def test_keepalive_ping_pong(clock: Clock) -> None:
+    a = Engine("alice", keepalive_interval=10, keepalive_wait=2)
+    link = pair(clock, a)
+    t0 = clock.now
+    assert a.next_deadline() == t0 + 10
+    assert a.handle_timeout(t0 + 9.999) == []
+    assert a.data_to_send(link.a.conn_id) == b""
+    clock.advance(10)
+    assert a.handle_timeout(clock.now) == []
+    assert frames_of(a.data_to_send(link.a.conn_id)) == [Ping()]
+    a.data_sent(link.a.conn_id, 5)
+    assert a.next_deadline() == clock.now + 2
+    link.b.record(link.b.engine.receive_data(link.b.conn_id, packets(Ping()), clock.now))
+    pong = link.b.engine.data_to_send(link.b.conn_id)
+    assert frames_of(pong) == [Pong()]
+    clock.advance(1)
+    assert a.receive_data(link.a.conn_id, pong, clock.now) == []
+    assert a.next_deadline() == clock.now + 10
+    assert a.handle_timeout(clock.now + 2) == []
+
+
+def test_any_received_bytes_count_as_life(clock: Clock) -> None:
+    a = Engine("alice", keepalive_interval=10, keepalive_wait=2)
+    link = pair(clock, a)
+    for _ in range(5):
+        clock.advance(9)
+        link.b.engine.send_message("alice", Message(b"x", ttl=None), clock.now)
+        link.pump()
+        assert a.handle_timeout(clock.now) == []
+    assert a.data_to_send(link.a.conn_id) == b""
+
+
+def test_keepalive_closes_a_silent_peer(clock: Clock) -> None:
+    a = Engine("alice", keepalive_interval=10, keepalive_wait=2)
+    link = pair(clock, a)
+    t0 = clock.now
+    a.handle_timeout(t0 + 10)
+    assert a.handle_timeout(t0 + 11.999) == []
+    events = a.handle_timeout(t0 + 12)
+    assert [type(e.error) for e in errors(events)] == [KeepaliveTimeoutError]
+    assert events[-1] == CloseConnection(link.a.conn_id)
+    assert a.handle_timeout(t0 + 100) == []  # reported once
+
+
+def test_keepalive_closes_many_silent_peers_in_one_call(clock: Clock) -> None:
+    a = Engine("alice", keepalive_interval=10, keepalive_wait=2)
+    links = [pair(clock, a, Engine(f"peer{i}")) for i in range(5)]
+    t0 = clock.now
+    a.handle_timeout(t0 + 10)
+    events = a.handle_timeout(t0 + 12)
+    assert sorted(e.conn_id for e in of_type(events, CloseConnection)) == sorted(
+        link.a.conn_id for link in links
+    )
+    for link in links:
+        a.connection_lost(link.a.conn_id, t0 + 12)
+    assert a.connected_idents() == {}
+
+
+def test_keepalive_disabled_by_default(clock: Clock) -> None:
+    a = Engine("alice")
+    pair(clock, a)
+    assert a.next_deadline() is None
+    assert a.handle_timeout(clock.now + 10**6) == []
+
+
+# ------------------------------------------------------------ handshake timeout
+
+
+def test_handshake_timeout(clock: Clock) -> None:
+    a = Engine("alice", handshake_timeout=5)
+    a.connection_made("c", clock.now)
+    assert a.next_deadline() == clock.now + 5
+    assert a.handle_timeout(clock.now + 4.999) == []
+    events = a.handle_timeout(clock.now + 5)
+    assert [type(e.error) for e in errors(events)] == [HandshakeTimeoutError]
+    assert events[-1] == CloseConnection("c")
+
+
+def test_handshake_timeout_after_version_without_identification(clock: Clock) -> None:
+    a = Engine("alice", handshake_timeout=5)
+    a.connection_made("c", clock.now)
+    a.receive_data("c", packets(ProtocolVersion()), clock.now)
+    events = a.handle_timeout(clock.now + 5)
+    assert [type(e.error) for e in errors(events)] == [HandshakeTimeoutError]
+
+
+def test_identified_connection_has_no_handshake_deadline(clock: Clock) -> None:
+    a = Engine("alice", handshake_timeout=5)
+    pair(clock, a)
+    assert a.handle_timeout(clock.now + 5) == []
+
+
+# ---------------------------------------------------------------- identities
+
+
+def test_duplicate_identifier_is_rejected(clock: Clock) -> None:
+    a = Engine("alice")
+    first = pair(clock, a, Engine("bob"))
+    impostor = Link(a, Engine("bob"), clock).connect()
+    impostor.pump()
+    errs = errors(impostor.a.events)
+    assert [type(e.error) for e in errs] == [DuplicateIdentError]
+    assert "bob" in str(errs[0].error)
+    assert impostor.a.lost and impostor.a.close_requested
+    assert of_type(impostor.a.events, PeerConnected) == []
+    # the first connection carries on
+    assert a.connected_idents() == {"bob": first.a.conn_id}
+    a.send_message("bob", Message(b"still here", ttl=None), clock.now)
+    first.pump()
+    assert [m.data for m in first.b.received] == [b"still here"]
+
+
+def test_own_identifier_is_rejected(clock: Clock) -> None:
+    link = Link(Engine("alice"), Engine("alice"), clock).connect()
+    link.pump()
+    assert [type(e.error) for e in errors(link.a.events)] == [DuplicateIdentError]
+
+
+def test_identifier_is_free_again_after_disconnect(clock: Clock) -> None:
+    a = Engine("alice")
+    pair(clock, a).disconnect()
+    link = pair(clock, a)
+    assert of_type(link.a.events, PeerConnected)
+
+
+def test_identity_binding_rejects_a_spoofed_identifier(clock: Clock) -> None:
+    a = Engine("alice")
+    a.connection_made("c", clock.now, cert_idents=["bob"])
+    mallory = packets(ProtocolVersion(), Capabilities(CAP_ACK, 10), Identification("mallory"))
+    events = a.receive_data("c", mallory, clock.now)
+    errs = errors(events)
+    assert [type(e.error) for e in errs] == [IdentityMismatchError]
+    assert "mallory" in str(errs[0].error) and "bob" in str(errs[0].error)
+    assert a.connected_idents() == {}
+
+
+def test_identity_binding_accepts_a_matching_identifier(clock: Clock) -> None:
+    a = Engine("alice")
+    a.connection_made("c", clock.now, cert_idents={"bob", "bob.example.org"})
+    events = a.receive_data("c", LEGACY_HELLO, clock.now)
+    assert events == [PeerConnected("c", "bob", True)]
+
+
+def test_identity_binding_with_no_names_rejects_everyone(clock: Clock) -> None:
+    a = Engine("alice")
+    a.connection_made("c", clock.now, cert_idents=[])
+    assert [type(e.error) for e in errors(a.receive_data("c", LEGACY_HELLO, clock.now))] == [
+        IdentityMismatchError
+    ]
+
+
+# -------------------------------------------------------------------- storage
+
+
+def test_persistent_engine_stores_only_persistent_messages(clock: Clock) -> None:
+    a = Engine("alice", persistent=True)
+    p = Message(b"p", ttl=None, flags=FLAG_PERSISTENT)
+    t = Message(b"t", ttl=None)
+    a.send_message("bob", p, clock.now)
+    a.send_message("bob", t, clock.now)
+    batch = a.take_storage_batch()
+    assert batch is not None
+    assert batch.push == [("bob", p)]
+    assert a.take_storage_batch() is None
+
+
+def test_non_persistent_engine_never_makes_batches(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob")
+    a.send_message("bob", Message(b"p", ttl=None, flags=FLAG_PERSISTENT), clock.now)
+    pair(clock, a, b)
+    assert a.take_storage_batch() is None
+    assert b.take_storage_batch() is None
+
+
+def test_ack_deletes_and_handed_records_seen(clock: Clock) -> None:
+    a, b = Engine("alice", persistent=True), Engine("bob", persistent=True)
+    p = Message(b"p", ttl=None, flags=FLAG_PERSISTENT)
+    a.send_message("bob", p, clock.now)
+    assert a.take_storage_batch() is not None
+    pair(clock, a, b)
+    batch = a.take_storage_batch()
+    assert batch is not None and batch.delete == [p.uuid] and batch.push == []
+    seen = b.take_storage_batch()
+    assert seen is not None and seen.seen == [("alice", p.uuid)]
+    assert seen.seen_keep >= DEFAULT_WINDOW
+
+
+def test_legacy_write_deletes_from_storage(clock: Clock) -> None:
+    e = legacy_conn(clock, Engine("alice", persistent=True))
+    m = Message(b"x", ttl=None, flags=FLAG_PERSISTENT)
+    e.send_message("bob", m, clock.now)
+    data = e.data_to_send("c")
+    batch = e.take_storage_batch()
+    assert batch is not None and batch.push == [("bob", m)] and batch.delete == []
+    e.data_sent("c", len(data))
+    batch = e.take_storage_batch()
+    assert batch is not None and batch.delete == [m.uuid]
+
+
+def test_reconnect_updates_the_stored_remaining_ttl(clock: Clock) -> None:
+    a = Engine("alice", persistent=True)
+    m = Message(b"x", ttl=10, flags=FLAG_PERSISTENT)
+    a.send_message("bob", m, clock.now)
+    a.take_storage_batch()
+    clock.advance(4)
+    pair(clock, a, Engine("bob", window=1), auto_hand=False)
+    batch = a.take_storage_batch()
+    assert batch is not None and batch.update_ttl == [(m.uuid, 6.0)]
+
+
+def test_load_restores_queues_and_delivery_resumes(clock: Clock) -> None:
+    storage = MemoryQueuesStorage()
+    a = Engine("alice", persistent=True)
+    sent = [Message(bytes([i]), ttl=60, flags=FLAG_PERSISTENT) for i in range(5)]
+    for m in sent:
+        a.send_message("bob", m, clock.now)
+    batch = a.take_storage_batch()
+    assert batch is not None
+    storage.apply(batch)
+    del a  # the process dies
+
+    clock.advance(1000)  # time the process was not running does not age
+    a2 = Engine("alice", persistent=True)
+    state = storage.load()
+    assert a2.load(state.queues, state.seen, clock.now) == []
+    assert [m.uuid for m in a2.queued("bob")] == [m.uuid for m in sent]
+    assert a2.next_deadline() == clock.now + 60
+    link = pair(clock, a2)
+    assert [m.uuid for m in link.b.received] == [m.uuid for m in sent]
+    batch = a2.take_storage_batch()
+    assert batch is not None
+    storage.apply(batch)
+    assert storage.load().queues == {}
+
+
+def test_load_drops_ttl_0_leftovers(clock: Clock) -> None:
+    a = Engine("alice", persistent=True)
+    m = Message(b"x", ttl=0)
+    assert a.load({"bob": [m]}, {}, clock.now) == [MessageDropped("bob", m.uuid)]
+    batch = a.take_storage_batch()
+    assert batch is not None and batch.delete == [m.uuid]
+
+
+def test_loaded_seen_window_drops_duplicates_after_a_restart(clock: Clock) -> None:
+    storage = MemoryQueuesStorage()
+    a, b = Engine("alice"), Engine("bob", persistent=True)
+    link = pair(clock, a, b)
+    m = Message(b"x", ttl=None)
+    a.send_message("bob", m, clock.now)
+    link.transfer(link.a)
+    assert len(link.b.received) == 1
+    batch = b.take_storage_batch()
+    assert batch is not None
+    storage.apply(batch)
+    link.disconnect()  # bob's ack was lost; bob restarts
+
+    b2 = Engine("bob", persistent=True)
+    state = storage.load()
+    b2.load(state.queues, state.seen, clock.now)
+    link2 = pair(clock, a, b2)
+    assert link2.b.received == []
+    assert of_type(link2.a.events, MessageDelivered) == [MessageDelivered("bob", m.uuid)]
+
+
+def test_purge_removes_waiting_messages(clock: Clock) -> None:
+    a = Engine("alice", persistent=True)
+    ms = [Message(bytes([i]), ttl=None, flags=FLAG_PERSISTENT) for i in range(3)]
+    for m in ms:
+        a.send_message("bob", m, clock.now)
+    a.take_storage_batch()
+    assert a.purge("bob") == [m.uuid for m in ms]
+    assert a.queued("bob") == []
+    batch = a.take_storage_batch()
+    assert batch is not None and batch.delete == [m.uuid for m in ms]
+
+
+# --------------------------------------------------------- out of order input
+
+
+def fresh(clock: Clock) -> Engine:
+    e = Engine("alice")
+    e.connection_made("c", clock.now)
+    e.data_to_send("c")
+    return e
+
+
+MSG = MessageFrame(UUID, None, 0, b"x").encode()
+
+
+@pytest.mark.parametrize(
+    ("stream", "error"),
+    [
+        (packets(MSG), UnexpectedFrameError),
+        (packets(ProtocolVersion(), MSG), UnexpectedFrameError),
+        (packets(Identification("bob")), UnexpectedFrameError),
+        (packets(Capabilities(CAP_ACK, 1)), UnexpectedFrameError),
+        (packets(Ping()), UnexpectedFrameError),
+        (packets(ProtocolVersion(), ProtocolVersion()), UnexpectedFrameError),
+        (
+            packets(ProtocolVersion(), Capabilities(1, 1), Capabilities(1, 1)),
+            UnexpectedFrameError,
+        ),
+        (packets(ProtocolVersion(), Ack(1, UUID)), UnexpectedFrameError),
+        (LEGACY_HELLO + packets(Identification("bob")), UnexpectedFrameError),
+        (LEGACY_HELLO + packets(Capabilities(1, 1)), UnexpectedFrameError),
+        (LEGACY_HELLO + packets(ProtocolVersion()), UnexpectedFrameError),
+        (LEGACY_HELLO + packets(Ack(1, UUID)), UnexpectedFrameError),
+        (packets(ProtocolVersion(2)), IncompatibleProtocolError),
+        (packets(IncompatibleProtocol()), IncompatibleProtocolError),
+        (LEGACY_HELLO + packets(IncompatibleProtocol()), IncompatibleProtocolError),
+        (b"\x00\x00\x00\x00", MalformedFrameError),
+        (LEGACY_HELLO + b"\x00\x00\x00\x00", MalformedFrameError),
+        (LEGACY_HELLO + packets(b"\x03" + UUID), MalformedFrameError),
+        (LEGACY_HELLO + packets(b"\x04\x00"), MalformedFrameError),
+        (packets(ProtocolVersion(), b"\x02\xff"), MalformedFrameError),
+        (packets(ProtocolVersion(), b"\x02" + b"x" * 51), MalformedFrameError),
+        (b"GET / HTTP/1.1\r\n\r\n", PacketTooLargeError),
+        (LEGACY_HELLO + struct.pack("!I", 2**31), PacketTooLargeError),
+    ],
+)
+def test_bad_input_closes_the_connection_with_a_typed_error(
+    clock: Clock, stream: bytes, error: type[Exception]
+) -> None:
+    for chunking in (None, 1):
+        e = fresh(clock)
+        events = []
+        if chunking is None:
+            events += e.receive_data("c", stream, clock.now)
+        else:
+            for i in range(len(stream)):
+                events += e.receive_data("c", stream[i : i + 1], clock.now)
+        errs = errors(events)
+        assert [type(x.error) for x in errs] == [error], chunking
+        assert events[-1] == CloseConnection("c")
+        assert e.receive_data("c", LEGACY_HELLO, clock.now) == []
+        e.connection_lost("c", clock.now)
+
+
+def test_incompatible_version_is_answered_before_closing(clock: Clock) -> None:
+    e = fresh(clock)
+    e.receive_data("c", packets(ProtocolVersion(7)), clock.now)
+    assert frames_of(e.data_to_send("c")) == [IncompatibleProtocol()]
+
+
+def test_bytes_after_an_error_are_ignored(clock: Clock) -> None:
+    e = legacy_conn(clock)
+    good = packets(MessageFrame(UUID, None, 0, b"before").encode())
+    after = packets(MessageFrame(bytes(16), None, 0, b"after").encode())
+    events = e.receive_data("c", good + b"\x00\x00\x00\x00" + after, clock.now)
+    assert [type(x) for x in events] == [MessageReceived, ErrorOccurred, CloseConnection]
+    assert events[0].message.data == b"before"  # type: ignore[union-attr]
+    assert e.receive_data("c", after, clock.now) == []
+    assert e.data_to_send("c") == b""
+
+
+def test_message_before_an_oversized_header_in_the_same_read_is_delivered(clock: Clock) -> None:
+    e = legacy_conn(clock, Engine("alice", max_packet_size=1024))
+    good = packets(MessageFrame(UUID, None, 0, b"before").encode())
+    events = e.receive_data("c", good + struct.pack("!I", 4096) + b"x" * 100, clock.now)
+    assert [type(x) for x in events] == [MessageReceived, ErrorOccurred, CloseConnection]
+    assert isinstance(events[1], ErrorOccurred)
+    assert isinstance(events[1].error, PacketTooLargeError)
+
+
+def test_error_on_one_connection_leaves_the_others_alone(clock: Clock) -> None:
+    a = Engine("alice")
+    good = pair(clock, a, Engine("bob"))
+    bad = pair(clock, a, Engine("carol"))
+    events = a.receive_data(bad.a.conn_id, b"\x00\x00\x00\x00", clock.now)
+    assert of_type(events, CloseConnection) == [CloseConnection(bad.a.conn_id)]
+    a.connection_lost(bad.a.conn_id, clock.now)
+    a.send_message("bob", Message(b"ok", ttl=None), clock.now)
+    good.pump()
+    assert [m.data for m in good.b.received] == [b"ok"]
+
+
+def test_peer_disconnected_reported_for_identified_connections_only(clock: Clock) -> None:
+    a = Engine("alice")
+    a.connection_made("c", clock.now)
+    assert a.connection_lost("c", clock.now) == []
+    assert a.connection_lost("c", clock.now) == []  # twice is harmless
+    link = pair(clock, a)
+    link.disconnect()
+    assert of_type(link.a.events, PeerDisconnected) == [PeerDisconnected(link.a.conn_id, "bob")]
+
+
+# ------------------------------------------------------------- programming errors
+
+
+def test_send_message_validates_its_arguments(clock: Clock) -> None:
+    a = Engine("alice")
+    with pytest.raises(TypeError, match="message"):
+        a.send_message("bob", b"raw", clock.now)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ident"):
+        a.send_message("x" * 51, Message(b""), clock.now)
+    with pytest.raises(TypeError, match="ident"):
+        a.send_message(b"bob", Message(b""), clock.now)  # type: ignore[arg-type]
+
+
+def test_engine_validates_its_arguments() -> None:
+    with pytest.raises(ValueError, match="ident"):
+        Engine("")
+    with pytest.raises(ValueError, match="window"):
+        Engine("a", window=0)
+    with pytest.raises(ValueError, match="max_packet_size"):
+        Engine("a", max_packet_size=10)
+
+
+def test_connection_id_twice_is_a_local_error(clock: Clock) -> None:
+    a = Engine("alice")
+    a.connection_made("c", clock.now)
+    with pytest.raises(LocalProtocolError, match="already"):
+        a.connection_made("c", clock.now)
+
+
+def test_data_sent_beyond_what_was_returned_is_a_local_error(clock: Clock) -> None:
+    a = Engine("alice")
+    a.connection_made("c", clock.now)
+    n = len(a.data_to_send("c"))
+    with pytest.raises(LocalProtocolError, match="data_sent"):
+        a.data_sent("c", n + 1)
