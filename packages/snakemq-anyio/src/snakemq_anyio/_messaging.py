@@ -487,6 +487,7 @@ class Messaging:
         conn_id = conn.conn_id
         rx = self._rx
         persistent = self._persistent
+        keepalive = self._engine.keepalive_interval is not None
         monotonic = time.monotonic
         try:
             while True:
@@ -495,6 +496,9 @@ class Messaging:
                 if events:
                     self._dispatch(events)
                 conn.kick()
+                if keepalive:
+                    # an answered ping brings the next ping deadline forward
+                    self._wake_timer()
                 if persistent:
                     self._request_flush()
                 if conn.closing:

@@ -1,0 +1,255 @@
+"""Reconnects, TTL, keepalive and hostile input, over real loopback sockets."""
+
+from __future__ import annotations
+
+import struct
+
+import anyio
+import pytest
+from anyio.abc import ByteStream
+from snakemq_anyio import (
+    DuplicateIdentError,
+    ErrorOccurred,
+    KeepaliveTimeoutError,
+    MalformedFrameError,
+    Message,
+    MessageDropped,
+    MessageDroppedError,
+    Messaging,
+    PacketTooLargeError,
+    PeerConnected,
+    PeerDisconnected,
+    UnexpectedFrameError,
+)
+from snakemq_proto import (
+    Identification,
+    MessageFrame,
+    PacketDecoder,
+    Ping,
+    Pong,
+    ProtocolVersion,
+    encode_packet,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def _hello(ident: str) -> bytes:
+    """A snakeMQ 1.6 handshake (no capabilities)."""
+    return encode_packet(ProtocolVersion().encode()) + encode_packet(Identification(ident).encode())
+
+
+async def _read_until_closed(stream: ByteStream) -> bytes:
+    """Everything the remote side writes until it closes the connection."""
+    received = bytearray()
+    while True:
+        try:
+            received += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return bytes(received)
+
+
+async def test_reconnect_after_listener_restarts() -> None:
+    async with Messaging("bob", reconnect_interval=0.05, reconnect_max_interval=0.2) as bob:
+        with bob.events() as events:
+            async with Messaging("alice") as alice:
+                _host, port = await alice.add_listener(("127.0.0.1", 0))
+                await bob.add_connector(("127.0.0.1", port))
+                with anyio.fail_after(10):
+                    await bob.wait_connected("alice")
+                    receipt = await bob.send_message("alice", Message(b"one", ttl=60))
+                    assert (await alice.receive())[1].data == b"one"
+                    await receipt.delivered()  # acknowledged once alice took it
+            # alice is gone: bob notices, queues, and keeps trying to reconnect
+            with anyio.fail_after(10):
+                async for event in events:
+                    if isinstance(event, PeerDisconnected):
+                        break
+            assert not bob.is_connected("alice")
+            receipt = await bob.send_message("alice", Message(b"while away", ttl=60))
+            async with Messaging("alice") as alice:
+                assert await alice.add_listener(("127.0.0.1", port)) == ("127.0.0.1", port)
+                with anyio.fail_after(10):
+                    ident, message = await alice.receive()
+                    assert (ident, message.data) == ("bob", b"while away")
+                    await receipt.delivered()
+                    await alice.send_message("bob", Message(b"and back", ttl=60))
+                    assert (await bob.receive())[1].data == b"and back"
+
+
+async def test_connector_retries_until_listener_appears() -> None:
+    # find a free port, then listen on it only after the connector started
+    async with Messaging("alice") as probe:
+        _host, port = await probe.add_listener(("127.0.0.1", 0))
+    async with Messaging("bob", reconnect_interval=0.02, reconnect_max_interval=0.1) as bob:
+        await bob.add_connector(("127.0.0.1", port))
+        receipt = await bob.send_message("alice", Message(b"early", ttl=None))
+        async with Messaging("alice") as alice:
+            await alice.add_listener(("127.0.0.1", port))
+            with anyio.fail_after(10):
+                assert (await alice.receive())[1].data == b"early"
+                await receipt.delivered()
+
+
+async def test_ttl_drop_while_disconnected() -> None:
+    async with Messaging("bob") as bob:
+        with bob.events() as events:
+            # never connected: dropped when the TTL runs out, reported both ways
+            receipt = await bob.send_message("carol", Message(b"late", ttl=0.2))
+            assert bob.queued("carol")
+            with anyio.fail_after(10), pytest.raises(MessageDroppedError) as info:
+                await receipt.delivered()
+            assert info.value.uuid == receipt.uuid and info.value.ident == "carol"
+            assert bob.queued("carol") == []
+            with anyio.fail_after(10):
+                event = await events.receive()
+            assert isinstance(event, MessageDropped) and event.uuid == receipt.uuid
+            # ttl=0 reaches only a peer connected right now
+            now_only = await bob.send_message("carol", Message(b"now", ttl=0))
+            with pytest.raises(MessageDroppedError):
+                await now_only.delivered()
+
+
+async def test_ttl_drop_after_peer_went_away() -> None:
+    async with Messaging("bob") as bob:
+        with bob.events() as events:
+            async with Messaging("alice") as alice:
+                _host, port = await alice.add_listener(("127.0.0.1", 0))
+                connector = await bob.add_connector(("127.0.0.1", port))
+                with anyio.fail_after(10):
+                    await bob.wait_connected("alice")
+            connector.cancel()
+            with anyio.fail_after(10):
+                async for event in events:
+                    if isinstance(event, PeerDisconnected):
+                        break
+            receipt = await bob.send_message("alice", Message(b"short-lived", ttl=0.1))
+            with anyio.fail_after(10), pytest.raises(MessageDroppedError):
+                await receipt.delivered()
+
+
+async def test_keepalive_closes_a_silent_peer() -> None:
+    async with Messaging("alice", keepalive_interval=0.1, keepalive_wait=0.1) as alice:
+        with alice.events() as events:
+            host, port = await alice.add_listener(("127.0.0.1", 0))
+            async with await anyio.connect_tcp(host, port) as silent:
+                await silent.send(_hello("silent"))  # identifies, then never answers
+                with anyio.fail_after(10):
+                    received = await _read_until_closed(silent)
+                    errors = []
+                    async for event in events:
+                        if isinstance(event, ErrorOccurred):
+                            errors.append(event)
+                        if isinstance(event, PeerDisconnected):
+                            break
+            assert encode_packet(Ping().encode()) in received
+            assert [type(e.error) for e in errors] == [KeepaliveTimeoutError]
+            assert errors[0].ident == "silent"
+            assert not alice.is_connected("silent")
+
+
+async def test_keepalive_keeps_a_peer_that_answers() -> None:
+    async with Messaging("alice", keepalive_interval=0.05, keepalive_wait=1.0) as alice:
+        with alice.events() as events:
+            host, port = await alice.add_listener(("127.0.0.1", 0))
+            async with await anyio.connect_tcp(host, port) as peer:
+                await peer.send(_hello("answers"))
+                decoder = PacketDecoder()
+                pings = 0
+                with anyio.fail_after(10):
+                    while pings < 5:  # five keepalive rounds, each answered
+                        for packet in decoder.feed(await peer.receive()):
+                            if bytes(packet) == Ping().encode():
+                                pings += 1
+                                await peer.send(encode_packet(Pong().encode()))
+                assert alice.is_connected("answers")
+            while True:
+                try:
+                    event = events.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+                assert not isinstance(event, ErrorOccurred), event
+
+
+HOSTILE = {
+    "http": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", PacketTooLargeError),
+    "empty packet": (b"\x00\x00\x00\x00", MalformedFrameError),
+    "message before hello": (
+        encode_packet(MessageFrame(b"u" * 16, 5, 0, b"boo").encode()),
+        UnexpectedFrameError,
+    ),
+    "duplicate ident": (_hello("bob"), DuplicateIdentError),
+    "truncated message": (
+        _hello("eve") + struct.pack("!I", 5) + b"\x03abcd",
+        MalformedFrameError,
+    ),
+    "huge length": (struct.pack("!I", 0xFFFFFFFF) + b"x" * 100, PacketTooLargeError),
+}
+
+
+async def test_hostile_input_closes_only_that_connection() -> None:
+    count = 2000
+    async with (
+        Messaging("alice", max_packet_size=1 << 20) as alice,
+        Messaging("bob") as bob,
+    ):
+        with alice.events(max_buffered=10 * count) as events:
+            host, port = await alice.add_listener(("127.0.0.1", 0))
+            await bob.add_connector((host, port))
+            with anyio.fail_after(30):
+                await alice.wait_connected("bob")
+
+                async def exchange() -> None:
+                    receipts = []
+                    for i in range(count):
+                        receipts.append(await bob.send_message("alice", Message(b"%d" % i, ttl=30)))
+                        receipts.append(await alice.send_message("bob", Message(b"%d" % i, ttl=30)))
+                        if i % 100 == 0:
+                            await anyio.lowlevel.checkpoint()
+                    got_a = [(await alice.receive())[1].data for _ in range(count)]
+                    got_b = [(await bob.receive())[1].data for _ in range(count)]
+                    assert got_a == got_b == [b"%d" % i for i in range(count)]
+                    for receipt in receipts:
+                        await receipt.delivered()
+
+                async def attack(payload: bytes) -> None:
+                    async with await anyio.connect_tcp(host, port) as stream:
+                        await stream.send(payload)
+                        await _read_until_closed(stream)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(exchange)
+                    for payload, _error in HOSTILE.values():
+                        tg.start_soon(attack, payload)
+                errors: list[type[BaseException]] = []
+                while len(errors) < len(HOSTILE):
+                    event = await events.receive()
+                    if isinstance(event, ErrorOccurred):
+                        errors.append(type(event.error))
+                        assert event.ident != "bob" or isinstance(event.error, DuplicateIdentError)
+            assert sorted(e.__name__ for e in errors) == sorted(
+                e.__name__ for _p, e in HOSTILE.values()
+            )
+            assert alice.is_connected("bob")
+            # bob is still the one identified as "bob": the impostor did not replace him
+            await bob.send_message("alice", Message(b"still here", ttl=5))
+            with anyio.fail_after(10):
+                ident, message = await alice.receive()
+                assert (ident, message.data) == ("bob", b"still here")
+
+
+async def test_peer_connected_event_names_legacy_peer() -> None:
+    async with Messaging("alice") as alice, Messaging("old", legacy=True) as old:
+        with alice.events() as events:
+            _host, port = await alice.add_listener(("127.0.0.1", 0))
+            await old.add_connector(("127.0.0.1", port))
+            with anyio.fail_after(10):
+                event = await events.receive()
+                assert isinstance(event, PeerConnected) and event.legacy
+                # a 1.6 peer sends no acks: delivered() means completely written
+                receipt = await alice.send_message("old", Message(b"to legacy", ttl=5))
+                await receipt.delivered()
+                assert (await old.receive())[1].data == b"to legacy"
+                receipt = await old.send_message("alice", Message(b"from legacy", ttl=5))
+                await receipt.delivered()
+                assert (await alice.receive())[1].data == b"from legacy"
