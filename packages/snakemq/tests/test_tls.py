@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import trustme
-
 from snakemq.exceptions import IdentityMismatchError
 from snakemq.link import SSLConfig
 from sync_helpers import Peer, Recorder
