@@ -66,7 +66,9 @@ def test_wrong_ca_is_rejected_and_the_connector_retries(
         cfg = config(tmp_path, other, "cli")
         ca_file = tmp_path / "right-ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
-        cfg = SSLConfig(cfg.keyfile, cfg.certfile, cert_reqs=ssl.CERT_REQUIRED, ca_certs=str(ca_file))
+        cfg = SSLConfig(
+            cfg.keyfile, cfg.certfile, cert_reqs=ssl.CERT_REQUIRED, ca_certs=str(ca_file)
+        )
     cli.link.reconnect_interval = 0.02
     cli.link.reconnect_max_interval = 0.05
     cli.connect(port, ssl_config=cfg)

@@ -1,0 +1,188 @@
+"""Persistent queues: reload after restart, and a SIGKILL of the sending
+process loses nothing and delivers nothing twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+from snakemq.message import FLAG_PERSISTENT, Message
+from snakemq.storage import MemoryQueuesStorage
+from snakemq.storage.sqlite import SqliteQueuesStorage
+from sync_helpers import WAIT, Peer
+
+SENDER = textwrap.dedent(
+    """
+    import sys, threading
+    import snakemq.link, snakemq.packeter, snakemq.messaging
+    from snakemq.message import Message, FLAG_PERSISTENT
+    from snakemq.storage.sqlite import SqliteQueuesStorage
+
+    port, db, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    link = snakemq.link.Link()
+    link.reconnect_interval = 0.05
+    messaging = snakemq.messaging.Messaging(
+        "sender", "", snakemq.packeter.Packeter(link), SqliteQueuesStorage(db)
+    )
+
+    def delivered(ident, uuid):
+        if not messaging.queued("receiver"):
+            print("empty", flush=True)
+            if count == 0:
+                link.stop()  # the loop applies the last deletes, then returns
+
+    messaging.on_message_delivered.add(delivered)
+
+    def produce():
+        for i in range(count):
+            messaging.send_message(
+                "receiver", Message(b"%d" % i, ttl=None, flags=FLAG_PERSISTENT)
+            )
+            print(i, flush=True)  # durable now
+
+    print("queued", len(messaging.queued("receiver")), flush=True)
+    threading.Thread(target=produce, daemon=True).start()
+    link.add_connector(("127.0.0.1", port))
+    link.loop()
+    """
+)
+
+
+def run_sender(tmp_path: Path, port: int, db: Path, count: int) -> subprocess.Popen[str]:
+    script = tmp_path / "sender.py"
+    script.write_text(SENDER)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(port), str(db), str(count)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def lines_until(proc: subprocess.Popen[str], predicate: object) -> list[str]:
+    """Read the process's lines until ``predicate(line)`` holds (bounded by WAIT)."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    timer = threading.Timer(WAIT * 2, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            seen.append(line.strip())
+            if predicate(line.strip()):  # type: ignore[operator]
+                return seen
+    finally:
+        timer.cancel()
+    raise AssertionError(f"process ended without the expected line; got {seen[-5:]}")
+
+
+def test_sigkill_of_sender_loses_nothing_and_duplicates_nothing(
+    peers: list[Peer], tmp_path: Path
+) -> None:
+    receiver = Peer("receiver")
+    peers.append(receiver)
+    port = receiver.listen()
+    receiver.start()
+    db = tmp_path / "queues.db"
+
+    first = run_sender(tmp_path, port, db, 5000)
+    try:
+        lines = lines_until(first, lambda line: line.isdigit() and int(line) >= 1500)
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+        assert first.stdout is not None
+        first.stdout.close()
+    durable = max(int(line) for line in lines if line.isdigit())
+    receiver.rec.wait_count("on_disconnect", 1)
+
+    second = run_sender(tmp_path, port, db, 0)
+    try:
+        lines = lines_until(second, lambda line: line.startswith("queued"))
+        assert int(lines[-1].split()[1]) > 0, "the kill came too late to test anything"
+        lines_until(second, lambda line: line == "empty")
+        got = receiver.received()
+        numbers = [int(d) for d in got]
+        assert len(numbers) == len(set(numbers)), "a message was delivered twice"
+        missing = set(range(durable + 1)) - set(numbers)
+        assert not missing, f"{len(missing)} durable messages were lost"
+        assert second.wait(WAIT) == 0
+    finally:
+        second.kill()
+        second.wait()
+        assert second.stdout is not None
+        second.stdout.close()
+    with SqliteQueuesStorage(str(db)) as storage:
+        assert storage.load().queues.get("receiver", []) == []
+
+
+def test_queue_reloaded_from_storage_after_restart(peers: list[Peer], tmp_path: Path) -> None:
+    storage = SqliteQueuesStorage(str(tmp_path / "q.db"))
+    a = Peer("a", storage)
+    peers.append(a)
+    a.start()
+    sent = [a.send("b", b"%d" % i, ttl=None, flags=FLAG_PERSISTENT) for i in range(3)]
+    a.send("b", b"volatile", ttl=None)  # not persistent: lost with the process
+    a.stop()
+    peers.remove(a)
+    storage.close()
+
+    storage = SqliteQueuesStorage(str(tmp_path / "q.db"))
+    a2, b = Peer("a", storage), Peer("b")
+    peers += [a2, b]
+    assert [m.uuid for m in a2.messaging.queued("b")] == [m.uuid for m in sent]
+    b.connect(a2.listen())
+    a2.start()
+    b.start()
+    b.rec.wait_count("on_message_recv", 3)
+    a2.rec.wait_count("on_message_delivered", 3)
+    assert b.received() == [b"0", b"1", b"2"]
+    a2.stop()
+    peers.remove(a2)
+    assert storage.load().queues.get("b", []) == []
+    storage.close()
+
+
+def test_expired_stored_message_dropped_after_restart(peers: list[Peer]) -> None:
+    storage = MemoryQueuesStorage()
+    storage_msg = Message(b"old", ttl=0.01, flags=FLAG_PERSISTENT)
+    a = Peer("a", storage)
+    peers.append(a)
+    a.messaging.send_message("b", storage_msg)
+    a.stop()
+    peers.remove(a)
+    a2 = Peer("a", storage)
+    peers.append(a2)
+    a2.start()
+    assert a2.rec.wait_count("on_message_drop", 1) == [("b", storage_msg.uuid)]
+    assert storage.load().queues.get("b", []) == []
+
+
+def test_send_message_from_other_threads_with_sqlite(peers: list[Peer], tmp_path: Path) -> None:
+    storage = SqliteQueuesStorage(str(tmp_path / "t.db"))
+    a, b = Peer("a", storage), Peer("b")
+    peers += [a, b]
+    b.connect(a.listen())
+    a.start()
+    b.start()
+
+    def produce(k: int) -> None:
+        for i in range(200):
+            a.send("b", b"%d-%d" % (k, i), ttl=None, flags=FLAG_PERSISTENT)
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    b.rec.wait_count("on_message_recv", 800)
+    a.rec.wait_count("on_message_delivered", 800)
+    a.stop()
+    peers.remove(a)
+    assert storage.load().queues.get("b", []) == []
+    storage.close()
