@@ -134,8 +134,8 @@ def test_ssl_config_accepts_a_ready_context(peers: list[Peer], tmp_path: Path) -
     client_ctx.check_hostname = False
     srv, cli = Peer("srv"), Peer("cli")
     peers += [srv, cli]
-    port = srv.listen(ssl_config=SSLConfig(server_ctx))
-    cli.connect(port, ssl_config=SSLConfig(client_ctx))
+    port = srv.listen(ssl_config=SSLConfig(context=server_ctx))
+    cli.connect(port, ssl_config=SSLConfig(context=client_ctx))
     srv.start()
     cli.start()
     cli.send("srv", b"ctx", ttl=None)
