@@ -43,7 +43,7 @@ async def test_window_stops_a_capable_sender_while_the_receiver_does_not_read() 
                 most = 0
                 for i in range(COUNT):
                     most = max(most, alice.buffered)
-                    ident, message = await alice.receive()
+                    _ident, message = await alice.receive()
                     assert message.data == payload + b"%d" % i
                 assert most <= window
                 await receipts[-1].delivered()
