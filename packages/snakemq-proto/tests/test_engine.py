@@ -962,3 +962,26 @@ def test_data_sent_beyond_what_was_returned_is_a_local_error(clock: Clock) -> No
     n = len(a.data_to_send("c"))
     with pytest.raises(LocalProtocolError, match="data_sent"):
         a.data_sent("c", n + 1)
+
+
+def test_mass_expiry_keeps_the_survivors_in_order(clock: Clock) -> None:
+    a = Engine("alice")
+    sent = [Message(bytes([i % 256]), ttl=None if i % 3 else 1) for i in range(3000)]
+    for m in sent:
+        a.send_message("bob", m, clock.now)
+    events = a.handle_timeout(clock.now + 1)
+    assert [e.uuid for e in events] == [m.uuid for i, m in enumerate(sent) if i % 3 == 0]
+    assert [m.uuid for m in a.queued("bob")] == [m.uuid for i, m in enumerate(sent) if i % 3]
+
+
+def test_ttl_0_messages_dropped_on_disconnect_keep_the_others_in_order(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob", window=1)
+    link = pair(clock, a, b, auto_hand=False)
+    sent = [Message(bytes([i]), ttl=0 if i % 2 else None) for i in range(100)]
+    for m in sent:
+        a.send_message("bob", m, clock.now)
+    link.pump()
+    link.disconnect()
+    dropped = [e.uuid for e in of_type(link.a.events, MessageDropped)]
+    assert dropped == [m.uuid for m in sent if m.ttl == 0]
+    assert [m.uuid for m in a.queued("bob")] == [m.uuid for m in sent if m.ttl is None]

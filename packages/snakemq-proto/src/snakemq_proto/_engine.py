@@ -314,8 +314,10 @@ class Engine:
             queue = self._queue(ident)
             for message in messages:
                 item = _Item(message, message.ttl, stored=True)
-                queue.items.append(item)
-                self._start_aging(queue, item, now, events)
+                if self._start_aging(item, now, queue):
+                    queue.items.append(item)
+                else:
+                    self._dropped(queue, item, events)
         for ident, uuids in seen.items():
             window = self._seen.setdefault(ident, {})
             for uuid in uuids[-self.dedup_window :]:
@@ -377,9 +379,7 @@ class Engine:
         if stored:
             self._batch.push.append((ident, message))
         if queue.conn is None:
-            events: list[Event] = []
-            self._start_aging(queue, item, now, events)
-            return events
+            self._start_aging(item, now, queue)  # ttl > 0 here: not due yet
         return []
 
     def purge(self, ident: str) -> list[bytes]:
@@ -438,8 +438,13 @@ class Engine:
             del self._by_ident[conn.ident]
             queue.conn = None
             queue.in_flight = 0
-            for item in list(queue.items):
-                self._start_aging(queue, item, now, events)
+            kept: deque[_Item] = deque()
+            for item in queue.items:
+                if self._start_aging(item, now, queue):
+                    kept.append(item)
+                else:
+                    self._dropped(queue, item, events)  # ttl=0: only while connected
+            queue.items = kept
             events.append(PeerDisconnected(conn_id, conn.ident))
         return events
 
@@ -486,8 +491,10 @@ class Engine:
                 offset = conn.emitted
                 marks = conn.sent_marks
                 pack = HEADER.pack
-                while i < stop and size < limit:
-                    item = items[i]
+                # islice walks the deque once; items[i] would walk it per message
+                for item in itertools.islice(items, i, stop):
+                    if size >= limit:
+                        break
                     msg = item.message
                     payload = encode_message(msg.uuid, _wire_ttl(item.ttl), msg.flags, msg.data)
                     out.append(pack(len(payload)))
@@ -614,8 +621,10 @@ class Engine:
                 pending.discard(uuid)
             if record:
                 batch_seen.append((ident, uuid))
-        while len(seen) > self.dedup_window:
-            del seen[next(iter(seen))]
+        excess = len(seen) - self.dedup_window
+        if excess > 0:
+            for old in list(itertools.islice(seen, excess)):
+                del seen[old]
         self._drain_acks(conn)
         if not order:
             self._closed_rx.pop(conn_id, None)
@@ -674,13 +683,21 @@ class Engine:
         """Do what is due at ``now``: drop expired messages, ping, close."""
         events: list[Event] = []
         heap = self._expiry
+        expired: dict[_Queue, list[_Item]] = {}
         while heap and heap[0][0] <= now:
             expires, _, item, queue = heapq.heappop(heap)
             if item.expires != expires:
                 continue
             item.expires = None
-            queue.items.remove(item)
+            expired.setdefault(queue, []).append(item)
             self._dropped(queue, item, events)
+        for queue, gone in expired.items():
+            if len(gone) == 1:
+                queue.items.remove(gone[0])
+            else:
+                # one pass, not one deque.remove() scan per item
+                ids = {id(i) for i in gone}
+                queue.items = deque(i for i in queue.items if id(i) not in ids)
         interval = self.keepalive_interval
         for conn in list(self._conns.values()):
             if conn.state is ConnState.CLOSED:
@@ -721,17 +738,19 @@ class Engine:
             queue = self._queues[ident] = _Queue(ident)
         return queue
 
-    def _start_aging(self, queue: _Queue, item: _Item, now: float, events: list[Event]) -> None:
+    def _start_aging(self, item: _Item, now: float, queue: _Queue) -> bool:
+        """Start consuming ``item``'s TTL at ``now``; False if it is due at once
+        (the caller removes it from its queue and reports the drop)."""
         if item.ttl is None:
             item.since = now
-            return
+            return True
         if item.ttl <= 0:
-            queue.items.remove(item)
-            self._dropped(queue, item, events)
-            return
+            item.expires = None
+            return False
         item.since = now
         item.expires = now + item.ttl
         heapq.heappush(self._expiry, (item.expires, next(self._seq), item, queue))
+        return True
 
     def _dropped(self, queue: _Queue, item: _Item, events: list[Event]) -> None:
         if item.stored:
@@ -807,12 +826,12 @@ class Engine:
         conn.queue = queue
         self._by_ident[ident] = conn
         update = self._batch.update_ttl
-        for item in list(queue.items):
+        kept: deque[_Item] = deque()
+        for item in queue.items:
             if item.ttl is not None and item.since is not None:
                 remaining = item.ttl - (now - item.since)
-                if remaining <= 0 and item.ttl > 0:
-                    # due but the timer did not run yet
-                    queue.items.remove(item)
+                if remaining <= 0:
+                    # due, but handle_timeout() did not run yet
                     item.expires = None
                     self._dropped(queue, item, events)
                     continue
@@ -821,6 +840,8 @@ class Engine:
                     update.append((item.message.uuid, remaining))
             item.since = None
             item.expires = None
+            kept.append(item)
+        queue.items = kept
         events.append(PeerConnected(conn.conn_id, ident, conn.legacy))
 
     def _on_ping(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
