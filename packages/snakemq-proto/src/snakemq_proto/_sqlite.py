@@ -1,21 +1,462 @@
-"""SQLite queue storage (being written; see the storage issue notes)."""
+"""SQLite queue storage.
+
+Theory of operation
+-------------------
+
+One SQLite file holds every persistent outgoing queue of one peer and its
+de-duplication window.  The engine never touches it: the I/O layer calls
+``apply(batch)`` with the batches taken from the engine, in order, and each
+batch becomes exactly one transaction that is committed before ``apply``
+returns.  That commit is the durability promise of DESIGN.md.
+
+Schema (version ``SCHEMA_VERSION``, also stored in ``PRAGMA user_version``):
+
+``snakemq_meta(key, value)``
+    ``application = snakemq`` and ``schema_version``; with
+    ``PRAGMA application_id`` it tells our files from foreign SQLite files.
+``snakemq_queue(seq, ident, uuid, data, ttl, flags)``
+    one row per stored message; ``seq`` (the rowid) is the insertion order,
+    which ``load()`` returns.  ``UNIQUE(uuid, ident)`` doubles as the index
+    for the updates and deletes by uuid.  Pushing a uuid that is already in
+    the ident's queue replaces the message in place, as a dict would.
+``snakemq_seen(ident, uuid, seq)``
+    the de-duplication window.  ``seq`` counts appends per ident and stays
+    contiguous: pruning only ever removes the oldest rows, so the window of
+    an ident is exactly the rows with ``min(seq) <= seq <= max(seq)``.  That
+    lets ``apply`` reproduce, with two small queries per ident, the exact
+    semantics of a bounded ordered set (insert if absent, then drop the
+    oldest beyond ``seen_keep``) without loading the window.
+
+Durability: WAL mode with ``synchronous=NORMAL`` by default.  A commit is
+then in the WAL file (in the OS page cache) when ``apply`` returns, which
+survives a crash or ``kill -9`` of the process; it is fsynced at the next
+checkpoint.  ``synchronous="FULL"`` fsyncs every commit, which also survives
+a power loss or a kernel crash, at the cost of one fsync per ``apply``.
+
+Locking: by default the file is opened in SQLite's exclusive locking mode,
+so one storage file belongs to one process at a time (two peers sharing a
+queue file would deliver every message twice).  A second opener, in this
+process or another, gets a ``StorageError`` after ``timeout`` seconds.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Final, NoReturn
+
+from ._errors import StorageError
+from ._message import Message
 from ._storage import StorageBatch, StoredState
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteQueuesStorage"]
+
+logger = logging.getLogger("snakemq.storage")
+
+SCHEMA_VERSION: Final = 1
+"""The schema this code writes and reads (``PRAGMA user_version``)."""
+
+APPLICATION_ID: Final = 0x534E4D51  # b"SNMQ"
+"""``PRAGMA application_id`` of snakemq storage files."""
+
+_APPLICATION: Final = "snakemq"
+_SYNCHRONOUS: Final = ("NORMAL", "FULL", "EXTRA")
+_OUR_TABLES: Final = frozenset({"snakemq_meta", "snakemq_queue", "snakemq_seen"})
+_IN_CHUNK: Final = 500  # host parameters per IN (...) query, well below SQLite's limit
+
+_SCHEMA: Final = f"""
+CREATE TABLE snakemq_meta (
+    key TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE TABLE snakemq_queue (
+    seq INTEGER PRIMARY KEY,
+    ident TEXT NOT NULL,
+    uuid BLOB NOT NULL CHECK (typeof(uuid) = 'blob' AND length(uuid) = 16),
+    data BLOB NOT NULL CHECK (typeof(data) = 'blob'),
+    ttl REAL CHECK (ttl IS NULL OR ttl >= 0),
+    flags INTEGER NOT NULL CHECK (flags BETWEEN 0 AND 4294967295),
+    UNIQUE (uuid, ident)
+);
+CREATE TABLE snakemq_seen (
+    ident TEXT NOT NULL,
+    uuid BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (ident, uuid)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX snakemq_seen_order ON snakemq_seen (ident, seq);
+INSERT INTO snakemq_meta (key, value) VALUES
+    ('application', '{_APPLICATION}'),
+    ('schema_version', '{SCHEMA_VERSION}');
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_PUSH: Final = (
+    "INSERT INTO snakemq_queue (ident, uuid, data, ttl, flags) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (uuid, ident) DO UPDATE SET "
+    "data = excluded.data, ttl = excluded.ttl, flags = excluded.flags"
+)
+_UPDATE_TTL: Final = "UPDATE snakemq_queue SET ttl = ? WHERE uuid = ?"
+_DELETE: Final = "DELETE FROM snakemq_queue WHERE uuid = ?"
+_SEEN_RANGE: Final = "SELECT min(seq), max(seq) FROM snakemq_seen WHERE ident = ?"
+_SEEN_INSERT: Final = "INSERT OR REPLACE INTO snakemq_seen (ident, uuid, seq) VALUES (?, ?, ?)"
+_SEEN_PRUNE: Final = "DELETE FROM snakemq_seen WHERE ident = ? AND seq < ?"
+
+
+def _is_locked(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "")
+    text = str(exc).lower()
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "")
+    text = str(exc).lower()
+    return (
+        name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT"))
+        or "not a database" in text
+        or "malformed" in text
+    )
 
 
 class SqliteQueuesStorage:
-    """Queues persisted in an SQLite file (WAL mode, schema-versioned)."""
+    """Queues persisted in an SQLite file (WAL mode, schema-versioned).
 
-    def __init__(self, path: str) -> None:
-        raise NotImplementedError("SqliteQueuesStorage is not written yet")
+    The file is created when it does not exist (its directory must).  Every
+    ``apply`` is one transaction, committed before it returns.  Safe to use
+    from several threads (calls are serialised by a lock).
+
+    Args:
+        path: the storage file.
+        synchronous: SQLite's ``synchronous`` setting.  ``"NORMAL"`` (default)
+            keeps every applied batch across a crash or ``kill -9`` of the
+            process; ``"FULL"`` also across a power loss or OS crash, at the
+            cost of an fsync per ``apply``.
+        timeout: seconds to wait for a file locked by someone else before
+            giving up with a ``StorageError``.
+        exclusive: hold the file locked while it is open, so no other
+            process (or second storage object) can use the same queues.
+
+    Raises:
+        TypeError, ValueError: a wrong argument.
+        StorageError: the file cannot be used: a directory, an unwritable or
+            missing location, not an SQLite file (corrupt), a foreign SQLite
+            database, a newer schema, or locked by another process.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        timeout: float = 1.0,
+        exclusive: bool = True,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+        self.path: str = os.fspath(path)
+        if not isinstance(synchronous, str) or synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
+            )
+        self.synchronous: str = synchronous.upper()
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._check_location()
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=float(timeout),
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            self._fail(exc, "open")
+        try:
+            self._open(conn, exclusive)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    # ------------------------------------------------------------------ open
+
+    def _check_location(self) -> None:
+        path = self.path
+        if not path or path == ":memory:" or path.startswith("file:"):
+            raise ValueError(f"path must name a file on disk, got {path!r}")
+        if os.path.isdir(path):
+            raise StorageError(
+                f"queue storage {path!r} is a directory; give the path of a file in it, "
+                f"e.g. {os.path.join(path, 'queues.sqlite')!r}"
+            )
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            what = "is not a directory" if os.path.exists(parent) else "does not exist"
+            raise StorageError(
+                f"cannot create queue storage {path!r}: {parent!r} {what}; "
+                "create the directory first or choose another path"
+            )
+
+    def _open(self, conn: sqlite3.Connection, exclusive: bool) -> None:
+        try:
+            if exclusive:
+                conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            # The lock is taken before the schema is read, so a file being
+            # created or used by someone else is reported as locked, never
+            # mistaken for a foreign or empty one.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                created = self._check_schema(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(
+                    f"queue storage {self.path!r} cannot be switched to WAL mode "
+                    f"(SQLite kept {mode!r}); put it on a local file system that allows it"
+                )
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.Error as exc:
+            self._fail(exc, "open")
+        logger.info(
+            "%s queue storage %s (schema %d, synchronous=%s)",
+            "created" if created else "opened",
+            self.path,
+            SCHEMA_VERSION,
+            self.synchronous,
+        )
+
+    def _check_schema(self, conn: sqlite3.Connection) -> bool:
+        """Recognise our schema or create it in an empty file; return True if created."""
+        path = self.path
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if not tables and version == 0 and app_id == 0:
+            # one statement at a time: executescript() would COMMIT first
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            return True
+        application = None
+        if "snakemq_meta" in tables:
+            row = conn.execute(
+                "SELECT value FROM snakemq_meta WHERE key = 'application'"
+            ).fetchone()
+            application = row[0] if row else None
+        if application != _APPLICATION or app_id not in (0, APPLICATION_ID):
+            shown = ", ".join(sorted(tables)[:5]) or "none"
+            raise StorageError(
+                f"{path!r} is an SQLite database but not a snakemq queue storage "
+                f"(tables: {shown}; user_version {version}, application_id {app_id:#x}); "
+                "it was left untouched — give SqliteQueuesStorage a path of its own"
+            )
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"queue storage {path!r} has schema version {version}, written by a newer "
+                f"snakemq; this version reads up to {SCHEMA_VERSION}. Upgrade snakemq-proto "
+                "(the file was left untouched)"
+            )
+        missing = _OUR_TABLES - tables
+        if version < SCHEMA_VERSION or missing:
+            raise StorageError(
+                f"queue storage {path!r} is damaged (schema version {version}, "
+                f"missing tables: {', '.join(sorted(missing)) or 'none'}); "
+                "restore it from a backup or move it away to start with empty queues"
+            )
+        return False
+
+    def _fail(self, exc: sqlite3.Error, doing: str) -> NoReturn:
+        path = self.path
+        if _is_locked(exc):
+            raise StorageError(
+                f"queue storage {path!r} is locked: another process (or another "
+                "SqliteQueuesStorage in this one) is using it. Stop the other user or "
+                f"give this peer its own file ({exc})"
+            ) from exc
+        if _is_corrupt(exc):
+            raise StorageError(
+                f"queue storage {path!r} is corrupt or not an SQLite file ({exc}); "
+                "restore it from a backup, or move it away to start with empty queues"
+            ) from exc
+        text = str(exc).lower()
+        if "readonly" in text or "unable to open" in text or "read-only" in text:
+            raise StorageError(
+                f"cannot {doing} queue storage {path!r}: the location is not writable "
+                f"({exc}); check the permissions of the file, its -wal/-shm files and "
+                "its directory"
+            ) from exc
+        raise StorageError(f"cannot {doing} queue storage {path!r}: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = self._conn
+        if conn is None:
+            raise StorageError(f"queue storage {self.path!r} is closed")
+        return conn
+
+    # ------------------------------------------------------------------- API
 
     def load(self) -> StoredState:
-        raise NotImplementedError
+        """Return every stored queue (oldest message first; ``ttl`` is the
+        remaining TTL) and the de-duplication window of every ident.
+
+        Raises:
+            StorageError: the storage is closed or the file cannot be read.
+        """
+        with self._lock:
+            conn = self._connection()
+            try:
+                queues: dict[str, list[Message]] = {}
+                trusted = Message._trusted
+                for ident, uuid, data, ttl, flags in conn.execute(
+                    "SELECT ident, uuid, data, ttl, flags FROM snakemq_queue ORDER BY seq"
+                ):
+                    queue = queues.get(ident)
+                    if queue is None:
+                        queue = queues[ident] = []
+                    # The table's CHECK constraints validated every field.
+                    queue.append(trusted(data, ttl, flags, uuid))
+                seen: dict[str, list[bytes]] = {}
+                for ident, uuid in conn.execute(
+                    "SELECT ident, uuid FROM snakemq_seen ORDER BY ident, seq"
+                ):
+                    window = seen.get(ident)
+                    if window is None:
+                        window = seen[ident] = []
+                    window.append(uuid)
+            except sqlite3.Error as exc:
+                self._fail(exc, "read")
+        return StoredState(queues=queues, seen=seen)
 
     def apply(self, batch: StorageBatch) -> None:
-        raise NotImplementedError
+        """Apply ``batch`` in one transaction: pushes, TTL updates, deletes,
+        then seen uuids (pruned to ``batch.seen_keep`` per ident).  The
+        transaction is committed when this returns.
+
+        Raises:
+            StorageError: the storage is closed or the write failed (the
+                transaction is then rolled back: nothing of the batch is kept).
+        """
+        with self._lock:
+            conn = self._connection()
+            if not batch:
+                return
+            delete = batch.delete
+            gone = set(delete)
+            # A message pushed and deleted in the same batch never reaches the
+            # file; the delete still runs for copies stored by earlier batches.
+            if gone:
+                push = [
+                    (ident, m.uuid, m.data, m.ttl, m.flags)
+                    for ident, m in batch.push
+                    if m.uuid not in gone
+                ]
+                update = [(ttl, uuid) for uuid, ttl in batch.update_ttl if uuid not in gone]
+            else:
+                push = [(ident, m.uuid, m.data, m.ttl, m.flags) for ident, m in batch.push]
+                update = [(ttl, uuid) for uuid, ttl in batch.update_ttl]
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if push:
+                        conn.executemany(_PUSH, push)
+                    if update:
+                        conn.executemany(_UPDATE_TTL, update)
+                    if delete:
+                        conn.executemany(_DELETE, [(uuid,) for uuid in delete])
+                    if batch.seen:
+                        self._apply_seen(conn, batch.seen, batch.seen_keep)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                self._fail(exc, "write")
+
+    def _apply_seen(
+        self, conn: sqlite3.Connection, seen: Iterable[tuple[str, bytes]], keep: int
+    ) -> None:
+        by_ident: dict[str, list[bytes]] = {}
+        for ident, uuid in seen:
+            uuids = by_ident.get(ident)
+            if uuids is None:
+                uuids = by_ident[ident] = []
+            uuids.append(uuid)
+        for ident, uuids in by_ident.items():
+            low, high = conn.execute(_SEEN_RANGE, (ident,)).fetchone()
+            if low is None:
+                low = high = 0
+            else:
+                high += 1
+            # position of each uuid of the batch that is already stored
+            position: dict[bytes, int] = {}
+            distinct = list(dict.fromkeys(uuids))
+            for start in range(0, len(distinct), _IN_CHUNK):
+                chunk = distinct[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                position.update(
+                    conn.execute(
+                        f"SELECT uuid, seq FROM snakemq_seen WHERE ident = ? AND uuid IN ({marks})",
+                        (ident, *chunk),
+                    ).fetchall()
+                )
+            # The window is always [low, high) of the appends; simulate them.
+            appended: dict[bytes, int] = {}
+            for uuid in uuids:
+                at = position.get(uuid)
+                if at is None or at < low:
+                    position[uuid] = appended[uuid] = high
+                    high += 1
+                # pruned after every entry, present or not, as the memory storage does
+                if keep and high - low > keep:
+                    low = high - keep
+            rows = [(ident, uuid, at) for uuid, at in appended.items() if at >= low]
+            if rows:
+                conn.executemany(_SEEN_INSERT, rows)
+            conn.execute(_SEEN_PRUNE, (ident, low))
 
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the file (idempotent).  Later ``load``/``apply`` calls raise
+        ``StorageError``."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+                logger.debug("closed queue storage %s", self.path)
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._conn is None
+
+    def __enter__(self) -> SqliteQueuesStorage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else "open"
+        return f"<SqliteQueuesStorage {self.path!r} {state}>"

@@ -1,0 +1,541 @@
+"""SqliteQueuesStorage on real files: persistence, semantics, crash safety, errors."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import select
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from snakemq_proto import (
+    FLAG_PERSISTENT,
+    MAX_TTL,
+    MemoryQueuesStorage,
+    Message,
+    QueuesStorage,
+    SqliteQueuesStorage,
+    StorageBatch,
+    StorageError,
+    StoredState,
+)
+from snakemq_proto._sqlite import APPLICATION_ID, SCHEMA_VERSION
+
+WRITER = pathlib.Path(__file__).with_name("sqlite_writer.py")
+WAIT = 60.0  # seconds to wait for a helper process's line before failing
+
+
+def message(i: int) -> Message:
+    """Message ``i`` as sqlite_writer.py builds it."""
+    return Message(
+        b"payload %d " % i * (1 + i % 5),
+        ttl=None if i % 3 == 0 else float(i) + 0.5,
+        flags=FLAG_PERSISTENT,
+        uuid=i.to_bytes(16, "big"),
+    )
+
+
+def ident(i: int) -> str:
+    return f"peer{i % 3}"
+
+
+def expected_queues(count: int) -> dict[str, list[Message]]:
+    queues: dict[str, list[Message]] = {}
+    for i in range(count):
+        queues.setdefault(ident(i), []).append(message(i))
+    return queues
+
+
+@pytest.fixture
+def db(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "queues.sqlite"
+
+
+@pytest.fixture
+def storage(db: pathlib.Path) -> Iterator[SqliteQueuesStorage]:
+    s = SqliteQueuesStorage(db)
+    yield s
+    s.close()
+
+
+# ------------------------------------------------------------ helper processes
+
+
+class Helper:
+    """A sqlite_writer.py process whose stdout is read line by line, with a timeout."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WRITER), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._buffer = b""
+
+    def readline(self) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + WAIT
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(left, 0))
+            if not ready:
+                raise AssertionError(f"helper {self.proc.args!r} printed nothing for {WAIT} s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"helper exited ({self.proc.wait()}) before printing a line")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def helpers() -> Iterator[list[Helper]]:
+    started: list[Helper] = []
+    yield started
+    for helper in started:
+        helper.kill()
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def test_is_a_queues_storage(storage: SqliteQueuesStorage) -> None:
+    assert isinstance(storage, QueuesStorage)
+    assert storage.load() == StoredState(queues={}, seen={})
+
+
+def test_reopen_returns_same_queues_and_seen_window(db: pathlib.Path) -> None:
+    with SqliteQueuesStorage(str(db)) as s:
+        s.apply(StorageBatch(push=[(ident(i), message(i)) for i in range(30)]))
+        s.apply(
+            StorageBatch(
+                push=[("peer0", Message(b"", ttl=None, uuid=b"e" * 16))],
+                update_ttl=[(message(4).uuid, 1.25), (message(6).uuid, None)],
+                delete=[message(1).uuid, message(9).uuid],
+                seen=[("alice", bytes([i]) * 16) for i in range(5)] + [("bob", b"b" * 16)],
+                seen_keep=3,
+            )
+        )
+        before = s.load()
+    expected = expected_queues(30)
+    expected["peer1"].remove(message(1))
+    expected["peer0"].remove(message(9))
+    expected["peer1"][expected["peer1"].index(message(4))] = message(4).with_ttl(1.25)
+    expected["peer0"][expected["peer0"].index(message(6))] = message(6).with_ttl(None)
+    expected["peer0"].append(Message(b"", ttl=None, uuid=b"e" * 16))
+    assert before.queues == expected
+    assert before.seen == {"alice": [bytes([i]) * 16 for i in (2, 3, 4)], "bob": [b"b" * 16]}
+    with SqliteQueuesStorage(db) as s:
+        after = s.load()
+    assert after == before
+    assert all(isinstance(m.ttl, float | None) for q in after.queues.values() for m in q)
+
+
+def test_file_is_wal_and_carries_schema_version(db: pathlib.Path) -> None:
+    SqliteQueuesStorage(db).close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        meta = dict(conn.execute("SELECT key, value FROM snakemq_meta"))
+        assert meta == {"application": "snakemq", "schema_version": str(SCHEMA_VERSION)}
+    finally:
+        conn.close()
+
+
+def test_empty_existing_file_becomes_a_storage(db: pathlib.Path) -> None:
+    db.write_bytes(b"")
+    with SqliteQueuesStorage(db) as s:
+        s.apply(StorageBatch(push=[("bob", message(1))]))
+    with SqliteQueuesStorage(db) as s:
+        assert s.load().queues == {"bob": [message(1)]}
+
+
+def test_synchronous_full_is_accepted(db: pathlib.Path) -> None:
+    with SqliteQueuesStorage(db, synchronous="full") as s:
+        assert s.synchronous == "FULL"
+        assert s._conn is not None
+        assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        s.apply(StorageBatch(push=[("bob", message(3))]))
+    with SqliteQueuesStorage(db) as s:
+        assert s._conn is not None
+        assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert s.load().queues == {"bob": [message(3)]}
+
+
+def test_push_and_delete_in_one_batch_stores_nothing_but_deletes_old_copy(
+    storage: SqliteQueuesStorage,
+) -> None:
+    storage.apply(StorageBatch(push=[("bob", message(1))]))
+    storage.apply(
+        StorageBatch(
+            push=[("bob", message(2)), ("alice", message(1)), ("bob", message(3))],
+            update_ttl=[(message(2).uuid, 9.0)],
+            delete=[message(1).uuid, message(2).uuid],
+        )
+    )
+    assert storage.load().queues == {"bob": [message(3)]}
+
+
+def test_repush_keeps_position_and_replaces_message(storage: SqliteQueuesStorage) -> None:
+    storage.apply(StorageBatch(push=[("bob", message(i)) for i in range(3)]))
+    changed = Message(b"new", ttl=2.0, uuid=message(0).uuid)
+    storage.apply(StorageBatch(push=[("bob", changed)]))
+    assert storage.load().queues == {"bob": [changed, message(1), message(2)]}
+
+
+def test_failed_batch_is_rolled_back_and_storage_stays_usable(
+    storage: SqliteQueuesStorage,
+) -> None:
+    storage.apply(StorageBatch(push=[("bob", message(0))]))
+    bad = Message._trusted(b"x", None, 0, b"short")  # 5-byte uuid: refused by the schema
+    with pytest.raises(StorageError, match=r"queues\.sqlite"):
+        storage.apply(
+            StorageBatch(
+                push=[("bob", message(1)), ("bob", bad)],
+                delete=[message(0).uuid],
+                seen=[("bob", b"s" * 16)],
+            )
+        )
+    assert storage.load() == StoredState(queues={"bob": [message(0)]}, seen={})
+    storage.apply(StorageBatch(push=[("bob", message(2))]))
+    assert storage.load().queues == {"bob": [message(0), message(2)]}
+
+
+def test_large_storage_loads_in_order(db: pathlib.Path) -> None:
+    count = 100_000
+    with SqliteQueuesStorage(db) as s:
+        for start in range(0, count, 10_000):
+            s.apply(
+                StorageBatch(push=[(ident(i), message(i)) for i in range(start, start + 10_000)])
+            )
+    with SqliteQueuesStorage(db) as s:
+        loaded = s.load()
+    assert loaded.queues == expected_queues(count)
+
+
+def test_seen_window_prunes_oldest_per_ident(storage: SqliteQueuesStorage) -> None:
+    def u(i: int) -> bytes:
+        return i.to_bytes(16, "big")
+
+    storage.apply(StorageBatch(seen=[("a", u(i)) for i in range(10)], seen_keep=4))
+    storage.apply(StorageBatch(seen=[("b", u(1)), ("a", u(8)), ("a", u(3))], seen_keep=4))
+    # u(8) was in the window (no move); u(3) had been pruned (appended again)
+    assert storage.load().seen == {"a": [u(7), u(8), u(9), u(3)], "b": [u(1)]}
+    storage.apply(StorageBatch(seen=[("a", u(20))], seen_keep=0))  # 0: no pruning
+    assert storage.load().seen["a"] == [u(7), u(8), u(9), u(3), u(20)]
+    storage.apply(StorageBatch(seen=[("a", u(21))], seen_keep=2))
+    assert storage.load().seen["a"] == [u(20), u(21)]
+
+
+# ------------------------------------------------ same semantics as the memory storage
+
+IDENTS = st.sampled_from(["alice", "bob", "carol"])
+UUIDS = st.sampled_from([bytes([i]) * 16 for i in range(8)])
+TTLS = st.none() | st.floats(min_value=0, max_value=MAX_TTL) | st.integers(0, 1000).map(float)
+MESSAGES = st.builds(
+    Message,
+    data=st.binary(max_size=8),
+    ttl=TTLS,
+    flags=st.integers(0, 2**32 - 1),
+    uuid=UUIDS,
+)
+BATCHES = st.builds(
+    StorageBatch,
+    push=st.lists(st.tuples(IDENTS, MESSAGES), max_size=8),
+    update_ttl=st.lists(st.tuples(UUIDS, TTLS), max_size=4),
+    delete=st.lists(UUIDS, max_size=4),
+    seen=st.lists(st.tuples(IDENTS, UUIDS), max_size=10),
+    seen_keep=st.integers(0, 5),
+)
+
+
+class SameAsMemory(RuleBasedStateMachine):
+    """Random batches applied to both storages leave both in the same state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="snakemq-test-")
+        self.path = os.path.join(self.dir, "queues.sqlite")
+        self.memory = MemoryQueuesStorage()
+        self.sqlite = SqliteQueuesStorage(self.path)
+
+    @rule(batch=BATCHES)
+    def apply(self, batch: StorageBatch) -> None:
+        self.memory.apply(batch)
+        self.sqlite.apply(batch)
+
+    @rule()
+    def reopen(self) -> None:
+        self.sqlite.close()
+        self.sqlite = SqliteQueuesStorage(self.path)
+
+    @invariant()
+    def same_state(self) -> None:
+        assert self.sqlite.load() == self.memory.load()
+
+    def teardown(self) -> None:
+        self.sqlite.close()
+        shutil.rmtree(self.dir)
+
+
+SameAsMemory.TestCase.settings = settings(
+    max_examples=80,
+    stateful_step_count=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_same_semantics_as_memory_storage = SameAsMemory.TestCase
+
+
+# ------------------------------------------------------------------ crash safety
+
+
+@pytest.mark.parametrize("count", [1, 5000])
+def test_sigkill_right_after_apply_loses_nothing(
+    db: pathlib.Path, helpers: list[Helper], count: int
+) -> None:
+    writer = Helper("once", str(db), str(count))
+    helpers.append(writer)
+    assert writer.readline() == "stored"
+    writer.kill()
+    assert writer.proc.returncode == -signal.SIGKILL
+    with SqliteQueuesStorage(db) as s:
+        assert s.load().queues == expected_queues(count)
+
+
+def test_sigkill_while_writing_keeps_every_reported_batch_whole(
+    db: pathlib.Path, helpers: list[Helper]
+) -> None:
+    size = 250
+    writer = Helper("loop", str(db), str(size))
+    helpers.append(writer)
+    reported = 0
+    while reported < 40 * size:
+        line = writer.readline()
+        assert line.startswith("stored ")
+        reported = int(line.split()[1])
+    writer.kill()  # most likely in the middle of a later batch
+    with SqliteQueuesStorage(db) as s:
+        queues = s.load().queues
+    stored = sum(len(q) for q in queues.values())
+    assert stored >= reported
+    assert stored % size == 0  # no half batch
+    assert queues == expected_queues(stored)
+
+
+# ------------------------------------------------------------------------ errors
+
+
+def test_corrupt_file_is_refused_and_left_alone(db: pathlib.Path) -> None:
+    garbage = b"this is not a database\n" + bytes(range(256)) * 16
+    db.write_bytes(garbage)
+    with pytest.raises(StorageError, match=r"queues\.sqlite.*corrupt.*backup") as info:
+        SqliteQueuesStorage(db)
+    assert "move it away" in str(info.value)
+    assert db.read_bytes() == garbage
+
+
+def test_truncated_storage_is_reported_as_corrupt(db: pathlib.Path) -> None:
+    with SqliteQueuesStorage(db) as s:
+        s.apply(StorageBatch(push=[("bob", message(i)) for i in range(2000)]))
+    data = db.read_bytes()
+    assert len(data) > 8192
+    db.write_bytes(data[:100] + b"\xff" * (len(data) - 100))  # header kept, pages garbage
+    with pytest.raises(StorageError, match="corrupt"), SqliteQueuesStorage(db) as s:
+        s.load()
+
+
+def _foreign_with_table(path: pathlib.Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.execute("INSERT INTO users VALUES ('ann')")
+    conn.commit()
+    conn.close()
+
+
+def _foreign_with_user_version(path: pathlib.Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 7")
+    conn.close()
+
+
+def _foreign_with_meta_table(path: pathlib.Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE snakemq_meta (key TEXT, value TEXT)")
+    conn.execute("INSERT INTO snakemq_meta VALUES ('application', 'other')")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "make", [_foreign_with_table, _foreign_with_user_version, _foreign_with_meta_table]
+)
+def test_foreign_sqlite_file_is_refused_and_left_alone(db: pathlib.Path, make: object) -> None:
+    assert callable(make)
+    make(db)
+    before = db.read_bytes()
+    with pytest.raises(StorageError, match=r"not a snakemq queue storage.*untouched"):
+        SqliteQueuesStorage(db)
+    assert db.read_bytes() == before
+    assert not os.path.exists(str(db) + "-wal")
+
+
+def test_newer_schema_is_refused(db: pathlib.Path) -> None:
+    with SqliteQueuesStorage(db) as s:
+        s.apply(StorageBatch(push=[("bob", message(1))]))
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StorageError, match=r"schema version 2.*newer.*Upgrade"):
+        SqliteQueuesStorage(db)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM snakemq_queue").fetchone()[0] == 1
+    conn.close()
+
+
+def test_damaged_schema_is_refused(db: pathlib.Path) -> None:
+    SqliteQueuesStorage(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE snakemq_seen")
+    conn.close()
+    with pytest.raises(StorageError, match=r"damaged.*snakemq_seen"):
+        SqliteQueuesStorage(db)
+
+
+def test_locked_by_another_process(db: pathlib.Path, helpers: list[Helper]) -> None:
+    holder = Helper("hold", str(db))
+    helpers.append(holder)
+    assert holder.readline() == "ready"
+    with pytest.raises(StorageError, match=r"queues\.sqlite.*locked.*another process"):
+        SqliteQueuesStorage(db, timeout=0.05)
+    holder.kill()  # a crashed holder releases the file
+    with SqliteQueuesStorage(db, timeout=0.05) as s:
+        assert s.load() == StoredState(queues={}, seen={})
+
+
+def test_locked_by_an_exclusive_transaction(db: pathlib.Path) -> None:
+    SqliteQueuesStorage(db).close()
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StorageError, match="locked"):
+            SqliteQueuesStorage(db, timeout=0.05)
+        with pytest.raises(StorageError, match="locked"):
+            SqliteQueuesStorage(db, timeout=0.05, exclusive=False)
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    SqliteQueuesStorage(db).close()
+
+
+def test_second_storage_on_same_file_is_refused(storage: SqliteQueuesStorage) -> None:
+    with pytest.raises(StorageError, match="locked"):
+        SqliteQueuesStorage(storage.path, timeout=0.05)
+    storage.close()
+    SqliteQueuesStorage(storage.path).close()
+
+
+def test_shared_mode_allows_two_storages(db: pathlib.Path) -> None:
+    with (
+        SqliteQueuesStorage(db, exclusive=False) as a,
+        SqliteQueuesStorage(db, exclusive=False) as b,
+    ):
+        a.apply(StorageBatch(push=[("bob", message(1))]))
+        assert b.load().queues == {"bob": [message(1)]}
+
+
+def test_directory_path_is_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(StorageError, match=r"is a directory.*queues\.sqlite"):
+        SqliteQueuesStorage(tmp_path)
+
+
+def test_missing_directory_is_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(StorageError, match=r"does not exist.*create the directory"):
+        SqliteQueuesStorage(tmp_path / "missing" / "queues.sqlite")
+
+
+def test_location_under_a_file_is_refused(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match="is not a directory"):
+        SqliteQueuesStorage(tmp_path / "file" / "queues.sqlite")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_unwritable_location_is_refused() -> None:
+    # /proc refuses new files even for root, unlike a chmod-ed directory
+    with pytest.raises(StorageError, match=r"cannot open queue storage '/proc/"):
+        SqliteQueuesStorage("/proc/snakemq-queues.sqlite")
+
+
+def test_wrong_arguments(db: pathlib.Path) -> None:
+    with pytest.raises(TypeError, match="path"):
+        SqliteQueuesStorage(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="path"):
+        SqliteQueuesStorage(":memory:")
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteQueuesStorage(db, synchronous="OFF")
+    with pytest.raises(ValueError, match="timeout"):
+        SqliteQueuesStorage(db, timeout=-1)
+    assert not db.exists()
+
+
+def test_close_is_idempotent_and_later_calls_fail(storage: SqliteQueuesStorage) -> None:
+    storage.close()
+    storage.close()
+    assert storage.closed
+    assert "closed" in repr(storage)
+    with pytest.raises(StorageError, match=r"queues\.sqlite.*closed"):
+        storage.load()
+    with pytest.raises(StorageError, match="closed"):
+        storage.apply(StorageBatch())
+    with pytest.raises(StorageError, match="closed"):
+        storage.apply(StorageBatch(push=[("bob", message(1))]))
+
+
+# ----------------------------------------------------------------------- threads
+
+
+def test_use_from_other_threads(storage: SqliteQueuesStorage) -> None:
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(n * 100, n * 100 + 100):
+                storage.apply(StorageBatch(push=[(f"t{n}", message(i))]))
+                storage.load()
+        except BaseException as exc:  # reported below, in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert errors == []
+    queues = storage.load().queues
+    assert queues == {
+        f"t{n}": [message(i) for i in range(n * 100, n * 100 + 100)] for n in range(4)
+    }
