@@ -137,6 +137,8 @@ _PONG_PACKET = encode_packet(Pong().encode())
 
 
 class ConnState(enum.Enum):
+    """Where a connection is in its life (see the table ``_TRANSITIONS``)."""
+
     AWAIT_VERSION = "await-version"
     AWAIT_IDENT = "await-ident"
     ACTIVE = "active"
@@ -343,6 +345,7 @@ class Engine:
         return {ident: c.conn_id for ident, c in self._by_ident.items()}
 
     def conn_ident(self, conn_id: str) -> str | None:
+        """The remote identifier of ``conn_id``, or ``None`` before identification."""
         conn = self._conns.get(conn_id)
         return None if conn is None else conn.ident
 
