@@ -1,0 +1,112 @@
+"""Persistent queues survive a SIGKILL of the sending process (SQLite storage)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from snakemq_anyio import FLAG_PERSISTENT, Message, Messaging, SqliteQueuesStorage
+
+pytestmark = pytest.mark.anyio
+
+SENDER = Path(__file__).with_name("persistent_sender.py")
+
+
+@asynccontextmanager
+async def _sender(
+    backend: str, db: Path, port: int, count: int
+) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream]]:
+    process = await anyio.open_process(
+        [sys.executable, str(SENDER), backend, str(db), str(port), str(count)]
+    )
+    try:
+        assert process.stdout is not None
+        yield process, BufferedByteReceiveStream(process.stdout)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            await process.aclose()
+
+
+async def _kill_after(process: Process, lines: BufferedByteReceiveStream, stop: int) -> int:
+    """Read the durable indices the sender reports; SIGKILL it once ``stop``
+    was reported.  Return the highest index reported before the kill."""
+    last = -1
+    while last < stop:
+        line = await lines.receive_until(b"\n", 100)
+        assert line != b"done", "the sender finished before it could be killed"
+        last = int(line)
+    process.kill()  # SIGKILL: no cleanup, no last commit
+    await process.wait()
+    return last
+
+
+async def _receive_until_marker(receiver: Messaging) -> list[int]:
+    got: list[int] = []
+    while True:
+        _ident, message = await receiver.receive()
+        if message.data == b"end":
+            return got
+        got.append(int(message.data))
+
+
+async def test_queue_survives_sigkill_while_peer_is_away(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "sender.db"
+    with anyio.fail_after(60):
+        async with _sender(anyio_backend, db, 0, 100_000) as (process, lines):
+            durable = await _kill_after(process, lines, 300)
+        # restart the sender on the same file, now with the receiver reachable
+        async with Messaging("receiver") as receiver:
+            _host, port = await receiver.add_listener(("127.0.0.1", 0))
+            async with Messaging("sender", storage=SqliteQueuesStorage(str(db))) as sender:
+                assert len(sender.queued("receiver")) >= durable + 1
+                await sender.add_connector(("127.0.0.1", port))
+                marker = await sender.send_message("receiver", Message(b"end", ttl=None))
+                got = await _receive_until_marker(receiver)
+                await marker.delivered()
+                assert sender.queued("receiver") == []
+    # everything reported durable arrived, in order; the send in progress at
+    # the kill may have been stored too
+    assert got == list(range(len(got)))
+    assert durable + 1 <= len(got) <= durable + 2
+    # delivered messages left the storage
+    async with Messaging("sender", storage=db) as sender:
+        assert sender.queued("receiver") == []
+
+
+async def test_no_loss_when_sender_is_killed_mid_stream(anyio_backend: str, tmp_path: Path) -> None:
+    db = tmp_path / "sender.db"
+    with anyio.fail_after(60):
+        async with Messaging("receiver") as receiver:
+            _host, port = await receiver.add_listener(("127.0.0.1", 0))
+            got: list[int] = []
+            async with anyio.create_task_group() as tg:
+
+                async def collect() -> None:
+                    # takes (and so acknowledges) messages while the sender runs
+                    async for _ident, message in receiver:
+                        if message.data == b"end":
+                            return
+                        got.append(int(message.data))
+
+                tg.start_soon(collect)
+                async with _sender(anyio_backend, db, port, 100_000) as (process, lines):
+                    durable = await _kill_after(process, lines, 2000)
+                async with Messaging("sender", storage=db) as sender:
+                    await sender.add_connector(("127.0.0.1", port))
+                    marker = await sender.send_message(
+                        "receiver", Message(b"end", ttl=None, flags=FLAG_PERSISTENT)
+                    )
+                    await marker.delivered()
+    assert got == list(range(len(got))), "lost, duplicated or reordered messages"
+    assert len(got) > durable
