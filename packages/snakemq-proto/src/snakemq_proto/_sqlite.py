@@ -103,7 +103,10 @@ _PUSH: Final = (
 )
 _UPDATE_TTL: Final = "UPDATE snakemq_queue SET ttl = ? WHERE uuid = ?"
 _DELETE: Final = "DELETE FROM snakemq_queue WHERE uuid = ?"
-_SEEN_RANGE: Final = "SELECT min(seq), max(seq) FROM snakemq_seen WHERE ident = ?"
+_SEEN_RANGE: Final = (  # two subqueries: each is one index lookup, min+max together a scan
+    "SELECT (SELECT min(seq) FROM snakemq_seen WHERE ident = ?1), "
+    "(SELECT max(seq) FROM snakemq_seen WHERE ident = ?1)"
+)
 _SEEN_INSERT: Final = "INSERT OR REPLACE INTO snakemq_seen (ident, uuid, seq) VALUES (?, ?, ?)"
 _SEEN_PRUNE: Final = "DELETE FROM snakemq_seen WHERE ident = ? AND seq < ?"
 
