@@ -89,15 +89,18 @@ class Workload:
 
     name: str
     label: str
-    mode: str  # "throughput" or "latency"
+    mode: str  # "throughput", "latency" or "noread"
     size: int
     count: int
     quick_count: int
-    unit: str  # what the table shows: "msg/s", "MB/s" or "us"
+    unit: str  # what the table shows: "msg/s", "MB/s", "us" or "MiB"
     tls: bool = False
     persistent: bool = False
     warmup: int = 0
     quick_warmup: int = 0
+    #: noread: seconds the sender may push before the memory is read.
+    budget: float = 0.0
+    quick_budget: float = 0.0
 
 
 SYSTEMS: dict[str, System] = {
@@ -179,6 +182,18 @@ WORKLOADS: dict[str, Workload] = {
             warmup=200,
             quick_warmup=20,
         ),
+        # A receiver that never reads while the sender pushes: memory must stay bounded.
+        Workload(
+            "noread",
+            "no reader 100 B",
+            "noread",
+            100,
+            1_000_000,
+            5_000,
+            "MiB",
+            budget=60.0,
+            quick_budget=10.0,
+        ),
     )
 }
 
@@ -219,6 +234,8 @@ class DriverProcess:
         with self._live_lock:
             self._live.add(self)
         self._lines: queue.Queue[str | None] = queue.Queue()
+        #: The last payload of every tagged line read so far (e.g. PROGRESS).
+        self.seen: dict[str, dict[str, Any]] = {}
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -241,9 +258,12 @@ class DriverProcess:
             if line is None:
                 code = self.popen.wait()
                 raise RunError(f"{what}: driver exited with {code}: {self.stderr_tail()}")
-            if line.startswith(tag + " "):
-                payload: dict[str, Any] = json.loads(line[len(tag) + 1 :])
-                return payload
+            head, _, body = line.partition(" ")
+            if head.isupper() and body.startswith("{"):
+                payload: dict[str, Any] = json.loads(body)
+                self.seen[head] = payload
+                if head == tag:
+                    return payload
 
     def check_alive(self, what: str) -> None:
         """Raise RunError if the process has already exited."""
@@ -450,7 +470,20 @@ def run_once(
         )
         procs.append(send)
         measuring, other = (recv, send) if workload.mode == "throughput" else (send, recv)
-        result = _await_result(measuring, other, deadline, tag)
+        if workload.mode == "noread":
+            # Pushing stops when the system pushes back (or all is queued); both are fine.
+            budget = workload.quick_budget if quick else workload.budget
+            try:
+                result = _await_result(
+                    measuring, other, min(deadline, time.monotonic() + budget), tag
+                )
+            except RunError as exc:
+                if "timed out" not in str(exc):
+                    raise
+                result = {"pushed": send.seen.get("PROGRESS", {}).get("pushed", 0)}
+            other.check_alive(f"{tag}: the receiver")
+        else:
+            result = _await_result(measuring, other, deadline, tag)
         rss_recv = recv.peak_rss_kib()
         rss_send = send.peak_rss_kib()
         if measuring is recv and rss_recv is None:
@@ -480,6 +513,12 @@ def run_once(
         out["elapsed_s"] = elapsed
         out["msgs_per_s"] = (count - 1) / elapsed
         out["mb_per_s"] = (count - 1) * workload.size / elapsed / 1e6
+    elif workload.mode == "noread":
+        out["pushed"] = result["pushed"]
+        out["completed"] = result["pushed"] >= count
+        if rss_send is None or rss_recv is None:
+            raise RunError(f"{tag}: could not read the peak RSS of both sides")
+        out["rss_max_mib"] = max(rss_send, rss_recv) / 1024
     else:
         if result["wrong_size"]:
             raise RunError(f"{tag}: {result['wrong_size']} echoes of the wrong size")
@@ -510,12 +549,16 @@ def _await_result(
 def _metric_keys(workload: Workload) -> tuple[str, ...]:
     if workload.mode == "latency":
         return ("median_us", "p99_us")
+    if workload.mode == "noread":
+        return ("rss_max_mib", "pushed")
     return ("msgs_per_s", "mb_per_s")
 
 
 def headline(workload: Workload) -> str:
     """The metric the table shows for a workload."""
-    return {"msg/s": "msgs_per_s", "MB/s": "mb_per_s", "us": "median_us"}[workload.unit]
+    return {"msg/s": "msgs_per_s", "MB/s": "mb_per_s", "us": "median_us", "MiB": "rss_max_mib"}[
+        workload.unit
+    ]
 
 
 def _median(values: Sequence[float | int | None]) -> float | None:
@@ -631,7 +674,11 @@ def _progress(system: System, workload: Workload, outcome: dict[str, Any]) -> st
     if not outcome["ok"]:
         return f"{name} FAILED: {outcome['error']}"
     key = headline(workload)
-    extra = f" p99 {outcome['p99_us']:.0f}" if workload.mode == "latency" else ""
+    extra = ""
+    if workload.mode == "latency":
+        extra = f" p99 {outcome['p99_us']:.0f}"
+    elif workload.mode == "noread":
+        extra = f" after pushing {outcome['pushed']:,}"
     return f"{name} {outcome[key]:>12,.1f} {workload.unit}{extra}  ({outcome['wall_s']:.1f} s)"
 
 
@@ -671,7 +718,7 @@ def _report(
         for wname in workloads:
             cell = results[sname][wname]
             for key in _metric_keys(WORKLOADS[wname]):
-                if cell.get(key) is None:
+                if cell.get(key) is None or key == "pushed":
                     continue
                 ratios: dict[str, float | None] = {}
                 for ref in REFERENCES:
@@ -689,8 +736,10 @@ def _report(
         "quick": quick,
         "repeat": repeat,
         "timeout_s": timeout,
-        "note": "medians of the repetitions; latency ratios are value / reference (lower is better),"
-        " throughput ratios likewise (higher is better)",
+        "note": "medians of the repetitions; ratios are value / reference from this run"
+        " (throughput: higher is better; latency and peak RSS: lower is better);"
+        " noread: the receiver never reads, the sender pushes for a bounded time, 'pushed' counts"
+        " the send calls that returned",
         "systems": {s: SYSTEMS[s].label for s in systems},
         "workloads": {
             w: {
@@ -737,6 +786,9 @@ def _rows(report: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         if workload.mode == "latency":
             yield wname, "median_us", f"{info['label']} median (us)"
             yield wname, "p99_us", f"{info['label']} p99 (us)"
+        elif workload.mode == "noread":
+            yield wname, "rss_max_mib", f"{info['label']} peak RSS (MiB)"
+            yield wname, "pushed", f"{info['label']} pushed"
         else:
             yield wname, headline(workload), f"{info['label']} ({info['unit']})"
 
@@ -777,7 +829,8 @@ def format_table(report: dict[str, Any]) -> str:
         out.append(line(title, systems))
         out.append("-" * (label_width + width * len(systems)))
         for wname, key, label in _rows(report):
-            out.append(line(label, [cell_text(s, wname, key, ref) for s in systems]))
+            if ref is None or key != "pushed":
+                out.append(line(label, [cell_text(s, wname, key, ref) for s in systems]))
     out.append("")
     out.append(line("peak RSS MiB send/recv", systems))
     out.append("-" * (label_width + width * len(systems)))
@@ -794,7 +847,12 @@ def format_table(report: dict[str, Any]) -> str:
         out.append(line(info["label"], cells))
     out.append("")
     out.append(
-        "ratios: value / reference from this run (throughput: higher is better; latency: lower is better)."
+        "ratios: value / reference from this run (throughput: higher is better;"
+        " latency and memory: lower is better)."
+    )
+    out.append(
+        "no reader: the receiver never reads while the sender pushes for a bounded time;"
+        " 'pushed' is how many send calls returned (a system that pushes back stops early)."
     )
     out.append(
         "n/a: the system has no such feature; FAIL: no repetition succeeded; !: some failed."
@@ -814,7 +872,7 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     systems = list(report["systems"])
-    panels = list(_rows(report))
+    panels = [row for row in _rows(report) if row[1] != "pushed"]
     cols = 3
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
@@ -841,7 +899,8 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
             text = {"n/a": "n/a", "unavailable": "absent"}.get(status, "FAIL")
             # Missing figures are written at the foot of their slot (axes coordinates in y).
             ax.text(x, 0.03, text, ha="center", fontsize=8, transform=ax.get_xaxis_transform())
-        ax.set_title(label + ("  (lower is better)" if key.endswith("_us") else ""))
+        lower_better = key.endswith(("_us", "_mib"))
+        ax.set_title(label + ("  (lower is better)" if lower_better else ""), fontsize=10)
         ax.set_xticks(range(len(systems)))
         ax.set_xticklabels(systems, rotation=25, ha="right", fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:

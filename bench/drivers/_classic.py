@@ -55,6 +55,13 @@ def run_receiver(config: dict[str, Any]) -> None:
     link, messaging = _peer(_common.RECEIVER_IDENT, config)
     _host, port = link.add_listener((config["host"], 0), ssl_config=_ssl_config(config))
 
+    if config["mode"] == "noread":
+        # Identify, then never read again: stop the loop and keep the process alive.
+        messaging.on_connect.add(lambda conn_id, ident: link.stop())
+        _common.ready(port=port)
+        link.loop()
+        _common.block_forever()
+
     if config["mode"] == "latency":
 
         def on_echo(conn_id: Any, ident: str, message: Any) -> None:
@@ -105,7 +112,23 @@ def run_sender(config: dict[str, Any]) -> None:
 
     count = config["count"]
     persistent = bool(config.get("storage"))
-    limit = _common.window(size)
+
+    if config["mode"] == "noread":
+
+        def push(conn_id: Any, ident: str) -> None:
+            if ident != _common.RECEIVER_IDENT:
+                return
+            for i in range(1, count + 1):
+                messaging.send_message(ident, _message(payload, False))
+                if i % _common.PROGRESS_EVERY == 0:
+                    _common.pushed(i)
+            _common.emit("RESULT", {"pushed": count, "rss_kib": _common.peak_rss_kib()})
+
+        messaging.on_connect.add(push)
+        link.loop()
+        return
+
+    limit = _common.window(size, persistent)
     state = {"queued": 0, "sent": 0, "connected": False}
 
     def on_connect_send(conn_id: Any, ident: str) -> None:

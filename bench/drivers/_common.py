@@ -4,7 +4,9 @@ A driver is started as ``python <driver>.py '<json config>'`` and speaks a line
 protocol on stdout:
 
 - ``READY {"port": ...}`` once it listens (receivers and echo servers);
-- ``RESULT {...}`` once it has measured what it was asked to measure.
+- ``RESULT {...}`` once it has measured what it was asked to measure;
+- ``PROGRESS {"pushed": n}`` now and then while a sender pushes to a receiver
+  that does not read (``mode == "noread"``).
 
 After that a driver keeps running (so its connections stay up and its peak RSS
 can be read) until the harness kills it.  Nothing here may import anything but
@@ -40,9 +42,16 @@ def load_config() -> dict[str, Any]:
     return config
 
 
-def window(size: int) -> int:
+#: Persistent messages a windowed sender keeps queued but not yet sent, at most: the
+#: receiver's clock starts at the first arrival, so whatever is stored before that
+#: goes unmeasured — keep it small.
+WINDOW_PERSISTENT = 100
+
+
+def window(size: int, persistent: bool = False) -> int:
     """How many messages of ``size`` bytes a sender keeps in flight."""
-    return max(4, min(WINDOW_MESSAGES, WINDOW_BYTES // max(1, size)))
+    most = WINDOW_PERSISTENT if persistent else WINDOW_MESSAGES
+    return max(4, min(most, WINDOW_BYTES // max(1, size)))
 
 
 def peak_rss_kib() -> int:
@@ -65,6 +74,15 @@ def block_forever() -> None:
     """Keep the process (and whatever threads it runs) alive until the harness kills it."""
     while True:
         time.sleep(3600)
+
+
+#: A pushing sender reports its progress every this many messages.
+PROGRESS_EVERY = 10_000
+
+
+def pushed(count: int) -> None:
+    """Report how many send calls have returned so far (no-reader workload)."""
+    emit("PROGRESS", {"pushed": count})
 
 
 class ThroughputMeter:

@@ -36,6 +36,9 @@ async def run_receiver(config: dict[str, Any]) -> None:
             (config["host"], 0), ssl_config=_ssl_config(config)
         )
         _common.ready(port=port)
+        if config["mode"] == "noread":
+            await messaging.wait_connected(_common.SENDER_IDENT)
+            await anyio.sleep_forever()
         if config["mode"] == "latency":
             async for ident, message in messaging:
                 await messaging.send_message(
@@ -69,6 +72,14 @@ async def run_sender(config: dict[str, Any]) -> None:
                 if meter.done(len(message.data)):
                     break
             meter.report()
+            await anyio.sleep_forever()
+
+        if config["mode"] == "noread":
+            for i in range(1, config["count"] + 1):
+                await messaging.send_message(to, snakemq_anyio.Message(payload, ttl=_common.TTL))
+                if i % _common.PROGRESS_EVERY == 0:
+                    _common.pushed(i)
+            _common.emit("RESULT", {"pushed": config["count"], "rss_kib": _common.peak_rss_kib()})
             await anyio.sleep_forever()
 
         flags = snakemq_anyio.FLAG_PERSISTENT if config.get("storage") else 0

@@ -27,6 +27,11 @@ def run_receiver(config: dict[str, Any]) -> None:
     host = config["host"]
     router = config["pattern"] == "dealerrouter"
 
+    if config["mode"] == "noread":
+        sock = ctx.socket(zmq.ROUTER if router else zmq.PULL)
+        _common.ready(port=_bind(sock, host))
+        _common.block_forever()
+
     if config["mode"] == "latency":
         if router:
             sock = ctx.socket(zmq.ROUTER)
@@ -84,6 +89,14 @@ def run_sender(config: dict[str, Any]) -> None:
 
     sock = ctx.socket(zmq.DEALER if router else zmq.PUSH)
     sock.connect(address)
+    if config["mode"] == "noread":
+        # send() blocks at the high-water mark: that is pyzmq's answer to a stalled reader.
+        for i in range(1, config["count"] + 1):
+            sock.send(payload, copy=copy)
+            if i % _common.PROGRESS_EVERY == 0:
+                _common.pushed(i)
+        _common.emit("RESULT", {"pushed": config["count"], "rss_kib": _common.peak_rss_kib()})
+        _common.block_forever()
     for _ in range(config["count"]):
         sock.send(payload, copy=copy)
     _common.block_forever()
