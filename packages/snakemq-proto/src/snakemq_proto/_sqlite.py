@@ -193,8 +193,11 @@ class SqliteQueuesStorage:
 
     def _check_location(self) -> None:
         path = self.path
-        if not path or path == ":memory:" or path.startswith("file:"):
-            raise ValueError(f"path must name a file on disk, got {path!r}")
+        if not path or path == ":memory:":
+            raise ValueError(
+                f"path must name a file on disk, got {path!r} (MemoryQueuesStorage keeps "
+                "queues in memory)"
+            )
         if os.path.isdir(path):
             raise StorageError(
                 f"queue storage {path!r} is a directory; give the path of a file in it, "
