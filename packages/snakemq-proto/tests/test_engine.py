@@ -6,6 +6,8 @@ import struct
 
 import pytest
 from helpers import Clock, Link, frames_of, of_type, packets
+from hypothesis import given
+from hypothesis import strategies as st
 from snakemq_proto import (
     CAP_ACK,
     DEFAULT_WINDOW,
@@ -16,6 +18,7 @@ from snakemq_proto import (
     DuplicateIdentError,
     Engine,
     ErrorOccurred,
+    Event,
     HandshakeTimeoutError,
     Identification,
     IdentityMismatchError,
@@ -970,7 +973,9 @@ def test_mass_expiry_keeps_the_survivors_in_order(clock: Clock) -> None:
     for m in sent:
         a.send_message("bob", m, clock.now)
     events = a.handle_timeout(clock.now + 1)
-    assert [e.uuid for e in events] == [m.uuid for i, m in enumerate(sent) if i % 3 == 0]
+    assert [e.uuid for e in of_type(events, MessageDropped)] == [
+        m.uuid for i, m in enumerate(sent) if i % 3 == 0
+    ]
     assert [m.uuid for m in a.queued("bob")] == [m.uuid for i, m in enumerate(sent) if i % 3]
 
 
@@ -985,3 +990,102 @@ def test_ttl_0_messages_dropped_on_disconnect_keep_the_others_in_order(clock: Cl
     dropped = [e.uuid for e in of_type(link.a.events, MessageDropped)]
     assert dropped == [m.uuid for m in sent if m.ttl == 0]
     assert [m.uuid for m in a.queued("bob")] == [m.uuid for m in sent if m.ttl is None]
+
+
+def test_handshake_and_messages_in_one_read(clock: Clock) -> None:
+    e = fresh(clock)
+    frames = [MessageFrame(bytes([i]) * 16, i, 0, b"m%d" % i).encode() for i in range(3)]
+    events = e.receive_data("c", LEGACY_HELLO + packets(*frames), clock.now)
+    assert events[0] == PeerConnected("c", "bob", True)
+    assert [x.message.data for x in of_type(events, MessageReceived)] == [b"m0", b"m1", b"m2"]
+
+
+def test_capabilities_without_the_ack_bit_mean_legacy(clock: Clock) -> None:
+    e = fresh(clock)
+    hello = packets(ProtocolVersion(), Capabilities(0x80, 0), Identification("bob"))
+    assert e.receive_data("c", hello, clock.now) == [PeerConnected("c", "bob", True)]
+
+
+def test_unknown_capability_bits_are_ignored(clock: Clock) -> None:
+    e = fresh(clock)
+    caps = Capabilities(0xFFFFFFFF, 2).encode() + b"future fields"
+    hello = packets(ProtocolVersion(), caps, Identification("bob"))
+    assert e.receive_data("c", hello, clock.now) == [PeerConnected("c", "bob", False)]
+    for i in range(5):
+        e.send_message("bob", Message(bytes([i]), ttl=None), clock.now)
+    sent = [f for f in frames_of(e.data_to_send("c")) if isinstance(f, MessageFrame)]
+    assert len(sent) == 2  # the window it announced
+
+
+def test_application_close(clock: Clock) -> None:
+    link = pair(clock)
+    a = link.a.engine
+    assert a.close(link.a.conn_id) == [CloseConnection(link.a.conn_id)]
+    assert a.close(link.a.conn_id) == []
+    err = DuplicateIdentError("test")
+    link2 = pair(clock, a, Engine("carol"))
+    events = a.close(link2.a.conn_id, err)
+    assert events == [
+        ErrorOccurred(link2.a.conn_id, "carol", err),
+        CloseConnection(link2.a.conn_id),
+    ]
+
+
+def _digest(events: list[Event]) -> list[object]:
+    out: list[object] = []
+    for e in events:
+        if isinstance(e, ErrorOccurred):
+            out.append((type(e.error), str(e.error)))
+        else:
+            out.append(e)
+    return out
+
+
+_remote_frames = st.one_of(
+    st.builds(
+        lambda u, t, d: MessageFrame(u, t, 0, d).encode(),
+        st.binary(min_size=16, max_size=16),
+        st.none() | st.integers(0, 100),
+        st.binary(max_size=40),
+    ),
+    st.just(Ping().encode()),
+    st.just(Pong().encode()),
+    st.just(b"\x77unknown"),
+    st.just(b""),  # zero-length packet: an error
+    st.just(b"\x02again"),  # a second IDENTIFICATION: an error
+)
+
+
+@given(
+    st.lists(_remote_frames, max_size=12),
+    st.booleans(),
+    st.lists(st.integers(0, 2000), max_size=10),
+    st.booleans(),
+)
+def test_what_happens_does_not_depend_on_chunking(
+    frames: list[bytes], capable: bool, cuts: list[int], oversized_tail: bool
+) -> None:
+    if capable:
+        hello = packets(ProtocolVersion(), Capabilities(CAP_ACK, 100), Identification("bob"))
+    else:
+        hello = LEGACY_HELLO
+    stream = hello + packets(*frames)
+    if oversized_tail:
+        stream += struct.pack("!I", 10_000) + b"x" * 50
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    chunks = [stream[i:j] for i, j in zip([0, *points], [*points, len(stream)], strict=True)]
+
+    results = []
+    for pieces in ([stream], chunks):
+        e = Engine("alice", max_packet_size=1000)
+        e.connection_made("c", 0.0)
+        e.data_to_send("c")
+        events: list[Event] = []
+        for piece in pieces:
+            new = e.receive_data("c", piece, 0.0)
+            events += new
+            # a synchronous I/O layer hands what it received at once
+            e.handed("c", len(of_type(new, MessageReceived)))
+        # (acks may differ: none goes out once the connection is closing)
+        results.append(_digest(events))
+    assert results[0] == results[1]
