@@ -1,0 +1,245 @@
+"""A driver for the classic tutorial API (``snakemq.link`` / ``packeter`` / ``messaging``).
+
+Both the sync package and snakeMQ 1.6 expose that API, so ``sync_peer.py`` and
+``legacy16_peer.py`` are thin wrappers around this module; whatever 1.6 needs
+on top of the API lives in ``legacy16_peer.py``.
+
+Threads: the main thread reads commands; the link loop runs in a second
+thread.  Every call into the implementation that is not documented as
+thread-safe runs inside the loop thread (queued, then ``wakeup_poll()``, then
+executed from ``on_loop_pass``).  ``send_message`` is documented as
+thread-safe in the sync package and is called from the main thread there; 1.6
+cannot use its SQLite storage from a second thread, so the legacy driver sends
+from the loop thread too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import queue
+import ssl
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from _driverlib import LineChannel, Recorder, check_wait_args, log, payload, quiet_stdout
+
+LOOP_POLL_TIMEOUT = 0.05
+
+
+class TutorialDriver:
+    def __init__(self, impl: str, *, legacy: bool, channel: LineChannel) -> None:
+        self.impl = impl
+        self.legacy = legacy
+        self.channel = channel
+        self.rec = Recorder()
+        self.api: dict[str, Any] = {}
+        self.link: Any = None
+        self.messaging: Any = None
+        self.storage: Any = None
+        self.ident = ""
+        self.reconnect_interval = 0.5
+        self.calls: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self.loop_thread: threading.Thread | None = None
+        self.loop_done = threading.Event()
+
+    # ------------------------------------------------------------- loop thread
+
+    def import_api(self) -> None:
+        for name in ("link", "packeter", "messaging", "message"):
+            self.api[name] = importlib.import_module(f"snakemq.{name}")
+        self.api["snakemq"] = importlib.import_module("snakemq")
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn, fut = self.calls.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def _loop(self, cmd: dict[str, Any], ready: Future[None]) -> None:
+        try:
+            self._setup(cmd)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            self.loop_done.set()
+            return
+        ready.set_result(None)
+        try:
+            self.link.loop(poll_timeout=LOOP_POLL_TIMEOUT)
+        except BaseException:
+            text = traceback.format_exc()
+            log("link.loop() died:", text)
+            self.rec.on_loop_error(text)
+        finally:
+            self.loop_done.set()
+            # nothing will run the queued calls any more
+            while True:
+                try:
+                    _, fut = self.calls.get_nowait()
+                except queue.Empty:
+                    break
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(RuntimeError("the link loop is not running"))
+
+    def in_loop(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+        if self.loop_done.is_set():
+            raise RuntimeError(f"the link loop is not running: {self.rec.loop_error}")
+        fut: Future[Any] = Future()
+        self.calls.put((fn, fut))
+        self.link.wakeup_poll()
+        return fut.result(timeout)
+
+    # ---------------------------------------------------------------- commands
+
+    def cmd_start(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self.import_api()
+        self.ident = cmd["ident"]
+        self.reconnect_interval = float(cmd.get("reconnect_interval") or 0.5)
+        # built inside the loop thread: 1.6's SQLite storage only works in the
+        # thread that opened it
+        ready: Future[None] = Future()
+        self.loop_thread = threading.Thread(
+            target=self._loop, args=(cmd, ready), name="link-loop", daemon=True
+        )
+        self.loop_thread.start()
+        ready.result(60)
+        return {"ok": True}
+
+    def _setup(self, cmd: dict[str, Any]) -> None:
+        snakemq = self.api["snakemq"]
+        if hasattr(snakemq, "init"):  # the tutorial calls it; 1.6 removed it
+            snakemq.init()
+        self.link = self.api["link"].Link()
+        self.link.reconnect_interval = self.reconnect_interval
+        packeter = self.api["packeter"].Packeter(self.link)
+        if cmd.get("storage"):
+            sqlite_mod = importlib.import_module("snakemq.storage.sqlite")
+            self.storage = sqlite_mod.SqliteQueuesStorage(cmd["storage"])
+            self.messaging = self.api["messaging"].Messaging(self.ident, "", packeter, self.storage)
+        else:
+            self.messaging = self.api["messaging"].Messaging(self.ident, "", packeter)
+        m = self.messaging
+        if cmd.get("keepalive_interval") is not None:
+            m.keepalive_interval = float(cmd["keepalive_interval"])
+            m.keepalive_wait = float(cmd.get("keepalive_wait", 0.5))
+        rec = self.rec
+        m.on_message_recv.add(
+            lambda conn_id, ident, msg: rec.on_received(ident, msg.uuid, msg.data, msg.ttl)
+        )
+        m.on_connect.add(lambda conn_id, ident: rec.event("connected", ident))
+        m.on_disconnect.add(lambda conn_id, ident: rec.event("disconnected", ident))
+        m.on_message_drop.add(lambda ident, uuid: rec.on_dropped(ident, uuid))
+        m.on_message_sent.add(lambda conn_id, ident, uuid: rec.event("sent", ident))
+        m.on_error.add(lambda conn_id, exc: rec.on_error(f"{conn_id}: {exc!r}"))
+        if not self.legacy:
+            m.on_message_delivered.add(self._on_delivered)
+        self.link.on_loop_pass.add(self._run_calls)
+
+    def _on_delivered(self, *args: Any) -> None:
+        # on_message_delivered(ident, uuid) — tolerate a leading conn_id
+        ident, uuid = args[-2], args[-1]
+        self.rec.on_delivered(ident, uuid)
+
+    def ssl_config(self, tls: dict[str, Any] | None) -> Any:
+        if not tls:
+            return None
+        kwargs: dict[str, Any] = {}
+        if tls.get("bind_ident"):
+            if self.legacy:
+                raise NotImplementedError("snakeMQ 1.6 cannot bind identifiers to certificates")
+            kwargs["bind_ident"] = True
+        return self.api["link"].SSLConfig(
+            tls.get("key"),
+            tls.get("cert"),
+            cert_reqs=ssl.CERT_REQUIRED if tls.get("verify") else ssl.CERT_NONE,
+            ca_certs=tls.get("ca"),
+            **kwargs,
+        )
+
+    def cmd_listen(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.ssl_config(cmd.get("tls"))
+        address = (cmd.get("host", "127.0.0.1"), int(cmd.get("port", 0)))
+        bound = self.in_loop(lambda: self.link.add_listener(address, ssl_config=cfg))
+        return {"ok": True, "port": int(bound[1])}
+
+    def cmd_connect(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.ssl_config(cmd.get("tls"))
+        address = (cmd.get("host", "127.0.0.1"), int(cmd["port"]))
+        interval = float(cmd.get("reconnect_interval") or self.reconnect_interval)
+        self.in_loop(
+            lambda: self.link.add_connector(address, reconnect_interval=interval, ssl_config=cfg)
+        )
+        return {"ok": True}
+
+    def cmd_send(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        message_mod = self.api["message"]
+        to = cmd["to"]
+        ttl = cmd.get("ttl")
+        flags = message_mod.FLAG_PERSISTENT if cmd.get("persistent") else 0
+        seed = cmd.get("seed", "")
+        sizes = cmd["sizes"]
+        start = int(cmd.get("start", 0))
+
+        def send_all() -> int:
+            for i, size in enumerate(sizes, start):
+                data = payload(seed, i, size)
+                msg = message_mod.Message(data, ttl=ttl, flags=flags)
+                self.messaging.send_message(to, msg)
+                self.rec.on_sent(to, msg.uuid, data)
+            return len(sizes)
+
+        count = self.in_loop(send_all, timeout=120.0) if self.legacy else send_all()
+        return {"ok": True, "count": count}
+
+    def cmd_quit(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if self.link is not None and not self.loop_done.is_set():
+            self.in_loop(self.link.stop)
+            self.loop_done.wait(10)
+        return {"ok": True}
+
+    def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        name = cmd.get("cmd")
+        if name == "wait":
+            kind, ident, count, timeout = check_wait_args(cmd)
+            return self.rec.wait(kind, ident, count, timeout)
+        if name == "report":
+            return self.rec.report()
+        handler = getattr(self, f"cmd_{name}", None)
+        if handler is None:
+            return {"ok": False, "error": f"unknown command {name!r}"}
+        result: dict[str, Any] = handler(cmd)
+        return result
+
+
+def main(impl: str, *, legacy: bool) -> None:
+    channel = LineChannel(quiet_stdout())
+    driver = TutorialDriver(impl, legacy=legacy, channel=channel)
+    channel.send({"ok": True, "ready": impl, "pid": os.getpid()})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+            answer = driver.handle(cmd)
+        except NotImplementedError as exc:
+            answer = {"ok": False, "error": "unsupported", "detail": str(exc)}
+        except Exception as exc:
+            log(traceback.format_exc())
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        channel.send(answer)
+        if cmd.get("cmd") == "quit":
+            break
+    sys.stderr.flush()
+    os._exit(0)  # do not wait for the daemon loop thread
