@@ -195,6 +195,7 @@ def test_packeter_packets_ids_errors_zero_length(links: list[Link]) -> None:
     rec = Recorder()
     server, client = Link(), Link()
     links += [server, client]
+    client.reconnect_interval = 0.05
     sp, cp = Packeter(server, max_packet_size=1024), Packeter(client)
     for name, p in (("s", sp), ("c", cp)):
         p.on_connect.add(rec.hook(f"{name}.connect"))
@@ -211,13 +212,13 @@ def test_packeter_packets_ids_errors_zero_length(links: list[Link]) -> None:
         done = threading.Event()
 
         def send_all() -> None:  # send from the loop thread (Packeter is not thread-safe)
+            client.on_loop_pass.remove(send_all)
             ids.extend(cp.send_packet(c_conn, d) for d in (b"one", b"", b"x" * 1000))
             done.set()
 
         client.on_loop_pass.add(send_all)
         client.wakeup_poll()
         assert done.wait(WAIT)
-        client.on_loop_pass.remove(send_all)
         assert ids == sorted(ids) and len(set(ids)) == 3
         got = rec.wait_count("s.packet", 3)
         assert got[:3] == [(s_conn, b"one"), (s_conn, b""), (s_conn, b"x" * 1000)]

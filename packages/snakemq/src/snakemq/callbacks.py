@@ -44,7 +44,7 @@ class Callback(Generic[P]):
         return len(self.callbacks)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        for func in self.callbacks:
+        for func in tuple(self.callbacks):  # a function may remove itself
             try:
                 func(*args, **kwargs)
             except Exception:

@@ -333,7 +333,7 @@ class Messaging:
         received_conn: str | None = None
         received = 0
         recv_cb = self.on_message_recv
-        recv_funcs = recv_cb.callbacks if type(recv_cb) is Callback else None
+        recv_funcs = tuple(recv_cb.callbacks) if type(recv_cb) is Callback else None
         for event in events:
             cls = type(event)
             if cls is MessageReceived:
