@@ -504,11 +504,15 @@ class Link:
                         self._drain_bell()
                     else:
                         real += 1
-                        if type(data) is LinkSocket:
-                            self._handle_conn(data, mask)
-                        elif type(data) is _Listener:
-                            self._accept(data)
-                        # unknown data: a socket closed earlier in this pass
+                        try:
+                            if type(data) is LinkSocket:
+                                self._handle_conn(data, mask)
+                            elif type(data) is _Listener:
+                                self._accept(data)
+                        except Exception:  # a bug must not kill every connection
+                            log.exception("unexpected error handling %r; closing it", data)
+                            if type(data) is LinkSocket:
+                                self._close(data)
                 self._after_io(monotonic())
                 self.on_loop_pass()
                 if real and count is not None:

@@ -1,0 +1,59 @@
+"""The public surface: 1.6 names, re-exports, module contents."""
+
+from __future__ import annotations
+
+import snakemq
+import snakemq.callbacks
+import snakemq.exceptions
+import snakemq.link
+import snakemq.message
+import snakemq.messaging
+import snakemq.packeter
+import snakemq.storage
+import snakemq.storage.sqlite
+import snakemq.throttle
+import snakemq_proto
+
+
+def test_public_names() -> None:
+    assert snakemq.__all__ == ["__version__", "init", "init_logging"]
+    assert snakemq.link.SSLConfig is snakemq_proto.SSLConfig
+    assert snakemq.message.Message is snakemq_proto.Message
+    assert snakemq.message.FLAG_PERSISTENT == 1
+    assert snakemq.message.MAX_UUID_LENGTH == 16
+    assert snakemq.storage.MemoryQueuesStorage is snakemq_proto.MemoryQueuesStorage
+    assert snakemq.storage.sqlite.SqliteQueuesStorage is snakemq_proto.SqliteQueuesStorage
+    for name in ("Link", "LinkSocket", "SSLConfig", "RECONNECT_INTERVAL", "POLL_TIMEOUT"):
+        assert hasattr(snakemq.link, name), name
+    assert {"Messaging", "ReceiveHook"} <= set(snakemq.messaging.__all__)
+    assert callable(snakemq.packeter.Packeter) and callable(snakemq.throttle.Throttle)
+    assert callable(snakemq.callbacks.Callback)
+
+
+def test_1_6_exception_names_are_aliases() -> None:
+    e = snakemq.exceptions
+    assert e.SnakeMQException is snakemq_proto.SnakeMQError
+    assert issubclass(e.SnakeMQBrokenPacket, e.SnakeMQBrokenFormat)
+    assert issubclass(e.SnakeMQBrokenMessage, e.SnakeMQException)
+    assert issubclass(e.NoConnection, e.SnakeMQException)
+    assert issubclass(e.SendNotFinished, e.SnakeMQException)
+    for name in e.__all__:
+        assert getattr(e, name)
+
+
+def test_messaging_keeps_the_1_6_attributes() -> None:
+    link = snakemq.link.Link()
+    try:
+        packeter = snakemq.packeter.Packeter(link)
+        m = snakemq.messaging.Messaging("me", "domain", packeter)
+        assert (m.identifier, m.domain, m.packeter) == ("me", "domain", packeter)
+        assert m.keepalive_interval is None and m.keepalive_wait == 0.5
+        m.keepalive_interval = 5
+        m.keepalive_wait = 1
+        assert (m.keepalive_interval, m.keepalive_wait) == (5, 1)
+        import pytest
+
+        with pytest.raises(ValueError, match="Messaging"):
+            snakemq.messaging.Messaging("other", "", packeter)
+    finally:
+        link.cleanup()
