@@ -1,0 +1,236 @@
+"""The ``snakemq`` command end to end, as subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from snakemq.cli import parse_address
+
+CLI = [sys.executable, "-m", "snakemq"]
+TIMEOUT = 60
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+class Listener:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*CLI, "listen", "--listen", "127.0.0.1:0", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        assert "listening on" in line, line
+        self.address = line.split()[-1]
+
+    def finish(self) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=TIMEOUT)
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+@pytest.fixture
+def listeners() -> Iterator[list[Listener]]:
+    made: list[Listener] = []
+    yield made
+    for listener in made:
+        listener.kill()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    paths = {"ca": str(d / "ca.pem")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    for name in ("alice", "bob"):
+        paths[name] = str(d / f"{name}.pem")
+        ca.issue_cert(name).private_key_and_cert_chain_pem.write_to_path(paths[name])
+    return paths
+
+
+def test_listen_and_send_over_tcp(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob", "--json", "--count", "3")
+    listeners.append(bob)
+    sent = run("send", "--ident", "alice", "--connect", bob.address, "--to", "bob", "one", "two")
+    assert sent.returncode == 0, sent.stderr
+    assert "2 message(s) acknowledged by bob" in sent.stderr
+    sent = run("send", "--ident", "alice", "--connect", bob.address, "--to", "bob", stdin="three\n")
+    assert sent.returncode == 0, sent.stderr
+    code, out, _ = bob.finish()
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["data"] for r in records] == ["one", "two", "three"]
+    assert all(r["from"] == "alice" and len(r["uuid"]) == 32 for r in records)
+
+
+def test_listen_and_send_over_mutual_tls(listeners: list[Listener], certs: dict[str, str]) -> None:
+    tls = ["--tls-ca", certs["ca"], "--tls-bind-ident"]
+    bob = Listener("--ident", "bob", "--count", "1", "--tls-cert", certs["bob"], *tls)
+    listeners.append(bob)
+    sent = run(
+        "send", "--ident", "alice", "--connect", bob.address, "--to", "bob",
+        "--tls-cert", certs["alice"], *tls, "over tls",
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    code, out, _ = bob.finish()
+    assert code == 0
+    assert out.startswith("alice ") and out.rstrip().endswith("over tls")
+
+
+def test_spoofed_identifier_is_refused_over_tls(
+    listeners: list[Listener], certs: dict[str, str]
+) -> None:
+    tls = ["--tls-ca", certs["ca"], "--tls-bind-ident"]
+    bob = Listener("--ident", "bob", "--count", "1", "--tls-cert", certs["bob"], *tls)
+    listeners.append(bob)
+    sent = run(
+        "send", "--ident", "mallory", "--connect", bob.address, "--to", "bob", "--timeout", "1",
+        "--tls-cert", certs["alice"], *tls, "spoofed",
+    )  # fmt: skip
+    assert sent.returncode == 2
+    assert "not acknowledged by bob" in sent.stderr
+
+
+def test_send_times_out_with_a_clear_reason() -> None:
+    sent = run(
+        "send",
+        "--ident",
+        "alice",
+        "--connect",
+        "127.0.0.1:9",
+        "--to",
+        "bob",
+        "--timeout",
+        "0.5",
+        "x",
+    )
+    assert sent.returncode == 2
+    assert "not acknowledged by bob within 0.5 s" in sent.stderr
+    assert "127.0.0.1:9" in sent.stderr
+
+
+def test_send_reports_a_ttl_drop() -> None:
+    sent = run(
+        "send", "--ident", "alice", "--connect", "127.0.0.1:9", "--to", "bob", "--ttl", "0.2", "x"
+    )
+    assert sent.returncode == 1
+    assert "dropped" in sent.stderr and "TTL" in sent.stderr
+
+
+def test_persistent_queue_is_inspected_purged_and_delivered(
+    listeners: list[Listener], tmp_path: Path
+) -> None:
+    db = str(tmp_path / "alice.db")
+    sent = run(
+        "send", "--ident", "alice", "--connect", "127.0.0.1:9", "--to", "bob", "--ttl", "600",
+        "--persistent", "--storage", db, "--timeout", "0.3", "kept", "also kept",
+    )  # fmt: skip
+    assert sent.returncode == 2
+    assert "stay queued" in sent.stderr
+    shown = run("queues", db)
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("bob"))
+    assert row.split()[1:3] == ["2", str(len("kept") + len("also kept"))]
+    bob = Listener("--ident", "bob", "--count", "2")
+    listeners.append(bob)
+    flushed = run(
+        "send", "--ident", "alice", "--connect", bob.address, "--to", "bob", "--storage", db
+    )
+    assert flushed.returncode == 0, flushed.stderr
+    _, out, _ = bob.finish()
+    assert [line.split(" ", 3)[3] for line in out.splitlines()] == ["kept", "also kept"]
+    assert "no queued messages" in run("queues", db).stdout
+
+
+def test_purge(tmp_path: Path) -> None:
+    db = str(tmp_path / "alice.db")
+    run(
+        "send", "--ident", "alice", "--connect", "127.0.0.1:9", "--to", "bob", "--ttl", "600",
+        "--persistent", "--storage", db, "--timeout", "0.2", "x",
+    )  # fmt: skip
+    purged = run("queues", db, "--purge", "bob")
+    assert purged.returncode == 0
+    assert "purged 1 message(s) queued for bob" in purged.stdout
+    assert "no queued messages" in run("queues", db).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["listen", "--ident", "bob", "--listen", "host:port"], "not [HOST:]PORT"),
+        (
+            ["send", "--ident", "a", "--to", "b", "--persistent", "x"],
+            "--persistent needs --storage",
+        ),
+        (["send", "--ident", "a", "--to", "b", "--tls-cert", "/no/such.pem", "x"], "no such file"),
+        (["queues", "/no/such.db"], "does not exist"),
+    ],
+)
+def test_usage_errors_name_the_fix(args: list[str], expected: str) -> None:
+    result = run(*args)
+    assert result.returncode == 64
+    assert expected in result.stderr
+
+
+def test_port_in_use_is_explained(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob")
+    listeners.append(bob)
+    result = run("listen", "--ident", "bob2", "--listen", bob.address, "--timeout", "1")
+    assert result.returncode == 64
+    assert "is in use" in result.stderr
+
+
+def test_locked_storage_is_explained(listeners: list[Listener], tmp_path: Path) -> None:
+    db = str(tmp_path / "bob.db")
+    bob = Listener("--ident", "bob", "--storage", db)
+    listeners.append(bob)
+    result = run("queues", db)
+    assert result.returncode == 64
+    assert "lock" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["listen", "send", "queues", "bench", "demo"])
+def test_every_subcommand_has_help_with_examples(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0
+    assert "examples:" in result.stdout
+
+
+def test_parse_address() -> None:
+    assert parse_address("[::1]:4000") == ("::1", 4000)
+    assert parse_address("4000", what="--listen") == ("", 4000)
+
+
+def test_bench_runs() -> None:
+    result = run("bench", "--count", "2000")
+    assert result.returncode == 0, result.stderr
+    assert "msg/s" in result.stdout
+
+
+def test_demo_exits_zero() -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5/5 steps did what they said." in result.stdout
