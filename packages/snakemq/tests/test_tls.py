@@ -140,3 +140,20 @@ def test_ssl_config_accepts_a_ready_context(peers: list[Peer], tmp_path: Path) -
     cli.start()
     cli.send("srv", b"ctx", ttl=None)
     assert srv.rec.wait_count("on_message_recv", 1)[0][2].data == b"ctx"
+
+
+def test_bulk_over_tls_large_and_small(peers: list[Peer], tmp_path: Path) -> None:
+    ca = trustme.CA()
+    srv, cli = Peer("srv"), Peer("cli")
+    peers += [srv, cli]
+    port = srv.listen(ssl_config=config(tmp_path, ca, "srv"))
+    cli.connect(port, ssl_config=config(tmp_path, ca, "cli"))
+    srv.start()
+    cli.start()
+    big = [bytes([i]) * (3 * 1024 * 1024 + i) for i in range(3)]
+    small = [b"%d" % i for i in range(2000)]
+    for data in big + small:
+        cli.send("srv", data, ttl=None)
+    srv.rec.wait_count("on_message_recv", len(big) + len(small))
+    assert srv.received() == big + small
+    cli.rec.wait_count("on_message_delivered", len(big) + len(small))

@@ -268,6 +268,7 @@ class Link:
         self._handshaking: set[LinkSocket] = set()
         self._ready: list[LinkSocket] = []  # sends written, to report
         self._broken: list[LinkSocket] = []  # sends failed, to close
+        self._ready_reads: list[LinkSocket] = []  # TLS bytes decrypted but not read yet
         self._deadline_hooks: list[Callable[[], float | None]] = []
         self._closed = False
 
@@ -487,7 +488,7 @@ class Link:
                 if self._handshaking:
                     first = min(c.handshake_deadline for c in self._handshaking)
                     timeout = max(0.0, min(timeout, first - now))
-                if self._ready or self._broken:
+                if self._ready or self._broken or self._ready_reads:
                     timeout = 0.0
                 self._polling = True
                 if self._wake_requested:
@@ -738,17 +739,12 @@ class Link:
 
     def _read(self, conn: LinkSocket) -> None:
         sock = conn.sock
+        if type(sock) is not socket.socket:
+            self._read_tls(conn)
+            return
         try:
             data = sock.recv(self.recv_block_size)
-            if data and isinstance(sock, ssl.SSLSocket):
-                pending = sock.pending()
-                if pending:  # decrypted bytes select() cannot see
-                    parts = [data]
-                    while pending:
-                        parts.append(sock.recv(pending))
-                        pending = sock.pending()
-                    data = b"".join(parts)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError):
             return
         except (OSError, ValueError) as exc:
             log.info("recv %s: %s", conn.conn_id, exc)
@@ -758,6 +754,37 @@ class Link:
             self._close(conn)
             return
         self.on_recv(conn.conn_id, data)
+
+    def _read_tls(self, conn: LinkSocket) -> None:
+        # One SSL recv() returns at most one TLS record (16 KiB), and bytes
+        # OpenSSL already decrypted are invisible to select(): read until
+        # OpenSSL wants more from the socket, up to recv_block_size.
+        sock = conn.sock
+        parts: list[bytes] = []
+        total = 0
+        limit = self.recv_block_size
+        eof = False
+        try:
+            while total < limit:
+                chunk = sock.recv(limit - total)
+                if not chunk:
+                    eof = True
+                    break
+                parts.append(chunk)
+                total += len(chunk)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            pass
+        except (OSError, ValueError) as exc:
+            log.info("recv %s: %s", conn.conn_id, exc)
+            eof = True
+        if parts:
+            self.on_recv(conn.conn_id, parts[0] if len(parts) == 1 else b"".join(parts))
+            if self._conns.get(conn.conn_id) is not conn:
+                return
+        if eof:
+            self._close(conn)
+        elif total >= limit and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            self._ready_reads.append(conn)  # more decrypted bytes: next pass
 
     def _write(self, conn: LinkSocket) -> None:
         buf = conn.wbuf
@@ -784,6 +811,11 @@ class Link:
             self._want(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
 
     def _after_io(self, now: float) -> None:
+        if self._ready_reads:
+            pending, self._ready_reads = self._ready_reads, []
+            for conn in pending:
+                if self._conns.get(conn.conn_id) is conn:
+                    self._read_tls(conn)
         if self._broken:
             broken, self._broken = self._broken, []
             for conn in broken:
