@@ -1,0 +1,307 @@
+"""RPC over messages: the format and the rules both implementations share.
+
+A request is a message whose payload is ``b"rpcreq"`` + serialized
+parameters, a reply ``b"rpcrep"`` + serialized result — snakeMQ 1.6's layout,
+so ``pickler=pickle`` interoperates with 1.6 RPC peers.  Parameters are a
+dict: ``command`` (``"call"`` or ``"signal"``), ``object``, ``method``,
+``args``, ``kwargs`` and, for calls, ``req_id``.  A reply is
+``{"req_id", "ok", "return"}`` or ``{"req_id", "ok": False, "exception",
+"exception_format"}``.
+
+The default serializer, ``JsonPickler``, never runs code while decoding
+(pickle does, which is why 1.6's default was a remote code execution hole).
+``ReplyMemory`` makes a call re-sent after a reconnect run at most once.
+The sync (``snakemq.rpc``) and async (``snakemq_anyio.rpc``) packages only
+add threads or tasks around these pieces.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+REQUEST_PREFIX = b"rpcreq"
+REPLY_PREFIX = b"rpcrep"
+METHOD_RPC_AS_SIGNAL_ATTR = "__snakemw_rpc_as_signal"
+REMOTE_TRACEBACK_ATTR = "__remote_traceback__"
+REPLY_MEMORY = 10_000
+"""How many recent replies a server remembers to answer re-sent calls."""
+
+
+class Error(Exception):
+    """Base of the RPC errors."""
+
+
+class NoInstanceError(Error):
+    """The requested object is not registered on the server."""
+
+
+class NoMethodError(Error):
+    """The requested method does not exist (or is private) on the object."""
+
+
+class SignalCallWarning(Warning):
+    """A signal method was called normally or a regular method as a signal."""
+
+
+class CallError(Error):
+    """The call could not be completed."""
+
+
+class NotConnected(CallError):
+    """The peer was not connected within the call's timeout."""
+
+
+class PartialCall(CallError):
+    """The request was sent but no reply came within the call's timeout."""
+
+
+class RemoteError(Error):
+    """An exception raised on the server whose type is not a builtin one.
+
+    Attributes:
+        type_name: the qualified name of the remote exception's class.
+        remote_traceback: the formatted remote traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+
+class Pickler(Protocol):
+    """What RPC needs from a serializer (the ``pickle`` module qualifies)."""
+
+    @property
+    def PickleError(self) -> type[Exception]: ...
+
+    def dumps(self, obj: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class JsonPickler:
+    """The safe default serializer: JSON, bytes as tagged base64, tuples as
+    lists, exceptions as (type name, message).  Decoding never runs code."""
+
+    class PickleError(ValueError):
+        """Data cannot be encoded or decoded."""
+
+    @classmethod
+    def _encode(cls, obj: Any) -> Any:
+        if isinstance(obj, bytes | bytearray | memoryview):
+            return {"__bytes__": base64.b64encode(bytes(obj)).decode("ascii")}
+        if isinstance(obj, BaseException):
+            return {
+                "__exception__": type(obj).__qualname__,
+                "module": type(obj).__module__,
+                "message": str(obj),
+            }
+        if isinstance(obj, dict):
+            if not all(isinstance(k, str) for k in obj):
+                raise cls.PickleError("JsonPickler supports only str dictionary keys")
+            return {k: cls._encode(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [cls._encode(v) for v in obj]
+        if obj is None or isinstance(obj, bool | int | float | str):
+            return obj
+        raise cls.PickleError(
+            f"JsonPickler cannot send a {type(obj).__name__}; use JSON types, bytes, "
+            "or pass pickler=pickle for trusted peers"
+        )
+
+    @classmethod
+    def _decode(cls, obj: Any) -> Any:
+        if isinstance(obj, dict):
+            if "__bytes__" in obj and len(obj) == 1:
+                return base64.b64decode(obj["__bytes__"])
+            if "__exception__" in obj:
+                return rebuild_exception(
+                    str(obj["__exception__"]), str(obj.get("module")), str(obj.get("message"))
+                )
+            return {k: cls._decode(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [cls._decode(v) for v in obj]
+        return obj
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return json.dumps(self._encode(obj), separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise self.PickleError(str(exc)) from exc
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return self._decode(json.loads(data))
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise self.PickleError(f"not a valid RPC payload: {exc}") from exc
+
+
+def rebuild_exception(type_name: str, module: str, message: str) -> BaseException:
+    """A builtin exception type comes back as itself; anything else as
+    ``RemoteError`` (never import or instantiate a class named by a peer)."""
+    if module == "builtins":
+        cls = getattr(builtins, type_name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                return cls(message)
+            except Exception:  # an exotic constructor signature
+                pass
+    return RemoteError(type_name, message)
+
+
+def as_signal(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a server method as a signal (no reply is sent).  The client must
+    mark it too, with ``proxy.method.as_signal()``."""
+    setattr(method, METHOD_RPC_AS_SIGNAL_ATTR, True)
+    return method
+
+
+def req_key(req_id: Any) -> str:
+    """A request id as text (1.6 sends bytes, JSON carries hex)."""
+    return req_id.hex() if isinstance(req_id, bytes) else str(req_id)
+
+
+def new_req_id(pickler: Pickler, raw: bytes) -> Any:
+    """The request id to put on the wire: bytes for pickle (1.6 layout), hex
+    text for JSON."""
+    return raw.hex() if isinstance(pickler, JsonPickler) else raw
+
+
+def decode_request(pickler: Pickler, payload: bytes) -> dict[str, Any]:
+    """Decode a request payload (after the prefix).
+
+    Raises:
+        ValueError: not a well-formed request.
+    """
+    try:
+        params = pickler.loads(payload)
+    except Exception as exc:
+        raise ValueError(f"cannot decode the request: {exc!r}") from None
+    if not isinstance(params, dict) or params.get("command") not in ("call", "signal"):
+        raise ValueError("not an RPC request (needs a dict with command call/signal)")
+    if not isinstance(params.get("object"), str) or not isinstance(params.get("method"), str):
+        raise ValueError("RPC request needs str object and method names")
+    if params["command"] == "call" and "req_id" not in params:
+        raise ValueError("RPC call without req_id")
+    return params
+
+
+def resolve_method(
+    instances: Mapping[str, Any], params: Mapping[str, Any]
+) -> tuple[Callable[..., Any], bool]:
+    """Find the method a request names; return it and whether the caller
+    expects a reply with the exception if it fails.
+
+    Raises:
+        NoInstanceError, NoMethodError: nothing callable by that name
+            (names starting with ``_`` are never callable remotely).
+    """
+    try:
+        instance = instances[params["object"]]
+    except KeyError:
+        raise NoInstanceError(params["object"]) from None
+    name = params["method"]
+    if name.startswith("_"):
+        raise NoMethodError(name)
+    method = getattr(instance, name, None)
+    if method is None or not callable(method):
+        raise NoMethodError(name)
+    is_call = params["command"] == "call"
+    is_signal_method = hasattr(method, METHOD_RPC_AS_SIGNAL_ATTR)
+    if is_call == is_signal_method:
+        import warnings
+
+        warnings.warn(f"wrong command match for {method!r}", SignalCallWarning, stacklevel=2)
+    return method, is_call and not is_signal_method
+
+
+def encode_return(pickler: Pickler, req_id: Any, result: Any) -> bytes:
+    """The reply payload for a result (an error reply if it cannot be encoded)."""
+    try:
+        return REPLY_PREFIX + pickler.dumps({"ok": True, "return": result, "req_id": req_id})
+    except Exception as exc:
+        return encode_exception(pickler, req_id, exc)
+
+
+def encode_exception(pickler: Pickler, req_id: Any, exc: BaseException) -> bytes:
+    """The reply payload for an exception raised by the method."""
+    exc_format = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    data = {"req_id": req_id, "ok": False, "exception": exc, "exception_format": exc_format}
+    try:
+        return REPLY_PREFIX + pickler.dumps(data)
+    except Exception:
+        data["exception"] = RemoteError(type(exc).__qualname__, str(exc), exc_format)
+        try:
+            return REPLY_PREFIX + pickler.dumps(data)
+        except Exception:  # a pickler that cannot even carry RemoteError
+            data["exception"] = RuntimeError(f"{type(exc).__qualname__}: {exc}")
+            return REPLY_PREFIX + pickler.dumps(data)
+
+
+def decode_reply(pickler: Pickler, payload: bytes) -> tuple[str, dict[str, Any]]:
+    """Decode a reply payload (after the prefix); return ``(req key, reply)``.
+
+    Raises:
+        ValueError: not a well-formed reply.
+    """
+    try:
+        reply = pickler.loads(payload)
+        return req_key(reply["req_id"]), reply
+    except Exception as exc:
+        raise ValueError(f"cannot decode the reply: {exc!r}") from None
+
+
+def reply_result(reply: Mapping[str, Any]) -> Any:
+    """Return the result a reply carries, or raise the exception it carries
+    (with the remote traceback as ``__remote_traceback__``)."""
+    if reply.get("ok"):
+        return reply.get("return")
+    exc = reply.get("exception")
+    if not isinstance(exc, BaseException):
+        exc = RemoteError("Exception", str(exc))
+    setattr(exc, REMOTE_TRACEBACK_ATTR, reply.get("exception_format", ""))
+    raise exc
+
+
+class ReplyMemory:
+    """At-most-once execution for a server: which calls run, which replies
+    were sent.  Thread-safe.
+
+    ``begin(ident, req_id)`` returns ``"run"`` for a new call (execute it),
+    ``"running"`` for a repeat of a call still executing (ignore it), or the
+    remembered reply payload to send again.  ``finish()`` stores the reply.
+    """
+
+    def __init__(self, size: int = REPLY_MEMORY) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._running: set[tuple[str, str]] = set()
+        self._replies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+    def begin(self, ident: str, req_id: Any) -> str | bytes:
+        key = (ident, req_key(req_id))
+        with self._lock:
+            if key in self._running:
+                return "running"
+            cached = self._replies.get(key)
+            if cached is not None:
+                return cached
+            self._running.add(key)
+            return "run"
+
+    def finish(self, ident: str, req_id: Any, reply: bytes | None) -> None:
+        key = (ident, req_key(req_id))
+        with self._lock:
+            self._running.discard(key)
+            if reply is not None:
+                self._replies[key] = reply
+                while len(self._replies) > self._size:
+                    self._replies.popitem(last=False)
