@@ -28,7 +28,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from snakemq_proto import (
@@ -52,6 +52,7 @@ from snakemq_proto import (
 )
 
 from .callbacks import Callback
+from .exceptions import NoConnection
 from .packeter import Packeter
 
 __all__ = ["Messaging", "ReceiveHook"]
@@ -134,6 +135,7 @@ class Messaging:
         self._lock = threading.Lock()
         self._outs: dict[str, _Out] = {}
         self._dirty = False  # send_message queued something: flush in the next pass
+        self._flush_wanted: set[str] = set()  # connections with new output this pass
         self._deferred: list[Event] = []  # events to dispatch from the loop thread
         self._pending_batch: StorageBatch | None = None  # taken, not yet applied
 
@@ -282,19 +284,36 @@ class Messaging:
         self._flush(conn_id)
 
     def _flush(self, conn_id: str) -> None:
-        """Give the engine's next bytes for ``conn_id`` to the link."""
-        out = self._outs.get(conn_id)
-        if out is None or out.buf is not None:
-            return
+        """Ask for ``conn_id``'s output to be written at the end of this pass."""
+        self._flush_wanted.add(conn_id)
+
+    def _write_out(self, conn_ids: Iterable[str]) -> None:
+        """Apply the pass's storage changes in one transaction, then give the
+        engine's next bytes of every connection in ``conn_ids`` to the link
+        (one ``send`` each): nothing reaches a peer before it is on disk."""
+        outs = self._outs
+        batches: list[tuple[str, _Out, bytes]] = []
         with self._lock:
-            data = self._engine.data_to_send(conn_id)
-            if not data:
-                return
             if self.storage is not None:
                 self._take_batch()
                 self._apply_pending()
-        out.buf = memoryview(data)
-        self.link.send(conn_id, out.buf)
+            data_to_send = self._engine.data_to_send
+            for conn_id in conn_ids:
+                out = outs.get(conn_id)
+                if out is None or out.buf is not None:
+                    continue
+                data = data_to_send(conn_id)
+                if data:
+                    batches.append((conn_id, out, data))
+        send = self.link.send
+        for conn_id, out, data in batches:
+            if outs.get(conn_id) is not out:
+                continue  # closed meanwhile
+            out.buf = memoryview(data)
+            try:
+                send(conn_id, out.buf)
+            except NoConnection:  # the link dropped it; on_disconnect follows
+                out.buf = None
 
     # ------------------------------------------------------------ the loop
 
@@ -316,12 +335,13 @@ class Messaging:
         if events:
             self._dispatch(events)
         if dirty:
-            for conn_id in list(self._outs):
-                self._flush(conn_id)
-        if self.storage is not None:
-            with self._lock:
-                self._take_batch()
-                self._apply_pending()
+            wanted: Iterable[str] = list(self._outs)
+            self._flush_wanted.clear()
+        else:
+            wanted = self._flush_wanted
+            self._flush_wanted = set()
+        if wanted or self._pending_batch is not None or self.storage is not None:
+            self._write_out(wanted)
 
     def _dispatch(self, events: list[Event]) -> None:
         """Call the user's callbacks for ``events`` (lock not held).
