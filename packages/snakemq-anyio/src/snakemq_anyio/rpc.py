@@ -1,0 +1,330 @@
+"""Async RPC over ``snakemq_anyio.Messaging`` (asyncio and trio).
+
+The format, the safe default serializer (``JsonPickler``, which never runs
+code while decoding) and the at-most-once rule live in ``snakemq_proto.rpc``
+and are shared with the sync ``snakemq.rpc``; this module adds tasks::
+
+    async with Messaging("client") as m, Rpc(m) as rpc:
+        await m.add_connector(("127.0.0.1", port))
+        calc = rpc.get_proxy("server", "calc")
+        assert await calc.add(1, 2) == 3
+
+``Rpc`` takes over the messaging's receive stream: it handles RPC requests
+and replies and passes every other message on through ``rpc.receive()``.
+Coroutine methods of registered objects run as tasks; plain methods run in a
+worker thread so they cannot block the event loop.  A call re-sent after a
+reconnect runs at most once on the server.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import uuid as uuid_module
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from snakemq_proto import Message, PeerConnected, PeerDisconnected
+from snakemq_proto.rpc import (
+    REPLY_PREFIX,
+    REQUEST_PREFIX,
+    CallError,
+    Error,
+    JsonPickler,
+    NoInstanceError,
+    NoMethodError,
+    NotConnected,
+    PartialCall,
+    Pickler,
+    RemoteError,
+    ReplyMemory,
+    as_signal,
+    decode_reply,
+    decode_request,
+    encode_exception,
+    encode_return,
+    new_req_id,
+    reply_result,
+    resolve_method,
+)
+
+from ._messaging import Messaging
+
+__all__ = [
+    "CallError",
+    "Error",
+    "JsonPickler",
+    "NoInstanceError",
+    "NoMethodError",
+    "NotConnected",
+    "PartialCall",
+    "RemoteError",
+    "RemoteMethod",
+    "Rpc",
+    "RpcProxy",
+    "as_signal",
+]
+
+log = logging.getLogger("snakemq.rpc.anyio")
+
+
+class _Waiter:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.reply: dict[str, Any] | None = None
+
+
+class RemoteMethod:
+    """A method of a remote object: ``await proxy.method(*args, **kwargs)``."""
+
+    def __init__(self, proxy: RpcProxy, name: str) -> None:
+        self._proxy = proxy
+        self.name = name
+        self.call_timeout: float | None = None
+        self.signal_timeout: float | None = None
+
+    def as_signal(self, timeout: float = 0) -> None:
+        """Call as a signal: no reply; the request waits for the peer up to
+        ``timeout`` seconds (its TTL).  ``None`` makes it a regular call."""
+        self.signal_timeout = timeout
+
+    def set_timeout(self, timeout: float | None) -> None:
+        """Seconds a regular call waits for the peer and the reply."""
+        self.call_timeout = timeout
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        params: dict[str, Any] = {
+            "command": "call" if self.signal_timeout is None else "signal",
+            "object": self._proxy._name,
+            "method": self.name,
+            "args": args,
+            "kwargs": kwargs,
+        }
+        rpc = self._proxy._rpc
+        if self.signal_timeout is not None:
+            await rpc._send_request(self._proxy._ident, params, self.signal_timeout)
+            return None
+        return await rpc._call(self._proxy._ident, params, self.call_timeout)
+
+
+class RpcProxy:
+    """A proxy of an object registered on a remote peer."""
+
+    def __init__(self, rpc: Rpc, ident: str, name: str) -> None:
+        self._rpc = rpc
+        self._ident = ident
+        self._name = name
+        self._methods: dict[str, RemoteMethod] = {}
+
+    def __getattr__(self, name: str) -> RemoteMethod:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        method = self._methods.get(name)
+        if method is None:
+            method = self._methods[name] = RemoteMethod(self, name)
+        return method
+
+    def __repr__(self) -> str:
+        return f"<RpcProxy remote_ident={self._ident!r} name={self._name!r}>"
+
+
+class Rpc:
+    """RPC client and server on one ``Messaging``; an async context manager.
+
+    Args:
+        messaging: a running ``snakemq_anyio.Messaging``.
+        pickler: the serializer; the default never unpickles network data.
+            ``pickle`` interoperates with snakeMQ 1.6 RPC (trusted peers only).
+        max_buffered: non-RPC messages kept for ``receive()`` before the
+            pump stops taking messages from the messaging (backpressure).
+    """
+
+    def __init__(
+        self, messaging: Messaging, pickler: Pickler | None = None, *, max_buffered: int = 10_000
+    ) -> None:
+        self.messaging = messaging
+        self.pickler: Pickler = pickler if pickler is not None else JsonPickler()
+        self.instances: dict[str, Any] = {}
+        self._memory = ReplyMemory()
+        self._waiters: dict[str, _Waiter] = {}
+        self._generation: dict[str, int] = {}
+        self._other: deque[tuple[str, Message]] = deque()
+        self._other_event = anyio.Event()
+        self._space = anyio.Event()
+        self._max_buffered = max_buffered
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Rpc:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        events = self.messaging.events()
+        for ident in self.messaging.connected:
+            self._generation[ident] = 1
+        self._tg.start_soon(self._watch_connections, events)
+        self._tg.start_soon(self._pump)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    # --------------------------------------------------------------- server
+
+    def register_object(self, instance: Any, name: str) -> None:
+        """Serve ``instance``'s public methods under ``name``."""
+        self.instances[name] = instance
+
+    def unregister_object(self, name: str) -> None:
+        del self.instances[name]
+
+    # --------------------------------------------------------------- client
+
+    def get_proxy(self, ident: str, name: str) -> RpcProxy:
+        """A proxy of the object ``name`` served by the peer ``ident``."""
+        return RpcProxy(self, ident, name)
+
+    async def receive(self) -> tuple[str, Message]:
+        """The next message that is not RPC traffic."""
+        while not self._other:
+            await self._other_event.wait()
+            self._other_event = anyio.Event()
+        item = self._other.popleft()
+        self._space.set()
+        return item
+
+    # ------------------------------------------------------------- internal
+
+    async def _watch_connections(self, events: Any) -> None:
+        with events:
+            async for event in events:
+                if isinstance(event, PeerConnected | PeerDisconnected):
+                    if isinstance(event, PeerConnected):
+                        self._generation[event.ident] = self._generation.get(event.ident, 0) + 1
+                    for waiter in self._waiters.values():
+                        waiter.event.set()
+
+    async def _pump(self) -> None:
+        async for ident, message in self.messaging:
+            data = message.data
+            if data.startswith(REQUEST_PREFIX):
+                self._on_request(ident, data[len(REQUEST_PREFIX) :])
+            elif data.startswith(REPLY_PREFIX):
+                self._on_reply(ident, data[len(REPLY_PREFIX) :])
+            else:
+                while len(self._other) >= self._max_buffered:
+                    self._space = anyio.Event()
+                    await self._space.wait()
+                self._other.append((ident, message))
+                self._other_event.set()
+
+    def _on_request(self, ident: str, payload: bytes) -> None:
+        try:
+            params = decode_request(self.pickler, payload)
+        except ValueError as exc:
+            log.error("ident=%s: refused an RPC request: %s", ident, exc)
+            return
+        if params["command"] == "call":
+            state = self._memory.begin(ident, params["req_id"])
+            if state == "running":
+                return
+            if isinstance(state, bytes):
+                assert self._tg is not None
+                self._tg.start_soon(self._send_reply, ident, state)
+                return
+        assert self._tg is not None
+        self._tg.start_soon(self._serve, ident, params)
+
+    async def _serve(self, ident: str, params: dict[str, Any]) -> None:
+        is_call = params["command"] == "call"
+        reply: bytes | None = None
+        try:
+            method, transfer = resolve_method(self.instances, params)
+            args, kwargs = params.get("args", ()), params.get("kwargs", {})
+            try:
+                if inspect.iscoroutinefunction(method):
+                    result = await method(*args, **kwargs)
+                else:
+                    result = await anyio.to_thread.run_sync(_call_with, method, args, kwargs)
+            except Exception as exc:
+                if not transfer:
+                    raise
+                reply = encode_exception(self.pickler, params.get("req_id"), exc)
+            else:
+                if is_call:
+                    reply = encode_return(self.pickler, params["req_id"], result)
+        except Error as exc:
+            if is_call:
+                reply = encode_exception(self.pickler, params["req_id"], exc)
+            else:
+                log.error("ident=%s: signal refused: %r", ident, exc)
+        except Exception:
+            log.exception("ident=%s: RPC method %s failed", ident, params["method"])
+        finally:
+            if is_call:
+                self._memory.finish(ident, params["req_id"], reply)
+        if reply is not None:
+            await self._send_reply(ident, reply)
+
+    async def _send_reply(self, ident: str, reply: bytes) -> None:
+        await self.messaging.send_message(ident, Message(reply, ttl=0))
+
+    def _on_reply(self, ident: str, payload: bytes) -> None:
+        try:
+            key, reply = decode_reply(self.pickler, payload)
+        except ValueError as exc:
+            log.error("ident=%s: refused an RPC reply: %s", ident, exc)
+            return
+        waiter = self._waiters.get(key)
+        if waiter is not None and waiter.reply is None:
+            waiter.reply = reply
+            waiter.event.set()
+
+    async def _send_request(self, ident: str, params: dict[str, Any], ttl: float) -> None:
+        raw = REQUEST_PREFIX + self.pickler.dumps(params)
+        await self.messaging.send_message(ident, Message(raw, ttl=ttl))
+
+    async def _call(self, ident: str, params: dict[str, Any], timeout: float | None) -> Any:
+        raw_id = uuid_module.uuid4().bytes
+        params["req_id"] = new_req_id(self.pickler, raw_id)
+        key = raw_id.hex()
+        waiter = self._waiters[key] = _Waiter()
+        sent_on: int | None = None
+        try:
+            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                while waiter.reply is None:
+                    generation = self._generation.get(ident)
+                    if self.messaging.is_connected(ident) and sent_on != generation:
+                        # (re)send after every reconnect; the server runs it at most once
+                        await self._send_request(ident, params, 0)
+                        sent_on = generation
+                        continue
+                    await waiter.event.wait()
+                    if waiter.reply is None:
+                        waiter.event = anyio.Event()
+            if scope.cancelled_caught:
+                raise (NotConnected if sent_on is None else PartialCall)(
+                    f"no reply from {ident!r} to {params['object']}.{params['method']}() "
+                    f"within {timeout} s"
+                )
+        finally:
+            del self._waiters[key]
+        assert waiter.reply is not None
+        return reply_result(waiter.reply)
+
+
+def _call_with(method: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    return method(*args, **kwargs)
