@@ -11,8 +11,10 @@ import textwrap
 import threading
 from pathlib import Path
 
+import pytest
+from snakemq.exceptions import StorageError
 from snakemq.message import FLAG_PERSISTENT, Message
-from snakemq.storage import MemoryQueuesStorage
+from snakemq.storage import MemoryQueuesStorage, StorageBatch
 from snakemq.storage.sqlite import SqliteQueuesStorage
 from sync_helpers import WAIT, Peer
 
@@ -186,3 +188,27 @@ def test_send_message_from_other_threads_with_sqlite(peers: list[Peer], tmp_path
     peers.remove(a)
     assert storage.load().queues.get("b", []) == []
     storage.close()
+
+
+class FlakyStorage(MemoryQueuesStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+
+    def apply(self, batch: StorageBatch) -> None:
+        if self.fail:
+            raise StorageError("disk full")
+        super().apply(batch)
+
+
+def test_storage_failure_raises_from_send_and_is_retried(peers: list[Peer]) -> None:
+    storage = FlakyStorage()
+    a = Peer("a", storage)
+    peers.append(a)
+    storage.fail = True
+    m = Message(b"x", ttl=None, flags=FLAG_PERSISTENT)
+    with pytest.raises(StorageError, match="disk full"):
+        a.messaging.send_message("b", m)
+    storage.fail = False
+    m2 = a.send("b", b"y", ttl=None, flags=FLAG_PERSISTENT)  # the failed batch goes too
+    assert [x.uuid for x in storage.load().queues["b"]] == [m.uuid, m2.uuid]

@@ -238,8 +238,15 @@ class Messaging:
         if batch is None or self.storage is None:
             self._pending_batch = None
             return
+        self.storage.apply(batch)  # on failure the batch stays pending: retried later
         self._pending_batch = None
-        self.storage.apply(batch)
+
+    def _apply_in_loop(self) -> None:
+        """``_apply_pending`` for the loop, which must go on if the storage fails."""
+        try:
+            self._apply_pending()
+        except Exception:
+            log.exception("queue storage failed; its changes are retried next pass")
 
     # ---------------------------------------------------- stream handler
 
@@ -296,7 +303,7 @@ class Messaging:
         with self._lock:
             if self.storage is not None:
                 self._take_batch()
-                self._apply_pending()
+                self._apply_in_loop()
             data_to_send = self._engine.data_to_send
             for conn_id in conn_ids:
                 out = outs.get(conn_id)
@@ -437,7 +444,7 @@ class Messaging:
             data = self._engine.data_to_send(conn_id)
             if self.storage is not None:
                 self._take_batch()
-                self._apply_pending()
+                self._apply_in_loop()
         self.link.close(conn_id, data)
         # the link reports the close through on_disconnect -> stream_disconnect,
         # which calls engine.connection_lost; make sure it happened even if the
