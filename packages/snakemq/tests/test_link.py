@@ -133,9 +133,9 @@ def test_connect_errors_never_escape_loop_and_back_off(
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     start = time.monotonic()
-    link.loop(poll_timeout=0.05, runtime=0.5)
+    link.loop(poll_timeout=2.0, runtime=0.5)
     took = time.monotonic() - start
-    assert 0.5 <= took < 0.5 + 0.05  # runtime is never overrun by a poll timeout
+    assert 0.5 <= took < 1.0  # runtime is never overrun by a poll timeout
     for key in (("127.0.0.1", port), ("unresolvable.test", 1), ("255.255.255.255", 9)):
         # 0.01, 0.02, 0.04, 0.08, 0.08 ... s apart (± jitter): a handful of tries,
         # not the 50 a fixed 0.01 s interval would make

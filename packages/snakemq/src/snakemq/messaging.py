@@ -361,6 +361,8 @@ class Messaging:
         received = 0
         recv_cb = self.on_message_recv
         recv_funcs = tuple(recv_cb.callbacks) if type(recv_cb) is Callback else None
+        sent_funcs: tuple[Callable[..., object], ...] | None = None
+        delivered_funcs: tuple[Callable[..., object], ...] | None = None
         for event in events:
             cls = type(event)
             if cls is MessageReceived:
@@ -382,14 +384,22 @@ class Messaging:
                         self._callback_failed(func, conn_id, exc)
             elif cls is MessageSent:
                 assert isinstance(event, MessageSent)
-                cb = self.on_message_sent
-                if type(cb) is not Callback or cb.callbacks:
-                    self._call(cb, event.conn_id, event.ident, event.uuid)
+                if sent_funcs is None:
+                    sent_funcs = self._funcs(self.on_message_sent)
+                for func in sent_funcs:
+                    try:
+                        func(event.conn_id, event.ident, event.uuid)
+                    except Exception:
+                        log.exception("on_message_sent callback %r raised", func)
             elif cls is MessageDelivered:
                 assert isinstance(event, MessageDelivered)
-                cb2 = self.on_message_delivered
-                if type(cb2) is not Callback or cb2.callbacks:
-                    self._call(cb2, event.ident, event.uuid)
+                if delivered_funcs is None:
+                    delivered_funcs = self._funcs(self.on_message_delivered)
+                for func in delivered_funcs:
+                    try:
+                        func(event.ident, event.uuid)
+                    except Exception:
+                        log.exception("on_message_delivered callback %r raised", func)
             elif cls is MessageDropped:
                 assert isinstance(event, MessageDropped)
                 log.debug("ident=%s dropped %s (TTL)", event.ident, event.uuid.hex())
@@ -419,6 +429,14 @@ class Messaging:
         if received:
             assert received_conn is not None
             self._handed(received_conn, received)
+
+    @staticmethod
+    def _funcs(callback: Callable[..., object]) -> tuple[Callable[..., object], ...]:
+        """The functions a callback attribute stands for (a plain function
+        assigned in place of a ``Callback``, as 1.6 programs did, is one)."""
+        if type(callback) is Callback:
+            return tuple(callback.callbacks)
+        return (callback,)
 
     def _callback_failed(self, func: object, conn_id: str, exc: Exception) -> None:
         log.exception("on_message_recv callback %r raised; the message counts as handed", func)
