@@ -101,13 +101,18 @@ def test_ipv6_and_host_names(links: list[Link]) -> None:
         recorded_link(rec, "cn"),
     )
     links += [server, client6, client_name]
-    port = server.add_listener(("", 0))[1]
+    port = server.add_listener(("", 0))[1]  # every interface, both families
+    v6_host, v6_port = server.add_listener(("::1", 0))
+    named_host, named_port = server.add_listener(("localhost", 0))
+    assert (v6_host, named_host) == ("::1", "127.0.0.1")
     client6.add_connector(("::1", port))
+    client6.add_connector(("::1", v6_port))
     client_name.add_connector(("localhost", port))
+    client_name.add_connector(("127.0.0.1", named_port))
     with LoopThread(server), LoopThread(client6), LoopThread(client_name):
-        rec.wait_count("c6.connect", 1)
-        rec.wait_count("cn.connect", 1)
-        rec.wait_count("s.connect", 2)
+        rec.wait_count("c6.connect", 2)
+        rec.wait_count("cn.connect", 2)
+        rec.wait_count("s.connect", 4)
 
 
 def test_connect_errors_never_escape_loop_and_back_off(

@@ -294,6 +294,9 @@ class Link:
             infos = socket.getaddrinfo(
                 host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
             )
+            # a name with both families (localhost) binds IPv4, as 1.6 did;
+            # connectors try every address, so they find it either way
+            infos.sort(key=lambda info: info[0] != socket.AF_INET)
             family, _, _, _, sockaddr = infos[0]
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
