@@ -8,8 +8,9 @@ import time
 import pytest
 from snakemq.link import Link
 from snakemq.message import Message
+from snakemq.packeter import Packeter
 from snakemq.throttle import Throttle
-from sync_helpers import WAIT, Peer
+from sync_helpers import WAIT, Peer, Recorder
 
 RATE = 200_000  # bytes per second
 PAYLOAD = 4000
@@ -74,3 +75,41 @@ def test_send_message_from_many_threads_at_once(peers: list[Peer]) -> None:
     assert len(got) == total == len(set(got))
     for k in range(threads_n):  # each thread's messages arrive in its order
         assert [i for kk, i in got if kk == k] == list(range(per_thread))
+
+
+def test_throttle_under_a_plain_packeter() -> None:
+    server, client = Link(), Link()
+    throttle = Throttle(client, 50_000)
+    sp, cp = Packeter(server), Packeter(throttle)
+    rec = Recorder()
+    sp.on_packet_recv.add(rec.hook("packet"))
+    cp.on_packet_sent.add(rec.hook("sent"))
+    cp.on_connect.add(rec.hook("connect"))
+    port = server.add_listener(("127.0.0.1", 0))[1]
+    client.add_connector(("127.0.0.1", port))
+    threads = [
+        threading.Thread(target=link.loop, kwargs={"poll_timeout": 0.5}, daemon=True)
+        for link in (server, client)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        ((conn,),) = rec.wait_count("connect", 1)
+        ids: list[int] = []
+
+        def send_once() -> None:
+            client.on_loop_pass.remove(send_once)
+            ids.extend(cp.send_packet(conn, bytes([i]) * 10_000) for i in range(5))
+
+        client.on_loop_pass.add(send_once)
+        client.wakeup_poll()
+        packets = rec.wait_count("packet", 5)
+        assert [p for _c, p in packets] == [bytes([i]) * 10_000 for i in range(5)]
+        assert [i for _c, i in rec.wait_count("sent", 5)] == ids
+    finally:
+        for link in (server, client):
+            link.stop()
+        for t in threads:
+            t.join(WAIT)
+        server.cleanup()
+        client.cleanup()
