@@ -19,8 +19,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import anyio
-from anyio.abc import TaskGroup
 from _driverlib import LineChannel, Recorder, check_wait_args, log, payload, quiet_stdout
+from anyio.abc import TaskGroup
 from snakemq_anyio import (
     FLAG_PERSISTENT,
     ErrorOccurred,
