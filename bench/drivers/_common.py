@@ -77,7 +77,7 @@ def block_forever() -> None:
 
 
 #: A pushing sender reports its progress every this many messages.
-PROGRESS_EVERY = 10_000
+PROGRESS_EVERY = 1_000
 
 
 def pushed(count: int) -> None:
