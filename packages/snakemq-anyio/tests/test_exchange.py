@@ -92,3 +92,17 @@ async def test_receive_batch_and_nowait() -> None:
             assert alice.buffered == 0
             for receipt in receipts:
                 await receipt.delivered()
+
+
+async def test_clean_exit_acknowledges_what_was_taken() -> None:
+    async with Messaging("bob") as bob:
+        async with Messaging("alice") as alice:
+            _host, port = await alice.add_listener(("127.0.0.1", 0))
+            await bob.add_connector(("127.0.0.1", port))
+            with anyio.fail_after(10):
+                receipt = await bob.send_message("alice", Message(b"last words", ttl=None))
+                assert (await alice.receive())[1].data == b"last words"
+        # alice left right after taking it: her exit still acknowledged it
+        with anyio.fail_after(10):
+            await receipt.delivered()
+        assert bob.queued("alice") == []

@@ -86,7 +86,7 @@ CLOSE_FLUSH_TIMEOUT = 2.0
 
 _T = TypeVar("_T", bound="Messaging")
 
-_NEW, _RUNNING, _CLOSED = 0, 1, 2
+_NEW, _RUNNING, _CLOSING, _CLOSED = 0, 1, 2, 3
 
 
 class TLSHandshakeError(RemoteProtocolError):
@@ -207,6 +207,7 @@ class Messaging:
         self._conns: dict[str, _Conn] = {}
         self._peers: dict[str, _Conn] = {}  # identified connections by remote ident
         self._connect_waiters: dict[str, anyio.Event] = {}
+        self._conns_changed: anyio.Event | None = None
         self._listeners: dict[tuple[str, int], anyio.CancelScope] = {}
         self._receipts: dict[bytes, Receipt] = {}
         self._subscribers: list[EventStream] = []
@@ -241,7 +242,14 @@ class Messaging:
         if isinstance(storage, str | os.PathLike):
             storage = await anyio.to_thread.run_sync(SqliteQueuesStorage, os.fspath(storage))
         self._storage = storage
-        state = None if storage is None else await anyio.to_thread.run_sync(storage.load)
+        state = None
+        if storage is not None:
+            try:
+                state = await anyio.to_thread.run_sync(storage.load)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(storage.close)
+                raise
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -262,6 +270,8 @@ class Messaging:
     ) -> bool | None:
         tg = self._tg
         assert tg is not None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+            await self._close_connections()
         tg.cancel_scope.cancel()
         try:
             if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -272,6 +282,18 @@ class Messaging:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
+
+    async def _close_connections(self) -> None:
+        """Acknowledge what the application took, then close every connection
+        after it wrote what it has (so a clean exit leaves no resends)."""
+        self._state = _CLOSING
+        self._hand_taken()
+        engine = self._engine
+        for conn_id in list(self._conns):
+            self._dispatch(engine.close(conn_id))
+        while self._conns:
+            wakeup = self._conns_changed = anyio.Event()
+            await wakeup.wait()
 
     async def _shutdown(self) -> None:
         self._state = _CLOSED
@@ -307,7 +329,7 @@ class Messaging:
 
     def _running(self) -> anyio.abc.TaskGroup:
         if self._state != _RUNNING or self._tg is None:
-            state = "closed" if self._state == _CLOSED else "not started"
+            state = "not started" if self._state == _NEW else "closed"
             raise RuntimeError(f"Messaging is {state}; use it inside `async with Messaging(...)`")
         return self._tg
 
@@ -416,6 +438,8 @@ class Messaging:
                     log.info("%s: connect to %s:%s failed: %s", self.ident, host, port, exc)
                 if stream is not None and await self._serve_stream(stream, ssl_config, False, host):
                     delay = base
+                if self._state != _RUNNING:
+                    return
                 await anyio.sleep(delay * random.uniform(0.75, 1.0))
                 delay = min(delay * 2, self._reconnect_max_interval)
 
@@ -461,6 +485,9 @@ class Messaging:
     async def _run_connection(
         self, conn_id: str, stream: ByteStream, names: frozenset[str] | None
     ) -> bool:
+        if self._state != _RUNNING:
+            await _close(stream)
+            return False
         engine = self._engine
         conn = _Conn(conn_id, stream)
         self._conns[conn_id] = conn
@@ -474,6 +501,9 @@ class Messaging:
         finally:
             await _close(stream)
             del self._conns[conn_id]
+            if self._conns_changed is not None:
+                self._conns_changed.set()
+                self._conns_changed = None
             self._dispatch(engine.connection_lost(conn_id, time.monotonic()))
             self._wake_timer()
             self._request_flush()
@@ -823,7 +853,7 @@ class Messaging:
 
     def _raise_closed(self) -> None:
         raise anyio.ClosedResourceError(
-            "Messaging is closed" if self._state == _CLOSED else "Messaging is not started"
+            "Messaging is not started" if self._state == _NEW else "Messaging is closed"
         )
 
     def __aiter__(self) -> Messaging:
@@ -889,7 +919,7 @@ class Messaging:
         return stream
 
     def __repr__(self) -> str:
-        state = ("new", "running", "closed")[self._state]
+        state = ("new", "running", "closing", "closed")[self._state]
         return f"<Messaging {self.ident!r} {state} peers={sorted(self._peers)}>"
 
 
