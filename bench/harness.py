@@ -57,6 +57,8 @@ DEFAULT_TIMEOUT = 180.0
 QUICK_TIMEOUT = 60.0
 #: Seconds a driver may take to start listening.
 READY_TIMEOUT = 30.0
+#: Seconds a profiled driver may take to write its statistics.
+PROFILE_DUMP_TIMEOUT = 15.0
 
 #: Environment variables that would slow a driver down or change what it measures.
 _SCRUBBED_ENV = (
@@ -292,8 +294,17 @@ class DriverProcess:
                 return int(line.split()[1])
         return None
 
-    def kill(self) -> None:
-        """SIGKILL the whole process group and reap it."""
+    def kill(self, graceful: bool = False) -> None:
+        """SIGKILL the whole process group and reap it.
+
+        ``graceful``: SIGTERM first and give it a few seconds (a profiled driver
+        writes its statistics then).
+        """
+        if graceful and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=PROFILE_DUMP_TIMEOUT)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -432,8 +443,13 @@ def run_once(
     timeout: float,
     workdir: Path,
     certificates: dict[str, str] | None,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one workload against one system; return its measurements (raises RunError)."""
+    """Run one workload against one system; return its measurements (raises RunError).
+
+    With ``profile_dir``, both drivers run under cProfile and leave
+    ``<system>-<workload>-<role>.prof`` there (the figures are then slower).
+    """
     count = workload.quick_count if quick else workload.count
     config: dict[str, Any] = {
         "host": HOST,
@@ -447,6 +463,12 @@ def run_once(
     }
     python = _interpreter(system)
     driver = str(DRIVERS_DIR / system.driver)
+
+    def profile(role: str) -> dict[str, str]:
+        if profile_dir is None:
+            return {}
+        return {"profile": str(profile_dir / f"{system.name}-{workload.name}-{role}.prof")}
+
     env = _child_env(system)
     tag = f"{system.name}/{workload.name}"
     procs: list[DriverProcess] = []
@@ -454,7 +476,7 @@ def run_once(
     deadline = started + timeout
     try:
         recv = DriverProcess(
-            [python, driver, json.dumps({**config, "role": "recv"})],
+            [python, driver, json.dumps({**config, **profile("recv"), "role": "recv"})],
             workdir / "recv.stderr",
             env,
         )
@@ -462,7 +484,7 @@ def run_once(
         where = recv.expect(
             "READY", min(deadline, time.monotonic() + READY_TIMEOUT), "receiver READY"
         )
-        send_config = {**config, **where, "role": "send"}
+        send_config = {**config, **where, **profile("send"), "role": "send"}
         if workload.persistent:
             send_config["storage"] = str(workdir / "sender.db")
         send = DriverProcess(
@@ -483,7 +505,7 @@ def run_once(
             rss_send = result.get("rss_kib")
     finally:
         for proc in procs:
-            proc.kill()
+            proc.kill(graceful=profile_dir is not None)
 
     out: dict[str, Any] = {
         "ok": True,
@@ -595,6 +617,7 @@ def run(
     out_dir: Path | str | None = DEFAULT_OUT_DIR,
     chart: bool = True,
     log: Any = None,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and return the report (also written to ``out_dir``).
 
@@ -607,6 +630,9 @@ def run(
         out_dir: where ``results.json`` and ``throughput.png`` go (None: nowhere).
         chart: draw the PNG chart (needs matplotlib).
         log: a text stream for progress lines (default: stderr).
+        profile: run every driver under cProfile; ``<out_dir>/profiles/`` gets one
+            ``.prof`` per system, workload and side (last repetition) and
+            ``summary.txt`` with the top functions of each. Slows every figure.
 
     Raises:
         ValueError: an unknown system or workload name, or repeat < 1.
@@ -629,6 +655,12 @@ def run(
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         s: {w: [] for w in chosen_workloads} for s in chosen_systems
     }
+    profile_dir = None
+    if profile:
+        if out_dir is None:
+            raise ValueError("profile needs an out_dir")
+        profile_dir = Path(out_dir) / "profiles"
+        profile_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="snakemq-bench-") as tmp:
         tmpdir = Path(tmp)
         certificates = None
@@ -652,6 +684,7 @@ def run(
                                 timeout=timeout,
                                 workdir=workdir,
                                 certificates=certificates,
+                                profile_dir=profile_dir,
                             )
                         except RunError as exc:
                             outcome = {"ok": False, "error": str(exc)}
@@ -664,6 +697,7 @@ def run(
             DriverProcess.kill_all()
 
     report = _report(chosen_systems, chosen_workloads, runs, unavailable, quick, repeat, timeout)
+    report["profiled"] = profile
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -676,7 +710,23 @@ def run(
                 report["files"]["chart"] = str(png)
             except ImportError as exc:
                 print(f"bench: no chart: {exc}", file=log)
+        if profile_dir is not None:
+            summary = profile_dir / "summary.txt"
+            summary.write_text(profile_summary(sorted(profile_dir.glob("*.prof"))))
+            report["files"]["profiles"] = str(summary)
     return report
+
+
+def profile_summary(paths: Sequence[Path], lines: int = 15) -> str:
+    """The top ``lines`` functions by own time of each profile, one block per file."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    for path in paths:
+        out.write(f"==== {path.name}\n")
+        pstats.Stats(str(path), stream=out).strip_dirs().sort_stats("tottime").print_stats(lines)
+    return out.getvalue()
 
 
 def _choose(names: Sequence[str] | None, known: dict[str, Any], what: str) -> list[str]:
@@ -841,6 +891,8 @@ def format_table(report: dict[str, Any]) -> str:
 
     out: list[str] = []
     mode = "quick" if report["quick"] else "full"
+    if report.get("profiled"):
+        mode += ", PROFILED: slower than real"
     sections: list[tuple[str, str | None]] = [
         (f"median of {report['repeat']} ({mode} run)", None),
         *((f"ratio to {report['systems'][ref]}", ref) for ref in REFERENCES if ref in systems),
@@ -952,6 +1004,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, help="seconds per run before it is killed")
     parser.add_argument("--out", default=str(DEFAULT_OUT_DIR), help="output directory")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the drivers under cProfile; writes <out>/profiles/*.prof and summary.txt",
+    )
     args = parser.parse_args(argv)
 
     def stop(signum: int, frame: object) -> None:
@@ -967,6 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout,
             out_dir=args.out,
             chart=not args.no_chart,
+            profile=args.profile,
         )
     except ValueError as exc:
         parser.error(str(exc))

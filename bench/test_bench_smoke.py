@@ -165,3 +165,19 @@ def test_a_crashing_driver_is_reported(tmp_path: Path, monkeypatch: pytest.Monke
         )
 
     assert all(_gone(pid) for pid in pids)
+
+
+def test_profile_leaves_statistics_of_both_sides(tmp_path: Path) -> None:
+    report = harness.run(
+        ["snakemq-1.6"], ["100B"], quick=True, repeat=1, out_dir=tmp_path, chart=False, profile=True
+    )
+
+    assert harness.all_ok(report)
+    profiles = tmp_path / "profiles"
+    assert sorted(p.name for p in profiles.glob("*.prof")) == [
+        "snakemq-1.6-100B-recv.prof",
+        "snakemq-1.6-100B-send.prof",
+    ]
+    summary = (profiles / "summary.txt").read_text()
+    assert "_classic.py" in summary
+    assert "PROFILED" in harness.format_table(report)

@@ -35,11 +35,34 @@ WINDOW_MESSAGES = 1000
 
 
 def load_config() -> dict[str, Any]:
-    """The driver's configuration: the JSON object given as the only argument."""
+    """The driver's configuration: the JSON object given as the only argument.
+
+    With ``config["profile"]`` set, the main thread runs under cProfile from
+    here on, and SIGTERM writes the statistics to that path and exits.
+    """
     if len(sys.argv) != 2:
         raise SystemExit(f"usage: {sys.argv[0]} '<json config>'")
     config: dict[str, Any] = json.loads(sys.argv[1])
+    if config.get("profile"):
+        _start_profile(config["profile"])
     return config
+
+
+def _start_profile(path: str) -> None:
+    import cProfile
+    import os
+    import signal
+
+    profiler = cProfile.Profile()
+
+    def dump(signum: int, frame: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(path)
+        sys.stdout.flush()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, dump)
+    profiler.enable()
 
 
 #: Persistent messages a windowed sender keeps queued but not yet sent, at most: the
