@@ -351,3 +351,34 @@ def test_frames_refuse_invalid_fields(build: object) -> None:
     assert callable(build)
     with pytest.raises((ValueError, TypeError)):
         build()
+
+
+# ------------------------------------------------------------ PROTOCOL.md examples
+
+
+def test_every_hex_example_in_protocol_md_is_right() -> None:
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).parent.parent / "PROTOCOL.md"
+    blocks = re.findall(r"```hex\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 10
+    seen_types = set()
+    for block in blocks:
+        raw = bytes.fromhex(block.replace("\n", " "))
+        decoder = PacketDecoder()
+        frames = [decode_frame(p) for p in decoder.feed(raw)]
+        assert decoder.buffered == 0, block
+        assert frames and all(f is not None for f in frames), block
+        assert b"".join(encode_packet(f.encode()) for f in frames if f is not None) == raw
+        seen_types |= {type(f) for f in frames}
+    assert seen_types == {
+        ProtocolVersion,
+        IncompatibleProtocol,
+        Identification,
+        MessageFrame,
+        Ping,
+        Pong,
+        Capabilities,
+        Ack,
+    }
