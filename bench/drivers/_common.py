@@ -122,16 +122,21 @@ class ThroughputMeter:
         self.reported = False
 
     def add(self, length: int) -> bool:
-        """Record one message of ``length`` bytes; True once all have arrived."""
-        now = time.perf_counter()
-        if self.received == 0:
-            self.first = now
-        self.last = now
+        """Record one message of ``length`` bytes; True once all have arrived.
+
+        Kept lean (the clock is read only at the first and the last message):
+        it runs once per message inside the measured interval.
+        """
         self.received += 1
         self.bytes += length
         if length != self.size:
             self.wrong_size += 1
-        return self.received >= self.expected
+        if self.received == 1:
+            self.first = time.perf_counter()
+        if self.received >= self.expected:
+            self.last = time.perf_counter()
+            return True
+        return False
 
     def report(self) -> None:
         """Send the RESULT line (once)."""
