@@ -403,6 +403,8 @@ def test_duplicate_ident(row: Row, launch: PeerLauncher, certs: Certs) -> None:
     # A greets before it reads the twin's identification, then closes: the twin
     # sees A and loses it — the evidence that A made (and refused) the attempt.
     twin.wait("disconnected", A_IDENT, timeout=20)
+    if row.a in OURS:
+        a.wait("errors", None, timeout=10)  # ours report the refusal (on_error / events)
     a.send(B_IDENT, [100] * 5, seed=row.id, ttl=None)
     b.wait("received", A_IDENT, 5, timeout=20)
     marker_sync(a, b, row.id)

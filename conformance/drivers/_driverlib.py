@@ -101,13 +101,16 @@ class Recorder:
             return self.counts[(kind, ident)]
 
     def wait(self, kind: str, ident: str | None, count: int, timeout: float) -> dict[str, Any]:
-        """Block the calling thread until ``value() >= count`` or the timeout."""
+        """Block the calling thread until ``value() >= count``, the timeout, or
+        the death of the implementation's loop (nothing will come any more)."""
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
                 value = self.value(kind, ident)
                 if value >= count:
                     return {"ok": True, "value": value}
+                if self.loop_error is not None:
+                    return {"ok": False, "error": "the loop died", "value": value}
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return {"ok": False, "error": "timeout", "value": value}
