@@ -1089,3 +1089,49 @@ def test_what_happens_does_not_depend_on_chunking(
         # (acks may differ: none goes out once the connection is closing)
         results.append(_digest(events))
     assert results[0] == results[1]
+
+
+def test_one_persistent_message_to_two_peers_stays_stored_for_the_second(
+    clock: Clock,
+) -> None:
+    # 1.6 programs send one Message object to several peers; the uuid is shared
+    storage = MemoryQueuesStorage()
+    a = Engine("alice", persistent=True)
+    m = Message(b"to everyone", ttl=None, flags=FLAG_PERSISTENT)
+    a.send_message("bob", m, clock.now)
+    a.send_message("carol", m, clock.now)
+    clock.advance(5)
+    link = pair(clock, a, Engine("bob"))  # bob gets it and acknowledges
+    assert link.b.received == [m]
+    batch = a.take_storage_batch()
+    assert batch is not None
+    storage.apply(batch)
+    # alice crashes; carol was never connected
+    a2 = Engine("alice", persistent=True)
+    state = storage.load()
+    assert dict(state.queues) == {"carol": [m]}
+    a2.load(state.queues, state.seen, clock.now)
+    link2 = pair(clock, a2, Engine("carol"))
+    assert link2.b.received == [m]
+    batch = a2.take_storage_batch()
+    assert batch is not None
+    storage.apply(batch)
+    assert storage.load().queues == {}
+
+
+def test_shared_uuid_ttl_updates_are_per_queue(clock: Clock) -> None:
+    storage = MemoryQueuesStorage()
+    a = Engine("alice", persistent=True)
+    m = Message(b"x", ttl=100, flags=FLAG_PERSISTENT)
+    a.send_message("bob", m, clock.now)
+    a.send_message("carol", m, clock.now)
+    clock.advance(30)
+    pair(clock, a, Engine("bob", window=1), auto_hand=False)  # bob: 70 s remain
+    clock.advance(10)
+    pair(clock, a, Engine("carol", window=1), auto_hand=False)  # carol: 60 s remain
+    for b in (a.take_storage_batch(),):
+        assert b is not None
+        storage.apply(b)
+    queues = storage.load().queues
+    assert [x.ttl for x in queues["bob"]] == [70]
+    assert [x.ttl for x in queues["carol"]] == [60]

@@ -287,6 +287,7 @@ class Engine:
         self._seq = itertools.count()
         self._seen: dict[str, dict[bytes, None]] = {}
         self._pending: dict[str, set[bytes]] = {}
+        self._stored: dict[bytes, int] = {}  # uuid -> queues holding it in storage
         self._batch = StorageBatch(seen_keep=self.dedup_window)
         hello: list[Frame] = (
             [ProtocolVersion(), Identification(self.ident)]
@@ -316,6 +317,7 @@ class Engine:
             queue = self._queue(ident)
             for message in messages:
                 item = _Item(message, message.ttl, stored=True)
+                self._stored[message.uuid] = self._stored.get(message.uuid, 0) + 1
                 if self._start_aging(item, now, queue):
                     queue.items.append(item)
                 else:
@@ -380,6 +382,8 @@ class Engine:
         item = _Item(message, ttl, stored)
         queue.items.append(item)
         if stored:
+            uuid = message.uuid
+            self._stored[uuid] = self._stored.get(uuid, 0) + 1
             self._batch.push.append((ident, message))
         if queue.conn is None:
             self._start_aging(item, now, queue)  # ttl > 0 here: not due yet
@@ -397,7 +401,7 @@ class Engine:
         for item in removed:
             item.expires = None
             if item.stored:
-                self._batch.delete.append(item.message.uuid)
+                self._unstore(ident, item.message.uuid)
         return [i.message.uuid for i in removed]
 
     # ------------------------------------------------------------ connections
@@ -545,7 +549,7 @@ class Engine:
                 popped = queue.items.popleft()
                 queue.in_flight -= 1
                 if popped.stored:
-                    self._batch.delete.append(popped.message.uuid)
+                    self._unstore(ident, popped.message.uuid)
         return events
 
     # ---------------------------------------------------------------- receive
@@ -755,9 +759,19 @@ class Engine:
         heapq.heappush(self._expiry, (item.expires, next(self._seq), item, queue))
         return True
 
+    def _unstore(self, ident: str, uuid: bytes) -> None:
+        """A stored message left ident's queue: delete its row."""
+        left = self._stored.pop(uuid, 1) - 1
+        if left > 0:
+            # the same message waits in another queue too: delete this copy only
+            self._stored[uuid] = left
+            self._batch.delete_from.append((ident, uuid))
+        else:
+            self._batch.delete.append(uuid)
+
     def _dropped(self, queue: _Queue, item: _Item, events: list[Event]) -> None:
         if item.stored:
-            self._batch.delete.append(item.message.uuid)
+            self._unstore(queue.ident, item.message.uuid)
         events.append(MessageDropped(queue.ident, item.message.uuid))
 
     def _out(self, conn: _Conn, packet: bytes) -> None:
@@ -840,7 +854,11 @@ class Engine:
                     continue
                 item.ttl = remaining
                 if item.stored:
-                    update.append((item.message.uuid, remaining))
+                    uuid = item.message.uuid
+                    if self._stored.get(uuid, 1) > 1:
+                        self._batch.update_ttl_in.append((ident, uuid, remaining))
+                    else:
+                        update.append((uuid, remaining))
             item.since = None
             item.expires = None
             kept.append(item)
@@ -867,7 +885,6 @@ class Engine:
         if queue.items[count - 1].message.uuid != frame.last_uuid:
             raise MalformedFrameError("ACK names a uuid that is not the one it counts to")
         ident = conn.ident
-        delete = self._batch.delete
         marks = conn.sent_marks
         nmarks = len(marks)
         j = 0  # marks not yet reached by data_sent(): the acked ones come first
@@ -881,7 +898,7 @@ class Engine:
                 item.reported = True
                 j += 1
             if item.stored:
-                delete.append(uuid)
+                self._unstore(ident, uuid)
             events.append(MessageDelivered(ident, uuid))
         queue.in_flight -= count
 

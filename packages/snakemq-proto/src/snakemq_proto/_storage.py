@@ -27,11 +27,22 @@ class StorageBatch:
     Attributes:
         push: ``(ident, message)`` to append to ident's queue; ``message.ttl``
             is the TTL still remaining.
-        update_ttl: ``(uuid, remaining ttl)`` of stored messages.
-        delete: uuids of stored messages that left their queue.
+        update_ttl: ``(uuid, remaining ttl)`` of stored messages (every queue
+            holding that uuid).
+        delete: uuids of stored messages that left their queue (every queue
+            holding that uuid).
         seen: ``(ident, uuid)`` received from ident and handed to the
             application (the de-duplication window).
         seen_keep: how many seen uuids to keep per ident (older are pruned).
+        update_ttl_in: ``(ident, uuid, remaining ttl)``: like ``update_ttl``
+            but for ident's queue only.
+        delete_from: ``(ident, uuid)``: like ``delete`` but from ident's queue
+            only.
+
+    The engine uses ``update_ttl_in`` and ``delete_from`` only while one
+    message (one uuid) is stored in several queues — a program that sends
+    one ``Message`` object to several peers.  A storage that ignores them
+    stays correct but may keep a row until the last copy leaves.
     """
 
     push: list[tuple[str, Message]] = attrs.field(factory=list)
@@ -39,9 +50,18 @@ class StorageBatch:
     delete: list[bytes] = attrs.field(factory=list)
     seen: list[tuple[str, bytes]] = attrs.field(factory=list)
     seen_keep: int = 0
+    update_ttl_in: list[tuple[str, bytes, float | None]] = attrs.field(factory=list)
+    delete_from: list[tuple[str, bytes]] = attrs.field(factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.push or self.update_ttl or self.delete or self.seen)
+        return bool(
+            self.push
+            or self.update_ttl
+            or self.delete
+            or self.seen
+            or self.update_ttl_in
+            or self.delete_from
+        )
 
     def extend(self, other: StorageBatch) -> None:
         """Append ``other``'s changes after this batch's (for group commit)."""
@@ -50,6 +70,8 @@ class StorageBatch:
         self.delete.extend(other.delete)
         self.seen.extend(other.seen)
         self.seen_keep = max(self.seen_keep, other.seen_keep)
+        self.update_ttl_in.extend(other.update_ttl_in)
+        self.delete_from.extend(other.delete_from)
 
 
 @attrs.frozen
@@ -100,9 +122,15 @@ class MemoryQueuesStorage:
             for queue in self._queues.values():
                 if uuid in queue:
                     queue[uuid] = queue[uuid].with_ttl(ttl)
+        for ident, uuid, ttl in batch.update_ttl_in:
+            queue = self._queues.get(ident, {})
+            if uuid in queue:
+                queue[uuid] = queue[uuid].with_ttl(ttl)
         for uuid in batch.delete:
             for queue in self._queues.values():
                 queue.pop(uuid, None)
+        for ident, uuid in batch.delete_from:
+            self._queues.get(ident, {}).pop(uuid, None)
         for ident, uuid in batch.seen:
             window = self._seen.setdefault(ident, {})
             window[uuid] = None
