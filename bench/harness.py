@@ -459,6 +459,8 @@ def run_once(
         "warmup": workload.quick_warmup if quick else workload.warmup,
         "tls": certificates if workload.tls else None,
         "storage": None,
+        # The drivers' own limit, should the harness die before it can kill them.
+        "max_lifetime": timeout + 30,
         **system.options,
     }
     python = _interpreter(system)

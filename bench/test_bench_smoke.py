@@ -11,11 +11,15 @@ and network access to PyPI the first time (snakeMQ 1.6 goes into bench/.venv16).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -179,5 +183,73 @@ def test_profile_leaves_statistics_of_both_sides(tmp_path: Path) -> None:
         "snakemq-1.6-100B-send.prof",
     ]
     summary = (profiles / "summary.txt").read_text()
-    assert "_classic.py" in summary
+    for name in ("snakemq-1.6-100B-recv.prof", "snakemq-1.6-100B-send.prof"):
+        assert f"==== {name}" in summary
+    assert summary.count("Ordered by: internal time") == 2
     assert "PROFILED" in harness.format_table(report)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _poll(condition: Any, seconds: float) -> bool:
+    """Check ``condition`` until it holds or ``seconds`` pass (nothing to wait on but /proc)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.05)
+    return True
+
+
+def test_drivers_do_not_outlive_a_killed_harness(tmp_path: Path) -> None:
+    # zmq's sender is pushed back by a receiver that never reads: the run lasts seconds.
+    harness_proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(BENCH_DIR / "run.py"),
+            "--repeat=1",
+            "--systems=zmq-pushpull",
+            "--workloads=noread",
+            f"--out={tmp_path}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        drivers: list[int] = []
+
+        def both_started() -> bool:
+            drivers[:] = _children(harness_proc.pid)
+            return len(drivers) == 2
+
+        assert _poll(both_started, 30), "the harness did not start its two drivers"
+    finally:
+        harness_proc.kill()
+        harness_proc.wait()
+
+    try:
+        assert _poll(lambda: not any(_alive(pid) for pid in drivers), 15), (
+            "drivers outlived the harness"
+        )
+    finally:
+        for pid in drivers:  # so a failure here leaves nothing behind either
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -43,9 +43,26 @@ def load_config() -> dict[str, Any]:
     if len(sys.argv) != 2:
         raise SystemExit(f"usage: {sys.argv[0]} '<json config>'")
     config: dict[str, Any] = json.loads(sys.argv[1])
+    _start_watchdog(float(config.get("max_lifetime", 3600)))
     if config.get("profile"):
         _start_profile(config["profile"])
     return config
+
+
+def _start_watchdog(max_lifetime: float) -> None:
+    """Exit if the harness dies (we are re-parented) or the run overstays: no stragglers."""
+    import os
+    import threading
+
+    parent = os.getppid()
+    end = time.monotonic() + max_lifetime
+
+    def watch() -> None:
+        while os.getppid() == parent and time.monotonic() < end:
+            time.sleep(1.0)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="bench-watchdog", daemon=True).start()
 
 
 def _start_profile(path: str) -> None:
