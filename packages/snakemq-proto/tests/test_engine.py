@@ -948,6 +948,20 @@ def test_engine_validates_its_arguments() -> None:
         Engine("")
     with pytest.raises(ValueError, match="window"):
         Engine("a", window=0)
+    with pytest.raises(ValueError, match="window"):
+        Engine("a", window=2**32)
+    with pytest.raises(TypeError, match="window"):
+        Engine("a", window=1.5)  # type: ignore[arg-type]
+    for name in ("keepalive_interval", "keepalive_wait", "handshake_timeout"):
+        for bad, error in (
+            (0, ValueError),
+            (-1, ValueError),
+            (float("nan"), ValueError),
+            (float("inf"), ValueError),
+            ("1", TypeError),
+        ):
+            with pytest.raises(error, match=name):
+                Engine("a", **{name: bad})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_packet_size"):
         Engine("a", max_packet_size=10)
 

@@ -228,6 +228,14 @@ class _Conn:
         self.ack_last = b""
 
 
+def _check_seconds(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+    return float(value)
+
+
 def _wire_ttl(ttl: float | None) -> int | None:
     if ttl is None:
         return None
@@ -266,16 +274,20 @@ class Engine:
     ) -> None:
         self.ident = check_ident(ident)
         self.persistent = persistent
+        if keepalive_interval is not None:
+            _check_seconds(keepalive_interval, "keepalive_interval")
         self.keepalive_interval = keepalive_interval
-        self.keepalive_wait = keepalive_wait
-        self.handshake_timeout = handshake_timeout
+        self.keepalive_wait = _check_seconds(keepalive_wait, "keepalive_wait")
+        self.handshake_timeout = _check_seconds(handshake_timeout, "handshake_timeout")
         if isinstance(max_packet_size, bool) or not isinstance(max_packet_size, int):
             raise TypeError("max_packet_size must be an int")
         if max_packet_size < 64:
             raise ValueError(f"max_packet_size must be >= 64 bytes, got {max_packet_size}")
         self.max_packet_size = max_packet_size
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if isinstance(window, bool) or not isinstance(window, int):
+            raise TypeError(f"window must be an int, not {type(window).__name__}")
+        if not 1 <= window <= 0xFFFFFFFF:
+            raise ValueError(f"window must be 1..2**32-1 messages, got {window!r}")
         self.window = window
         self.dedup_window = 2 * window
         self.legacy = legacy
