@@ -22,7 +22,11 @@ COUNT = 100_000
 
 async def test_window_stops_a_capable_sender_while_the_receiver_does_not_read() -> None:
     window = 100
-    async with Messaging("alice", window=window) as alice, Messaging("bob") as bob:
+    # max_queued=None: bob may queue all 100,000 at once; only the window holds him
+    async with (
+        Messaging("alice", window=window) as alice,
+        Messaging("bob", max_queued=None) as bob,
+    ):
         with bob.events(max_buffered=3 * COUNT) as events:
             _host, port = await alice.add_listener(("127.0.0.1", 0))
             await bob.add_connector(("127.0.0.1", port))
@@ -58,7 +62,7 @@ async def test_full_buffer_stops_reading_a_legacy_sender() -> None:
     bound = limit + chunk_messages
     async with (
         Messaging("alice", max_buffered=limit) as alice,
-        Messaging("old", legacy=True) as old,
+        Messaging("old", legacy=True, max_queued=None) as old,
     ):
         with alice.events(max_buffered=COUNT) as events:
             _host, port = await alice.add_listener(("127.0.0.1", 0))
@@ -78,6 +82,37 @@ async def test_full_buffer_stops_reading_a_legacy_sender() -> None:
                     _ident, message = await alice.receive()
                     assert message.data == payload + b"%d" % i
                 assert most <= bound
+
+
+async def test_send_waits_while_a_connected_peer_lags() -> None:
+    async with Messaging("alice") as alice, Messaging("bob", max_queued=100) as bob:
+        _host, port = await alice.add_listener(("127.0.0.1", 0))
+        await bob.add_connector(("127.0.0.1", port))
+        with anyio.fail_after(10):
+            await bob.wait_connected("alice")
+            for i in range(100):
+                await bob.send_message("alice", Message(b"%d" % i, ttl=None))
+        sent = anyio.Event()
+
+        async def send_one_more() -> None:
+            await bob.send_message("alice", Message(b"100", ttl=None))
+            sent.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send_one_more)
+            # alice takes nothing, so bob's 101st send must not return
+            with anyio.move_on_after(0.3):
+                await sent.wait()
+            assert not sent.is_set()
+            with anyio.fail_after(10):
+                for i in range(50):  # half of them delivered: bob may go on
+                    assert (await alice.receive())[1].data == b"%d" % i
+                await sent.wait()
+        # a peer that is not connected does not pace: its queue is bounded by TTL
+        with anyio.fail_after(10):
+            for _ in range(300):
+                await bob.send_message("carol", Message(b"later", ttl=60))
+        assert len(bob.queued("carol")) == 300
 
 
 async def test_cancelled_sends_lose_nothing() -> None:

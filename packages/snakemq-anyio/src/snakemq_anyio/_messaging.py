@@ -73,7 +73,7 @@ from snakemq_proto import (
     cert_idents,
 )
 
-from ._receipt import MessageDroppedError, MessagingClosedError, Receipt
+from ._receipt import DeliveryError, MessageDroppedError, MessagingClosedError, Receipt
 from ._stream import EventStream, MessagingEvent, ReadingPaused, ReadingResumed
 
 log = logging.getLogger("snakemq.anyio")
@@ -139,6 +139,11 @@ class Messaging:
         max_buffered: received messages waiting for ``receive()`` above which
             sockets are no longer read.
         max_buffered_bytes: the same limit in payload bytes.
+        max_queued: while a peer is connected and this many messages sent
+            to it are not yet delivered, ``send_message`` to it waits until
+            half of them are (so a fast sender is paced by its receiver).
+            For a peer that is not connected messages queue without this
+            limit (their TTL bounds them).  ``None``: never wait.
         legacy: speak exactly as snakeMQ 1.6 (no acknowledgements); for tests
             and interoperability checks.
 
@@ -161,6 +166,7 @@ class Messaging:
         window: int = DEFAULT_WINDOW,
         max_buffered: int = 2 * DEFAULT_WINDOW,
         max_buffered_bytes: int = 32 * 1024 * 1024,
+        max_queued: int | None = 2 * DEFAULT_WINDOW,
         legacy: bool = False,
     ) -> None:
         for name, value in (
@@ -176,6 +182,7 @@ class Messaging:
         for name, count in (
             ("max_buffered", max_buffered),
             ("max_buffered_bytes", max_buffered_bytes),
+            ("max_queued", 1 if max_queued is None else max_queued),
         ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {count!r}")
@@ -212,6 +219,12 @@ class Messaging:
         self._receipts: dict[bytes, Receipt] = {}
         self._subscribers: list[EventStream] = []
         self._sends = 0
+        # send pacing: undelivered receipts per peer, and senders waiting
+        self._max_queued = max_queued
+        self._low_queued = 0 if max_queued is None else max_queued // 2
+        self._undelivered: dict[str, int] = {}
+        self._queue_waiters: dict[str, anyio.Event] = {}
+        self._legacy_conns = 0
         # receive buffer
         self._rx: deque[MessageReceived] = deque()
         self._rx_bytes = 0
@@ -320,7 +333,7 @@ class Messaging:
         self._rx.clear()
         self._wake(self._rx_event)
         self._rx_event = None
-        for waiter in self._connect_waiters.values():
+        for waiter in [*self._connect_waiters.values(), *self._queue_waiters.values()]:
             waiter.set()
         for stream in self._subscribers:
             stream._end()
@@ -671,49 +684,70 @@ class Messaging:
         rx = self._rx
         received = False
         for event in events:
-            if isinstance(event, MessageReceived):
+            if type(event) is MessageReceived:
                 rx.append(event)
                 self._rx_bytes += len(event.message.data)
                 received = True
                 continue
-            if isinstance(event, MessageDelivered):
-                receipt = self._receipts.pop(event.uuid, None)
-                if receipt is not None:
-                    receipt._resolve(None)
-            elif isinstance(event, MessageSent):
-                conn = self._conns.get(event.conn_id)
-                if conn is not None and conn.legacy:
-                    receipt = self._receipts.pop(event.uuid, None)
-                    if receipt is not None:
-                        receipt._resolve(None)
-            elif isinstance(event, MessageDropped):
-                receipt = self._receipts.pop(event.uuid, None)
-                if receipt is not None:
-                    receipt._resolve(
-                        MessageDroppedError(
-                            f"the TTL of the message to {event.ident!r} ran out before it "
-                            "was delivered",
-                            event.ident,
-                            event.uuid,
-                        )
-                    )
-            elif isinstance(event, CloseConnection):
+            if type(event) is MessageSent:
+                if self._legacy_conns:
+                    conn = self._conns.get(event.conn_id)
+                    if conn is not None and conn.legacy:
+                        self._resolve(event.uuid, None)
+            elif type(event) is MessageDelivered:
+                self._resolve(event.uuid, None)
+            elif type(event) is MessageDropped:
+                self._resolve(
+                    event.uuid,
+                    MessageDroppedError(
+                        f"the TTL of the message to {event.ident!r} ran out before it was "
+                        "delivered",
+                        event.ident,
+                        event.uuid,
+                    ),
+                )
+            elif type(event) is CloseConnection:
                 self._close_conn(event.conn_id)
                 continue
-            elif isinstance(event, PeerConnected):
+            elif type(event) is PeerConnected:
                 self._on_connected(event)
-            elif isinstance(event, PeerDisconnected):
-                conn = self._peers.get(event.ident)
-                if conn is not None and conn.conn_id == event.conn_id:
-                    del self._peers[event.ident]
-                self._wake_timer()
+            elif type(event) is PeerDisconnected:
+                self._on_disconnected(event)
             if self._subscribers:
-                self._publish(event)
+                self._publish(event)  # type: ignore[arg-type]
         if received:
             wakeup = self._rx_event
             if wakeup is not None:
                 self._rx_event = None
                 wakeup.set()
+
+    def _resolve(self, uuid: bytes, error: DeliveryError | None) -> None:
+        receipt = self._receipts.pop(uuid, None)
+        if receipt is None:
+            return
+        receipt._resolve(error)
+        if self._max_queued is not None:
+            ident = receipt.ident
+            left = self._undelivered[ident] - 1
+            if left:
+                self._undelivered[ident] = left
+            else:
+                del self._undelivered[ident]
+            if left <= self._low_queued:
+                waiter = self._queue_waiters.pop(ident, None)
+                if waiter is not None:
+                    waiter.set()
+
+    def _on_disconnected(self, event: PeerDisconnected) -> None:
+        conn = self._peers.get(event.ident)
+        if conn is not None and conn.conn_id == event.conn_id:
+            del self._peers[event.ident]
+            if conn.legacy:
+                self._legacy_conns -= 1
+        waiter = self._queue_waiters.pop(event.ident, None)
+        if waiter is not None:
+            waiter.set()  # a peer that is away does not pace its senders
+        self._wake_timer()
 
     def _on_connected(self, event: PeerConnected) -> None:
         conn = self._conns.get(event.conn_id)
@@ -722,6 +756,8 @@ class Messaging:
             conn.legacy = event.legacy
             conn.identified = True
             self._peers[event.ident] = conn
+            if event.legacy:
+                self._legacy_conns += 1
             conn.kick()
         waiter = self._connect_waiters.pop(event.ident, None)
         if waiter is not None:
@@ -752,7 +788,8 @@ class Messaging:
 
         Returns once the message is queued and, when it is persistent
         (``FLAG_PERSISTENT``) and this ``Messaging`` has a storage, durably
-        stored.  Safe to call from many tasks at once.  If the call is
+        stored.  While ``max_queued`` messages to the connected peer are
+        undelivered it first waits for the peer to catch up.  Safe to call from many tasks at once.  If the call is
         cancelled while waiting for the storage, the message stays queued
         (it is stored and delivered all the same).
 
@@ -767,19 +804,38 @@ class Messaging:
         if not self._sends & 63:
             # let the connections run now and then in a tight send loop
             await anyio.lowlevel.checkpoint()
+        conn = self._peers.get(ident)
+        if self._max_queued is not None:
+            if conn is not None and self._undelivered.get(ident, 0) >= self._max_queued:
+                await self._wait_queue_space(ident)
+                conn = self._peers.get(ident)
         events = self._engine.send_message(ident, message, time.monotonic())
-        receipt = Receipt(ident, message.uuid)
-        self._receipts[message.uuid] = receipt
+        uuid = message.uuid
+        receipt = Receipt(ident, uuid)
+        if self._max_queued is not None:
+            self._undelivered[ident] = self._undelivered.get(ident, 0) + 1
+        self._receipts[uuid] = receipt
         if events:
             self._dispatch(events)
-        conn = self._peers.get(ident)
         if conn is not None:
-            conn.kick()
+            wakeup = conn.wakeup
+            if wakeup is not None:
+                conn.wakeup = None
+                wakeup.set()
         else:
             self._wake_timer()
         if self._persistent and message.flags & FLAG_PERSISTENT:
             await self._wait_stored()
         return receipt
+
+    async def _wait_queue_space(self, ident: str) -> None:
+        while ident in self._peers and self._undelivered.get(ident, 0) > self._low_queued:
+            waiter = self._queue_waiters.get(ident)
+            if waiter is None:
+                waiter = self._queue_waiters[ident] = anyio.Event()
+            await waiter.wait()
+            if self._state != _RUNNING:
+                self._running()
 
     async def receive(self) -> tuple[str, Message]:
         """Wait for the next received message; return ``(sender ident, message)``.
