@@ -805,10 +805,10 @@ class Messaging:
             # let the connections run now and then in a tight send loop
             await anyio.lowlevel.checkpoint()
         conn = self._peers.get(ident)
-        if self._max_queued is not None:
-            if conn is not None and self._undelivered.get(ident, 0) >= self._max_queued:
-                await self._wait_queue_space(ident)
-                conn = self._peers.get(ident)
+        limit = self._max_queued
+        if limit is not None and conn is not None and self._undelivered.get(ident, 0) >= limit:
+            await self._wait_queue_space(ident)
+            conn = self._peers.get(ident)
         events = self._engine.send_message(ident, message, time.monotonic())
         uuid = message.uuid
         receipt = Receipt(ident, uuid)
