@@ -140,7 +140,7 @@ def legacy_conn(clock: Clock, engine: Engine | None = None) -> Engine:
     hello = e.data_to_send("c")
     assert frames_of(hello) == [
         ProtocolVersion(1),
-        Capabilities(CAP_ACK, DEFAULT_WINDOW),
+        Capabilities(CAP_ACK, e.window),
         Identification("alice"),
     ]
     e.data_sent("c", len(hello))
@@ -1149,3 +1149,24 @@ def test_shared_uuid_ttl_updates_are_per_queue(clock: Clock) -> None:
     queues = storage.load().queues
     assert [x.ttl for x in queues["bob"]] == [70]
     assert [x.ttl for x in queues["carol"]] == [60]
+
+
+def test_a_capable_peer_that_ignores_the_window_is_cut_off(clock: Clock) -> None:
+    e = Engine("alice", window=3)
+    e.connection_made("c", clock.now)
+    e.data_to_send("c")
+    hello = packets(ProtocolVersion(), Capabilities(CAP_ACK, 10), Identification("bob"))
+    e.receive_data("c", hello, clock.now)
+    flood = [MessageFrame(bytes([i]) * 16, None, 0, b"x").encode() for i in range(4)]
+    events = e.receive_data("c", packets(*flood[:3]), clock.now)
+    assert len(of_type(events, MessageReceived)) == 3
+    events = e.receive_data("c", packets(flood[3]), clock.now)
+    assert [type(x.error) for x in errors(events)] == [UnexpectedFrameError]
+    assert "window" in str(errors(events)[0].error)
+
+
+def test_a_legacy_peer_has_no_window(clock: Clock) -> None:
+    e = legacy_conn(clock, Engine("alice", window=3))
+    flood = [MessageFrame(bytes([i]) * 16, None, 0, b"x").encode() for i in range(10)]
+    events = e.receive_data("c", packets(*flood), clock.now)
+    assert len(of_type(events, MessageReceived)) == 10

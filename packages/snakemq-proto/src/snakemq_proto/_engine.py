@@ -925,6 +925,12 @@ class Engine:
         ident = conn.ident
         assert ident is not None
         if not conn.legacy:
+            if len(conn.rx_unready) >= self.window:
+                # every entry is a message the sender has not seen acknowledged
+                raise UnexpectedFrameError(
+                    f"peer sent more than the receive window of {self.window} "
+                    "unacknowledged messages"
+                )
             pending = self._pending.get(ident)
             if pending is None:
                 pending = self._pending[ident] = set()
