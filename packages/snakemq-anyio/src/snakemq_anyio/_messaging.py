@@ -215,7 +215,7 @@ class Messaging:
         self._peers: dict[str, _Conn] = {}  # identified connections by remote ident
         self._connect_waiters: dict[str, anyio.Event] = {}
         self._conns_changed: anyio.Event | None = None
-        self._listeners: dict[tuple[str, int], anyio.CancelScope] = {}
+        self._listeners: dict[tuple[str, int], tuple[anyio.CancelScope, anyio.Event]] = {}
         self._receipts: dict[bytes, Receipt] = {}
         self._subscribers: list[EventStream] = []
         self._sends = 0
@@ -365,13 +365,19 @@ class Messaging:
         bound: tuple[str, int] = await tg.start(self._listen, host, port, ssl_config)
         return bound
 
-    def remove_listener(self, address: tuple[str, int]) -> None:
-        """Stop the listener ``add_listener`` returned ``address`` for
-        (connections it accepted carry on)."""
-        scope = self._listeners.pop(_check_address(address), None)
-        if scope is None:
+    async def remove_listener(self, address: tuple[str, int]) -> None:
+        """Stop the listener ``add_listener`` returned ``address`` for; return
+        once its socket is closed (connections it accepted carry on).
+
+        Raises:
+            KeyError: there is no such listener.
+        """
+        entry = self._listeners.pop(_check_address(address), None)
+        if entry is None:
             raise KeyError(f"no listener on {address!r}")
+        scope, closed = entry
         scope.cancel()
+        await closed.wait()
 
     async def add_connector(
         self, address: tuple[str, int], ssl_config: SSLConfig | None = None
@@ -402,8 +408,9 @@ class Messaging:
         bound = multi.extra(SocketAttribute.local_address)
         assert isinstance(bound, tuple)
         address = (str(bound[0]), int(bound[1]))
+        closed = anyio.Event()
         with anyio.CancelScope() as scope:
-            self._listeners[address] = scope
+            self._listeners[address] = (scope, closed)
             task_status.started(address)
             log.info("%s listening on %s:%s", self.ident, *address)
             try:
@@ -412,7 +419,9 @@ class Messaging:
                         assert isinstance(listener, SocketListener)
                         tg.start_soon(self._accept_loop, listener, ssl_config)
             finally:
-                self._listeners.pop(address, None)
+                if self._listeners.get(address, (None,))[0] is scope:
+                    del self._listeners[address]
+                closed.set()
 
     async def _accept_loop(self, listener: SocketListener, ssl_config: SSLConfig | None) -> None:
         tg = self._running()
