@@ -104,8 +104,8 @@ _PUSH: Final = (
 _UPDATE_TTL: Final = "UPDATE snakemq_queue SET ttl = ? WHERE uuid = ?"
 _DELETE: Final = "DELETE FROM snakemq_queue WHERE uuid = ?"
 _SEEN_RANGE: Final = (  # two subqueries: each is one index lookup, min+max together a scan
-    "SELECT (SELECT min(seq) FROM snakemq_seen WHERE ident = ?1), "
-    "(SELECT max(seq) FROM snakemq_seen WHERE ident = ?1)"
+    "SELECT (SELECT min(seq) FROM snakemq_seen WHERE ident = ?), "
+    "(SELECT max(seq) FROM snakemq_seen WHERE ident = ?)"
 )
 _SEEN_INSERT: Final = "INSERT OR REPLACE INTO snakemq_seen (ident, uuid, seq) VALUES (?, ?, ?)"
 _SEEN_PRUNE: Final = "DELETE FROM snakemq_seen WHERE ident = ? AND seq < ?"
@@ -406,7 +406,7 @@ class SqliteQueuesStorage:
                 uuids = by_ident[ident] = []
             uuids.append(uuid)
         for ident, uuids in by_ident.items():
-            low, high = conn.execute(_SEEN_RANGE, (ident,)).fetchone()
+            low, high = conn.execute(_SEEN_RANGE, (ident, ident)).fetchone()
             if low is None:
                 low = high = 0
             else:
