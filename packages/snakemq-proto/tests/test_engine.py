@@ -1170,3 +1170,23 @@ def test_a_legacy_peer_has_no_window(clock: Clock) -> None:
     flood = [MessageFrame(bytes([i]) * 16, None, 0, b"x").encode() for i in range(10)]
     events = e.receive_data("c", packets(*flood), clock.now)
     assert len(of_type(events, MessageReceived)) == 10
+
+
+def test_a_flapping_peer_does_not_grow_the_timer_heap(clock: Clock) -> None:
+    a = Engine("alice")
+    for i in range(1000):
+        a.send_message("bob", Message(bytes([i % 256]), ttl=86400), clock.now)
+    b = Engine("bob", window=1)
+    for _ in range(50):
+        link = pair(clock, a, b, auto_hand=False)
+        link.disconnect()
+        clock.advance(1)
+    assert len(a._expiry) < 3000  # not 50 x 1000
+    assert len(a.queued("bob")) == 1000
+    assert a.next_deadline() is not None
+    assert len(a.handle_timeout(clock.now + 86400)) == 1000
+
+
+def test_cert_idents_must_not_be_a_single_string(clock: Clock) -> None:
+    with pytest.raises(TypeError, match="cert_idents"):
+        Engine("alice").connection_made("c", clock.now, cert_idents="bob")

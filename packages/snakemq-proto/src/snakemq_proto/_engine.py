@@ -296,6 +296,7 @@ class Engine:
         self._queues: dict[str, _Queue] = {}
         self._by_ident: dict[str, _Conn] = {}
         self._expiry: list[tuple[float, int, _Item, _Queue]] = []
+        self._expiry_stale = 0  # entries of _expiry known to be stale
         self._seq = itertools.count()
         self._seen: dict[str, dict[bytes, None]] = {}
         self._pending: dict[str, set[bytes]] = {}
@@ -411,9 +412,12 @@ class Engine:
         removed = list(itertools.islice(queue.items, queue.in_flight, None))
         queue.items = deque(keep)
         for item in removed:
-            item.expires = None
+            if item.expires is not None:
+                item.expires = None
+                self._expiry_stale += 1
             if item.stored:
                 self._unstore(ident, item.message.uuid)
+        self._compact_expiry()
         return [i.message.uuid for i in removed]
 
     # ------------------------------------------------------------ connections
@@ -429,6 +433,8 @@ class Engine:
         """
         if conn_id in self._conns:
             raise LocalProtocolError(f"connection {conn_id!r} is already registered")
+        if isinstance(cert_idents, str):
+            raise TypeError("cert_idents must be a collection of names, not one str")
         conn = _Conn(
             conn_id,
             now,
@@ -682,6 +688,8 @@ class Engine:
                 deadline = expires
                 break
             heapq.heappop(heap)  # stale: delivered, reconnected or re-aged
+            if self._expiry_stale:
+                self._expiry_stale -= 1
         interval = self.keepalive_interval
         for conn in self._conns.values():
             if conn.state is ConnState.CLOSED:
@@ -706,6 +714,8 @@ class Engine:
         while heap and heap[0][0] <= now:
             expires, _, item, queue = heapq.heappop(heap)
             if item.expires != expires:
+                if self._expiry_stale:
+                    self._expiry_stale -= 1
                 continue
             item.expires = None
             expired.setdefault(queue, []).append(item)
@@ -770,6 +780,15 @@ class Engine:
         item.expires = now + item.ttl
         heapq.heappush(self._expiry, (item.expires, next(self._seq), item, queue))
         return True
+
+    def _compact_expiry(self) -> None:
+        """Drop stale timer entries once they are the majority, so a peer that
+        reconnects often does not grow the heap by its queue length each time."""
+        heap = self._expiry
+        if self._expiry_stale > 256 and 2 * self._expiry_stale > len(heap):
+            heap[:] = [e for e in heap if e[2].expires == e[0]]
+            heapq.heapify(heap)
+            self._expiry_stale = 0
 
     def _unstore(self, ident: str, uuid: bytes) -> None:
         """A stored message left ident's queue: delete its row."""
@@ -862,6 +881,7 @@ class Engine:
                 if remaining <= 0:
                     # due, but handle_timeout() did not run yet
                     item.expires = None
+                    self._expiry_stale += 1
                     self._dropped(queue, item, events)
                     continue
                 item.ttl = remaining
@@ -872,9 +892,12 @@ class Engine:
                     else:
                         update.append((uuid, remaining))
             item.since = None
-            item.expires = None
+            if item.expires is not None:
+                item.expires = None
+                self._expiry_stale += 1
             kept.append(item)
         queue.items = kept
+        self._compact_expiry()
         events.append(PeerConnected(conn.conn_id, ident, conn.legacy))
 
     def _on_ping(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
