@@ -69,6 +69,7 @@ from snakemq_proto import (
     RemoteProtocolError,
     SqliteQueuesStorage,
     SSLConfig,
+    StorageBatch,
     StorageError,
     cert_idents,
 )
@@ -245,6 +246,7 @@ class Messaging:
         self._applied = 0  # ... and applied
         self._applied_event: anyio.Event | None = None
         self._failed_batches: dict[int, BaseException] = {}
+        self._carry: StorageBatch | None = None  # a batch that failed, retried first
 
     # ------------------------------------------------------------- lifecycle
 
@@ -313,7 +315,7 @@ class Messaging:
         self._hand_taken()
         storage = self._storage
         if storage is not None:
-            batch = self._engine.take_storage_batch()
+            batch = self._take_batch()
             try:
                 if batch is not None:
                     await anyio.to_thread.run_sync(storage.apply, batch)
@@ -653,7 +655,6 @@ class Messaging:
                 wakeup.set()
 
     async def _flusher(self, storage: QueuesStorage) -> None:
-        engine = self._engine
         while True:
             if not self._flush_requested:
                 wakeup = self._flush_event = anyio.Event()
@@ -661,18 +662,29 @@ class Messaging:
             self._flush_requested = False
             with anyio.CancelScope(shield=True):
                 # taken and applied as one step: a batch is never lost to a cancel
-                batch = engine.take_storage_batch()
+                batch = self._take_batch()
                 self._taken += 1
                 number = self._taken
                 if batch is not None:
                     try:
                         await anyio.to_thread.run_sync(storage.apply, batch)
                     except Exception as exc:
-                        log.exception("storing queue changes failed")
+                        log.exception("storing queue changes failed; retrying with the next batch")
                         self._failed_batches[number] = exc
+                        self._carry = batch
             self._applied = number
             self._wake(self._applied_event)
             self._applied_event = None
+
+    def _take_batch(self) -> StorageBatch | None:
+        batch = self._engine.take_storage_batch()
+        carry = self._carry
+        if carry is None:
+            return batch
+        self._carry = None
+        if batch is not None:
+            carry.extend(batch)
+        return carry
 
     async def _wait_stored(self) -> None:
         number = self._taken + 1  # the batch that holds what was just queued
