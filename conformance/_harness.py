@@ -100,15 +100,42 @@ def _run(argv: Sequence[str]) -> None:
 # ------------------------------------------------------------------ certificates
 
 
-@dataclass
 class Certs:
-    """PEM files made by trustme: one CA for the good peers, another one for
-    the wrong-CA rows, and an expired certificate."""
+    """PEM files made by trustme: a CA and one certificate per identifier
+    (named by its DNS SAN and CN, which identity binding checks), a second CA
+    for the wrong-CA rows, and an expired certificate."""
 
-    directory: Path
-    ca: str = ""
-    other_ca: str = ""
-    files: dict[str, str] = field(default_factory=dict)
+    def __init__(self, directory: Path) -> None:
+        import trustme
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._good, other = trustme.CA(), trustme.CA()
+        self.ca = str(directory / "ca.pem")
+        self._good.cert_pem.write_to_path(self.ca)
+        self.other_ca = str(directory / "other-ca.pem")
+        other.cert_pem.write_to_path(self.other_ca)
+        self.files: dict[str, str] = {}
+        self._write("bad-wrongca", other.issue_cert("bad-wrongca", common_name="bad-wrongca"))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expired = self._good.issue_cert(
+            "bad-expired",
+            common_name="bad-expired",
+            not_before=now - datetime.timedelta(days=10),
+            not_after=now - datetime.timedelta(days=1),
+        )
+        self._write("bad-expired", expired)
+
+    def _write(self, name: str, leaf: Any) -> None:
+        path = self.directory / f"{name}.pem"
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(path))
+        self.files[name] = str(path)
+
+    def cert(self, name: str) -> str:
+        """PEM file (key and chain) of ``name``, issued by the good CA on first use."""
+        if name not in self.files:
+            self._write(name, self._good.issue_cert(name, common_name=name))
+        return self.files[name]
 
     def tls(self, ident: str, *, bind_ident: bool = False) -> dict[str, Any]:
         """Mutual TLS for ``ident``: its own certificate, the good CA, verify."""
@@ -119,49 +146,6 @@ class Certs:
             "verify": True,
             "bind_ident": bind_ident,
         }
-
-    def cert(self, name: str) -> str:
-        if name not in self.files:
-            self._issue(name)
-        return self.files[name]
-
-    def _issue(self, name: str) -> None:
-        ca = self._cas[0]
-        path = self.directory / f"{name}.pem"
-        ca.issue_cert(name, common_name=name).private_key_and_cert_chain_pem.write_to_path(
-            str(path)
-        )
-        self.files[name] = str(path)
-
-    @classmethod
-    def make(cls, directory: Path) -> Certs:
-        import trustme
-
-        directory.mkdir(parents=True, exist_ok=True)
-        good, other = trustme.CA(), trustme.CA()
-        self = cls(directory)
-        self._cas = (good, other)
-        self.ca = str(directory / "ca.pem")
-        good.cert_pem.write_to_path(self.ca)
-        self.other_ca = str(directory / "other-ca.pem")
-        other.cert_pem.write_to_path(self.other_ca)
-        wrong = directory / "wrong-ca-peer.pem"
-        other.issue_cert(
-            "bad-wrongca", common_name="bad-wrongca"
-        ).private_key_and_cert_chain_pem.write_to_path(str(wrong))
-        self.files["bad-wrongca"] = str(wrong)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        expired = directory / "expired-peer.pem"
-        good.issue_cert(
-            "bad-expired",
-            common_name="bad-expired",
-            not_before=now - datetime.timedelta(days=10),
-            not_after=now - datetime.timedelta(days=1),
-        ).private_key_and_cert_chain_pem.write_to_path(str(expired))
-        self.files["bad-expired"] = str(expired)
-        return self
-
-    _cas: tuple[Any, Any] = (None, None)
 
 
 # ------------------------------------------------------------------------ peers
