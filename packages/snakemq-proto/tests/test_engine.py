@@ -40,6 +40,7 @@ from snakemq_proto import (
     Ping,
     Pong,
     ProtocolVersion,
+    RemoteProtocolError,
     UnexpectedFrameError,
 )
 
@@ -1190,3 +1191,54 @@ def test_a_flapping_peer_does_not_grow_the_timer_heap(clock: Clock) -> None:
 def test_cert_idents_must_not_be_a_single_string(clock: Clock) -> None:
     with pytest.raises(TypeError, match="cert_idents"):
         Engine("alice").connection_made("c", clock.now, cert_idents="bob")
+
+
+_hostile_payloads = st.one_of(
+    _remote_frames,
+    st.binary(max_size=40),
+    st.builds(
+        lambda t, b: bytes([t]) + b,
+        st.sampled_from([0, 1, 2, 3, 4, 5, 0x40, 0x41]),
+        st.binary(max_size=30),
+    ),
+    st.builds(
+        lambda c, u: Ack(c, u).encode(),
+        st.integers(1, 5),
+        st.binary(min_size=16, max_size=16),
+    ),
+)
+
+_CAPABLE_HELLO = packets(ProtocolVersion(), Capabilities(CAP_ACK, 2), Identification("bob"))
+
+
+@given(
+    st.sampled_from([b"", LEGACY_HELLO, _CAPABLE_HELLO]),
+    st.lists(_hostile_payloads, max_size=15),
+    st.binary(max_size=12),
+    st.lists(st.integers(0, 3000), max_size=8),
+)
+def test_nothing_a_peer_sends_raises_out_of_the_engine(
+    hello: bytes, payloads: list[bytes], garbage: bytes, cuts: list[int]
+) -> None:
+    stream = hello + packets(*payloads) + garbage
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    chunks = [stream[i:j] for i, j in zip([0, *points], [*points, len(stream)], strict=True)]
+    e = Engine("alice", max_packet_size=100, window=4)
+    e.send_message("bob", Message(b"waiting", ttl=None), 0.0)
+    e.connection_made("c", 0.0)
+    events: list[Event] = []
+    for chunk in chunks:
+        out = e.data_to_send("c")
+        e.data_sent("c", len(out) // 2)  # the socket is slow
+        new = e.receive_data("c", chunk, 0.0)
+        events += new
+        e.handed("c", len(of_type(new, MessageReceived)))
+    closes = of_type(events, CloseConnection)
+    errs = errors(events)
+    assert len(closes) == len(errs) <= 1
+    if closes:
+        assert events[-1] == closes[0]
+        assert isinstance(errs[0].error, RemoteProtocolError)
+    e.connection_lost("c", 1.0)
+    # whatever the peer did, the message waiting for it is still queued
+    assert [m.data for m in e.queued("bob")] == [b"waiting"]
