@@ -364,15 +364,14 @@ class Messaging:
         sent_funcs: tuple[Callable[..., object], ...] | None = None
         delivered_funcs: tuple[Callable[..., object], ...] | None = None
         for event in events:
-            cls = type(event)
-            if cls is MessageReceived:
-                assert isinstance(event, MessageReceived)
+            if type(event) is MessageReceived:  # the hot path
                 conn_id = event.conn_id
-                if received and conn_id != received_conn:
-                    assert received_conn is not None
-                    self._handed(received_conn, received)
-                    received = 0
-                received_conn = conn_id
+                if conn_id != received_conn:
+                    if received:
+                        assert received_conn is not None
+                        self._handed(received_conn, received)
+                        received = 0
+                    received_conn = conn_id
                 received += 1
                 if recv_funcs is None:
                     self._call(recv_cb, conn_id, event.ident, event.message)
@@ -382,7 +381,9 @@ class Messaging:
                         func(conn_id, event.ident, event.message)
                     except Exception as exc:
                         self._callback_failed(func, conn_id, exc)
-            elif cls is MessageSent:
+                continue
+            cls = type(event)
+            if cls is MessageSent:
                 assert isinstance(event, MessageSent)
                 if sent_funcs is None:
                     sent_funcs = self._funcs(self.on_message_sent)
