@@ -81,9 +81,10 @@ def test_every_frame_round_trips(frame: Frame) -> None:
 
 
 @given(frames)
-def test_decode_of_a_memoryview_packet(frame: Frame) -> None:
+def test_decode_of_a_memoryview_or_bytearray_packet(frame: Frame) -> None:
     payload = frame.encode()
     assert same(decode_frame(memoryview(payload)), frame)
+    assert same(decode_frame(bytearray(payload)), frame)  # type: ignore[arg-type]
 
 
 @given(st.lists(frames, max_size=8), st.lists(st.integers(0, 10_000), max_size=12))

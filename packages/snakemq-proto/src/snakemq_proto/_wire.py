@@ -90,7 +90,7 @@ def _ident(instance: object, attribute: attrs.Attribute[str], value: object) -> 
 
 
 def _data(instance: object, attribute: attrs.Attribute[bytes], value: object) -> None:
-    if not isinstance(value, bytes | memoryview):
+    if not isinstance(value, bytes | memoryview | bytearray):
         raise TypeError(f"data must be bytes or memoryview, not {type(value).__name__}")
 
 
