@@ -6,7 +6,7 @@ import struct
 
 import pytest
 from helpers import Clock, Link, frames_of, of_type, packets
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from snakemq_proto import (
     CAP_ACK,
@@ -1071,6 +1071,7 @@ _remote_frames = st.one_of(
 )
 
 
+@settings(deadline=None)  # timing is for benchmarks, not tests
 @given(
     st.lists(_remote_frames, max_size=12),
     st.booleans(),
@@ -1211,6 +1212,7 @@ _hostile_payloads = st.one_of(
 _CAPABLE_HELLO = packets(ProtocolVersion(), Capabilities(CAP_ACK, 2), Identification("bob"))
 
 
+@settings(deadline=None)  # timing is for benchmarks, not tests
 @given(
     st.sampled_from([b"", LEGACY_HELLO, _CAPABLE_HELLO]),
     st.lists(_hostile_payloads, max_size=15),

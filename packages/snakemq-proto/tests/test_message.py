@@ -7,7 +7,7 @@ import uuid as uuidlib
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from snakemq_proto import (
     FLAG_PERSISTENT,
@@ -114,6 +114,7 @@ def test_ttl_limits() -> None:
     assert MAX_TTL == 2**32 - 2
 
 
+@settings(deadline=None)  # timing is for benchmarks, not tests
 @given(st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**40), 2**40))
 def test_ttl_is_accepted_exactly_when_the_wire_can_carry_it(ttl: float) -> None:
     fits = not math.isnan(ttl) and 0 <= ttl <= MAX_TTL

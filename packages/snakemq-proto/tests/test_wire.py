@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from snakemq_proto import (
     CAP_ACK,
@@ -71,6 +71,7 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 # ----------------------------------------------------------------- round trips
 
 
+@settings(deadline=None)  # timing is for benchmarks, not tests
 @given(frames)
 def test_every_frame_round_trips(frame: Frame) -> None:
     payload = frame.encode()
@@ -80,6 +81,7 @@ def test_every_frame_round_trips(frame: Frame) -> None:
     assert decoded.encode() == payload
 
 
+@settings(deadline=None)  # timing is for benchmarks, not tests
 @given(frames)
 def test_decode_of_a_memoryview_or_bytearray_packet(frame: Frame) -> None:
     payload = frame.encode()
@@ -87,6 +89,7 @@ def test_decode_of_a_memoryview_or_bytearray_packet(frame: Frame) -> None:
     assert same(decode_frame(bytearray(payload)), frame)  # type: ignore[arg-type]
 
 
+@settings(deadline=None)  # timing is for benchmarks, not tests
 @given(st.lists(frames, max_size=8), st.lists(st.integers(0, 10_000), max_size=12))
 def test_decoder_accepts_any_chunking(items: list[Frame], cuts: list[int]) -> None:
     stream = b"".join(encode_packet(f.encode()) for f in items)
@@ -98,6 +101,7 @@ def test_decoder_accepts_any_chunking(items: list[Frame], cuts: list[int]) -> No
     assert decoder.buffered == 0
 
 
+@settings(deadline=None)  # timing is for benchmarks, not tests
 @given(st.lists(frames, min_size=1, max_size=4))
 def test_decoder_one_byte_at_a_time(items: list[Frame]) -> None:
     stream = b"".join(encode_packet(f.encode()) for f in items)
