@@ -12,6 +12,7 @@ import snakemq.packeter
 import snakemq.storage
 import snakemq.storage.sqlite
 import snakemq.throttle
+import snakemq.version
 import snakemq_proto
 
 
@@ -28,6 +29,8 @@ def test_public_names() -> None:
     assert {"Messaging", "ReceiveHook"} <= set(snakemq.messaging.__all__)
     assert callable(snakemq.packeter.Packeter) and callable(snakemq.throttle.Throttle)
     assert callable(snakemq.callbacks.Callback)
+    assert snakemq.version.PROTOCOL_VERSION == 1
+    assert snakemq.version.VERSION == snakemq.__version__
 
 
 def test_1_6_exception_names_are_aliases() -> None:
