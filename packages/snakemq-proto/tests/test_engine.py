@@ -1244,3 +1244,74 @@ def test_nothing_a_peer_sends_raises_out_of_the_engine(
     e.connection_lost("c", 1.0)
     # whatever the peer did, the message waiting for it is still queued
     assert [m.data for m in e.queued("bob")] == [b"waiting"]
+
+
+def test_purged_messages_do_not_expire_later(clock: Clock) -> None:
+    a = Engine("alice")
+    m = Message(b"x", ttl=5)
+    a.send_message("bob", m, clock.now)
+    assert a.purge("bob") == [m.uuid]
+    assert a.purge("nobody") == []
+    assert a.next_deadline() is None
+    assert a.handle_timeout(clock.now + 10) == []
+
+
+def test_reconnect_cancels_the_ttl_timer(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob", window=1)
+    a.send_message("bob", Message(b"1", ttl=None), clock.now)
+    m = Message(b"2", ttl=5)
+    a.send_message("bob", m, clock.now)
+    assert a.next_deadline() == clock.now + 5
+    pair(clock, a, b, auto_hand=False)
+    assert a.next_deadline() is None  # connected: nothing ages
+    assert a.handle_timeout(clock.now + 100) == []
+    assert [x.uuid for x in a.queued("bob")][1] == m.uuid
+
+
+def test_duplicate_behind_an_unhanded_message_is_acked_in_order(clock: Clock) -> None:
+    e = Engine("alice")
+    e.connection_made("c", clock.now)
+    e.data_to_send("c")
+    hello = packets(ProtocolVersion(), Capabilities(CAP_ACK, 10), Identification("bob"))
+    e.receive_data("c", hello, clock.now)
+    old = MessageFrame(bytes([1]) * 16, None, 0, b"old").encode()
+    new = MessageFrame(bytes([2]) * 16, None, 0, b"new").encode()
+    e.receive_data("c", packets(old), clock.now)
+    e.handed("c", 1)
+    assert frames_of(e.data_to_send("c")) == [Ack(1, bytes([1]) * 16)]
+    events = e.receive_data("c", packets(new, old), clock.now)  # old again, behind new
+    assert [x.message.data for x in of_type(events, MessageReceived)] == [b"new"]
+    assert e.data_to_send("c") == b""  # the duplicate waits for "new" to be handed
+    e.handed("c", 1)
+    assert frames_of(e.data_to_send("c")) == [Ack(2, bytes([1]) * 16)]
+
+
+def test_wants_write(clock: Clock) -> None:
+    a, b = Engine("alice"), Engine("bob", window=1)
+    assert not a.wants_write("nope")
+    assert a.data_to_send("nope") == b""
+    a.connection_made("c", clock.now)
+    assert a.wants_write("c")  # the hello
+    a.data_to_send("c")
+    assert not a.wants_write("c")  # not identified: no messages yet
+    link = pair(clock, a, b, auto_hand=False)
+    assert not a.wants_write(link.a.conn_id)
+    a.send_message("bob", Message(b"1", ttl=None), clock.now)
+    a.send_message("bob", Message(b"2", ttl=None), clock.now)
+    assert a.wants_write(link.a.conn_id)
+    link.pump()
+    assert not a.wants_write(link.a.conn_id)  # the window is full
+
+
+def test_max_packet_size_must_be_an_int() -> None:
+    with pytest.raises(TypeError, match="max_packet_size"):
+        Engine("a", max_packet_size=1e6)  # type: ignore[arg-type]
+
+
+def test_errors_on_a_closing_connection_are_reported_once(clock: Clock) -> None:
+    e = fresh(clock)
+    events = e.receive_data("c", b"\x00\x00\x00\x00", clock.now)
+    assert len(errors(events)) == 1
+    assert e.close("c", DuplicateIdentError("again")) == []
+    assert e.handle_timeout(clock.now + 10**6) == []  # no handshake timeout either
+    assert e.next_deadline() is None
