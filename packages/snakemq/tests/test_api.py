@@ -30,7 +30,7 @@ def test_public_names() -> None:
     assert callable(snakemq.packeter.Packeter) and callable(snakemq.throttle.Throttle)
     assert callable(snakemq.callbacks.Callback)
     assert snakemq.version.PROTOCOL_VERSION == 1
-    assert snakemq.version.VERSION == snakemq.__version__
+    assert snakemq.__version__ == snakemq.version.VERSION
 
 
 def test_1_6_exception_names_are_aliases() -> None:
