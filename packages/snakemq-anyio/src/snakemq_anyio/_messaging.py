@@ -317,12 +317,15 @@ class Messaging:
         storage = self._storage
         if storage is not None:
             batch = self._take_batch()
+            self._taken += 1
             try:
                 if batch is not None:
                     await anyio.to_thread.run_sync(storage.apply, batch)
-            except Exception:
+            except Exception as exc:
                 log.exception("could not store the last queue changes")
+                self._failed_batches[self._taken] = exc
             finally:
+                self._applied = self._taken  # sends waiting for this batch may return
                 await anyio.to_thread.run_sync(storage.close)
         for receipt in [r for per_peer in self._receipts.values() for r in per_peer.values()]:
             receipt._resolve(
@@ -691,7 +694,7 @@ class Messaging:
         number = self._taken + 1  # the batch that holds what was just queued
         self._request_flush()
         while self._applied < number:
-            if self._state != _RUNNING:
+            if self._state == _CLOSED:
                 raise RuntimeError("Messaging closed while a message was being stored")
             if self._applied_event is None:
                 self._applied_event = anyio.Event()
