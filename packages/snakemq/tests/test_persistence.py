@@ -20,12 +20,12 @@ from sync_helpers import WAIT, Peer
 
 SENDER = textwrap.dedent(
     """
-    import sys, threading
+    import os, signal, sys, threading
     import snakemq.link, snakemq.packeter, snakemq.messaging
     from snakemq.message import Message, FLAG_PERSISTENT
     from snakemq.storage.sqlite import SqliteQueuesStorage
 
-    port, db, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    port, db, count, kill_at = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     link = snakemq.link.Link()
     link.reconnect_interval = 0.05
     messaging = snakemq.messaging.Messaging(
@@ -46,6 +46,8 @@ SENDER = textwrap.dedent(
                 "receiver", Message(b"%d" % i, ttl=None, flags=FLAG_PERSISTENT)
             )
             print(i, flush=True)  # durable now
+            if i == kill_at:  # crash with messages in flight and unacknowledged
+                os.kill(os.getpid(), signal.SIGKILL)
 
     print("queued", len(messaging.queued("receiver")), flush=True)
     threading.Thread(target=produce, daemon=True).start()
@@ -55,11 +57,13 @@ SENDER = textwrap.dedent(
 )
 
 
-def run_sender(tmp_path: Path, port: int, db: Path, count: int) -> subprocess.Popen[str]:
+def run_sender(
+    tmp_path: Path, port: int, db: Path, count: int, kill_at: int = -1
+) -> subprocess.Popen[str]:
     script = tmp_path / "sender.py"
     script.write_text(SENDER)
     return subprocess.Popen(
-        [sys.executable, str(script), str(port), str(db), str(count)],
+        [sys.executable, str(script), str(port), str(db), str(count), str(kill_at)],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
@@ -91,16 +95,18 @@ def test_sigkill_of_sender_loses_nothing_and_duplicates_nothing(
     receiver.start()
     db = tmp_path / "queues.db"
 
-    first = run_sender(tmp_path, port, db, 5000)
+    first = run_sender(tmp_path, port, db, 5000, kill_at=1500)
     try:
-        lines = lines_until(first, lambda line: line.isdigit() and int(line) >= 1500)
-        os.kill(first.pid, signal.SIGKILL)
+        assert first.stdout is not None
+        lines = [line.strip() for line in first.stdout]
+        assert first.wait(WAIT) == -signal.SIGKILL
     finally:
         first.kill()
         first.wait()
         assert first.stdout is not None
         first.stdout.close()
     durable = max(int(line) for line in lines if line.isdigit())
+    assert durable == 1500
     receiver.rec.wait_count("on_disconnect", 1)
 
     second = run_sender(tmp_path, port, db, 0)
