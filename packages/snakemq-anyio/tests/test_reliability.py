@@ -10,6 +10,7 @@ from anyio.abc import ByteStream
 from snakemq_anyio import (
     DuplicateIdentError,
     ErrorOccurred,
+    HandshakeTimeoutError,
     KeepaliveTimeoutError,
     MalformedFrameError,
     Message,
@@ -146,6 +147,18 @@ async def test_keepalive_closes_a_silent_peer() -> None:
             assert [type(e.error) for e in errors] == [KeepaliveTimeoutError]
             assert errors[0].ident == "silent"
             assert not alice.is_connected("silent")
+
+
+async def test_a_peer_that_never_identifies_is_closed() -> None:
+    async with Messaging("alice", handshake_timeout=0.2) as alice:
+        with alice.events() as events:
+            host, port = await alice.add_listener(("127.0.0.1", 0))
+            async with await anyio.connect_tcp(host, port) as mute:
+                with anyio.fail_after(10):
+                    await _read_until_closed(mute)  # alice's hello, then the close
+                    event = await events.receive()
+            assert isinstance(event, ErrorOccurred)
+            assert isinstance(event.error, HandshakeTimeoutError)
 
 
 async def test_keepalive_keeps_a_peer_that_answers() -> None:

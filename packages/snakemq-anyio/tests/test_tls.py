@@ -94,3 +94,16 @@ async def test_plain_client_against_tls_listener_is_refused(ca: trustme.CA, tmp_
                     if isinstance(event, ErrorOccurred):
                         assert isinstance(event.error, TLSHandshakeError)
                         break
+
+
+async def test_tls_handshake_has_a_timeout(ca: trustme.CA, tmp_path: Path) -> None:
+    async with Messaging("alice", handshake_timeout=0.2) as alice:
+        with alice.events() as events:
+            host, port = await alice.add_listener(("127.0.0.1", 0), _config(ca, tmp_path, "alice"))
+            async with await anyio.connect_tcp(host, port) as mute:  # never says hello
+                with anyio.fail_after(10):
+                    event = await events.receive()
+                    assert isinstance(event, ErrorOccurred)
+                    assert isinstance(event.error, TLSHandshakeError)
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        await mute.receive()
