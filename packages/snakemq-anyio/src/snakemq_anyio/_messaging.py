@@ -357,8 +357,10 @@ class Messaging:
     async def add_listener(
         self, address: tuple[str, int], ssl_config: SSLConfig | None = None
     ) -> tuple[str, int]:
-        """Listen on ``(host, port)`` (port 0 picks a free one); return the
-        bound ``(host, port)``.
+        """Listen on ``(host, port)``; return the bound ``(host, port)``.
+
+        Port 0 picks a free port; host ``""`` listens on every interface, and
+        a name (``"localhost"``) on each of its addresses (IPv4 and IPv6).
 
         Raises:
             OSError: the address cannot be bound.
@@ -410,7 +412,7 @@ class Messaging:
         *,
         task_status: anyio.abc.TaskStatus[tuple[str, int]],
     ) -> None:
-        multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        multi = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
         bound = multi.extra(SocketAttribute.local_address)
         assert isinstance(bound, tuple)
         address = (str(bound[0]), int(bound[1]))
