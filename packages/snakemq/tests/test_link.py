@@ -287,3 +287,28 @@ def test_init_is_harmless_and_logging(capsys: pytest.CaptureFixture[str]) -> Non
             if h not in handlers:
                 logger.removeHandler(h)
         logger.setLevel(level)
+
+
+def test_count_stops_after_passes_with_io_and_stop_from_callback(links: list[Link]) -> None:
+    server, client = Link(), Link()
+    links += [server, client]
+    port = server.add_listener(("127.0.0.1", 0))[1]
+    client.add_connector(("127.0.0.1", port))
+    server.on_connect.add(lambda conn_id: server.send(conn_id, b"greeting"))
+    connected: list[str] = []
+    received: list[bytes] = []
+    client.on_connect.add(connected.append)
+    client.on_connect.add(lambda conn_id: client.stop())  # stop() from inside the loop
+    client.on_recv.add(lambda conn_id, data: received.append(data))
+    server_thread = threading.Thread(target=server.loop, kwargs={"poll_timeout": 0.5})
+    server_thread.start()
+    try:
+        client.loop(poll_timeout=0.5, runtime=WAIT)
+        assert len(connected) == 1
+        start = time.monotonic()
+        client.loop(poll_timeout=0.5, count=1, runtime=WAIT)  # one pass with I/O: the greeting
+        assert b"".join(received) == b"greeting"
+        assert time.monotonic() - start < WAIT / 2
+    finally:
+        server.stop()
+        server_thread.join(WAIT)
