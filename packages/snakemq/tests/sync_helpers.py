@@ -98,8 +98,17 @@ class Peer:
                 self.loop_error = exc
                 raise
 
+        running = threading.Event()
+
+        def first_pass() -> None:
+            self.link.on_loop_pass.remove(first_pass)
+            running.set()
+
+        self.link.on_loop_pass.add(first_pass)
         self._thread = threading.Thread(target=run, name=f"loop-{self.ident}", daemon=True)
         self._thread.start()
+        # a stop() before loop() started would be forgotten: wait for the loop
+        assert running.wait(WAIT), "the loop did not start"
         return self
 
     def stop(self) -> None:
