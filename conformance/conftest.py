@@ -87,7 +87,7 @@ def pytest_runtest_makereport(
         else:
             result = "FAIL" if report.when == "call" else "ERROR"
         message = ""
-        if report.failed or xfail is not None:
+        if report.longrepr is not None and (report.failed or xfail is not None):
             crash = getattr(report.longrepr, "reprcrash", None)
             message = str(getattr(crash, "message", report.longrepr)).splitlines()[0]
         item.config.stash[_RESULTS_KEY].append(
