@@ -100,11 +100,10 @@ class Peer:
 
         running = threading.Event()
 
-        def first_pass() -> None:
-            self.link.on_loop_pass.remove(first_pass)
+        def before_select() -> None:  # a deadline hook runs right before select()
             running.set()
 
-        self.link.on_loop_pass.add(first_pass)
+        self.link.add_deadline_hook(before_select)
         self._thread = threading.Thread(target=run, name=f"loop-{self.ident}", daemon=True)
         self._thread.start()
         # a stop() before loop() started would be forgotten: wait for the loop
