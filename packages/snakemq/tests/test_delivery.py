@@ -170,3 +170,17 @@ def test_bad_arguments_name_the_argument(peers: list[Peer]) -> None:
             snakemq.messaging.Messaging("y" * 51, "", snakemq.packeter.Packeter(link))
     finally:
         link.cleanup()
+
+
+def test_the_same_message_object_sent_twice_is_delivered_once(peers: list[Peer]) -> None:
+    a, b = Peer("a"), Peer("b")
+    peers += [a, b]
+    b.connect(a.listen())
+    a.start()
+    b.start()
+    m = Message(b"once", ttl=None)
+    a.messaging.send_message("b", m)
+    a.messaging.send_message("b", m)
+    a.send("b", b"marker", ttl=None)
+    a.rec.wait_count("on_message_delivered", 3)
+    assert b.received() == [b"once", b"marker"]
