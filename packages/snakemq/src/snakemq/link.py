@@ -606,7 +606,10 @@ class Link:
                 continue
             sock.setblocking(False)
             _set_nodelay(sock)
-            err = sock.connect_ex(sockaddr)
+            try:
+                err = sock.connect_ex(sockaddr)
+            except OSError as exc:
+                err = exc.errno or errno.EINVAL
             if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREADY):
                 conn = LinkSocket(
                     sock, self._new_id(sock), sockaddr, connector.ssl_config, connector
