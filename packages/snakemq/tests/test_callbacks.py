@@ -89,3 +89,21 @@ def test_plain_function_assigned_as_callback_1_6_style(peers: list[Peer]) -> Non
     assert isinstance(exc, ValueError)
     b.rec.wait_count("on_message_delivered", 2)
     assert got == [b"boom", b"after"]
+
+
+def test_connections_that_come_and_go_leave_nothing_behind(peers: list[Peer]) -> None:
+    import socket as socket_module
+
+    srv = Peer("srv")
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    for i in range(30):
+        with socket_module.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(b"\x00\x00\x00\x05\x00\x00\x00\x00\x01" + b"\x00\x00\x00\x04\x02p%02d" % i)
+            srv.rec.wait_count("on_connect", i + 1)
+        srv.rec.wait_count("on_disconnect", i + 1)
+    srv.rec.wait(lambda: not srv.link._conns, what="no connection left in the link")
+    assert srv.messaging._outs == {}
+    assert srv.messaging.connected_idents() == {}
+    assert srv.link.connections() == []
