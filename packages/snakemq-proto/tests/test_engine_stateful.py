@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from snakemq_proto import (
     FLAG_PERSISTENT,
     Ack,
+    CloseConnection,
     Engine,
     Event,
     MemoryQueuesStorage,
@@ -24,6 +25,7 @@ from snakemq_proto import (
     MessageDelivered,
     MessageDropped,
     MessageFrame,
+    MessageSent,
     PacketDecoder,
     decode_frame,
 )
@@ -32,13 +34,15 @@ WINDOW = 3
 
 
 class Delivery(RuleBasedStateMachine):
+    LEGACY = False  # bob behaves as snakeMQ 1.6 (no acks, no window, no de-dup)
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = Clock()
         self.a_store = MemoryQueuesStorage()
         self.b_store = MemoryQueuesStorage()
         self.a = Engine("alice", persistent=True)
-        self.b = Engine("bob", persistent=True, window=WINDOW)
+        self.b = Engine("bob", persistent=True, window=WINDOW, legacy=self.LEGACY)
         self.link: Link | None = None
         self.past_links: list[Link] = []
         self.old_bs: list[Side] = []  # bob's ends of closed links (may hold unhanded messages)
@@ -145,8 +149,13 @@ class Delivery(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([0.25, 0.5, 1.0, 3.0]))
     def time_passes(self, seconds: float) -> None:
         now = self.clock.advance(seconds)
-        self.a_events += self.a.handle_timeout(now)
-        self.b.handle_timeout(now)
+        a_events = self.a.handle_timeout(now)
+        b_events = self.b.handle_timeout(now)
+        self.a_events += a_events
+        if self.link is not None and any(
+            isinstance(e, CloseConnection) for e in a_events + b_events
+        ):
+            self.drop_link()  # handshake timeout: the I/O layer closes the socket
         self.commit_storage()
 
     @precondition(lambda self: all(s.unhanded == 0 for s in self.old_bs))
@@ -161,7 +170,7 @@ class Delivery(RuleBasedStateMachine):
             self.link = None
             self.in_flight_now = 0
         self.old_bs = []
-        self.b = Engine("bob", persistent=True, window=WINDOW)
+        self.b = Engine("bob", persistent=True, window=WINDOW, legacy=self.LEGACY)
         state = self.b_store.load()
         self.b.load(state.queues, state.seen, self.clock.now)
 
@@ -185,7 +194,8 @@ class Delivery(RuleBasedStateMachine):
 
     @invariant()
     def flow_control(self) -> None:
-        assert self.in_flight_now <= WINDOW
+        if not self.LEGACY:
+            assert self.in_flight_now <= WINDOW
 
     @invariant()
     def at_most_once(self) -> None:
@@ -213,13 +223,25 @@ class Delivery(RuleBasedStateMachine):
         outcome: Counter[bytes] = Counter()
         delivered = set()
         dropped = set()
+        # a message leaves alice's queue when acknowledged (capable bob) or
+        # when its packet was completely written (legacy bob)
+        gone = MessageSent if self.LEGACY else MessageDelivered
         for event in self.all_a_events():
-            if isinstance(event, MessageDelivered):
+            if isinstance(event, gone):
                 outcome[event.uuid] += 1
                 delivered.add(event.uuid)
             elif isinstance(event, MessageDropped):
                 outcome[event.uuid] += 1
                 dropped.add(event.uuid)
+        if self.LEGACY:
+            for uuid in self.sent:
+                assert self.handed[uuid] <= 1
+                assert outcome[uuid] == 1, (self.sent[uuid], outcome[uuid])
+                if self.handed[uuid]:
+                    assert uuid in delivered, self.sent[uuid]
+                # 1.6 semantics: written but lost in transit (a reset) is gone
+            assert self.a_store.load().queues == {}
+            return
         for uuid in self.sent:
             assert self.handed[uuid] <= 1
             assert outcome[uuid] == 1, (self.sent[uuid], outcome[uuid])
@@ -231,10 +253,17 @@ class Delivery(RuleBasedStateMachine):
         assert self.a_store.load().queues == {}
 
 
-TestDelivery = Delivery.TestCase
-TestDelivery.settings = settings(
+class LegacyDelivery(Delivery):
+    LEGACY = True
+
+
+_settings = settings(
     max_examples=300,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+TestDelivery = Delivery.TestCase
+TestDelivery.settings = _settings
+TestLegacyDelivery = LegacyDelivery.TestCase
+TestLegacyDelivery.settings = settings(_settings, max_examples=150)
