@@ -49,10 +49,20 @@ De-duplication and acknowledgements
 
 Towards a capable peer the receiver keeps, per remote identifier, the uuids of
 the last ``dedup_window`` messages handed to the application (persisted with
-a storage) and the uuids delivered but not yet handed.  A message whose uuid
-is in either is a duplicate: never delivered, but acknowledged.  Acks are
+a storage) and the uuids delivered but not yet handed (``_pending``).  A
+message whose uuid is in either is a duplicate: never delivered, but
+acknowledged — a copy of a message not yet handed only once the original is
+(``_RX_WAIT``), so an ack always means "the application has it".  Acks are
 cumulative and in order: ``Ack(count, last_uuid)`` covers the next ``count``
-messages of the connection, all handed or duplicates.
+messages of the connection, all handed or duplicates.  A capable peer that
+sends more unacknowledged messages than our window is cut off.
+
+Storage
+-------
+
+The engine only records changes in a ``StorageBatch``.  ``_stored`` counts the
+queues that hold each stored uuid, so that a message sent to several peers is
+deleted per queue (``delete_from``) until its last copy leaves (``delete``).
 """
 
 from __future__ import annotations
