@@ -1315,3 +1315,17 @@ def test_errors_on_a_closing_connection_are_reported_once(clock: Clock) -> None:
     assert e.close("c", DuplicateIdentError("again")) == []
     assert e.handle_timeout(clock.now + 10**6) == []  # no handshake timeout either
     assert e.next_deadline() is None
+
+
+@pytest.mark.parametrize(("t0", "ttl"), [(1000.3, 0.1), (0.1, 0.2), (1e9 + 0.7, 0.3)])
+def test_reconnect_and_timer_agree_at_an_inexact_boundary(t0: float, ttl: float) -> None:
+    clock = Clock(t0)
+    a = Engine("alice")
+    m = Message(b"x", ttl=ttl)
+    a.send_message("bob", m, t0)
+    deadline = a.next_deadline()
+    assert deadline is not None
+    clock.now = deadline  # no timer run: the handshake finds it due
+    link = pair(clock, a)
+    assert link.b.received == []
+    assert of_type(link.a.events, MessageDropped) == [MessageDropped("bob", m.uuid)]

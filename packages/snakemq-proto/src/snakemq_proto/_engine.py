@@ -886,8 +886,9 @@ class Engine:
         update = self._batch.update_ttl
         kept: deque[_Item] = deque()
         for item in queue.items:
-            if item.ttl is not None and item.since is not None:
-                remaining = item.ttl - (now - item.since)
+            if item.expires is not None:
+                # the same float the timer compares, so both agree at the boundary
+                remaining = item.expires - now
                 if remaining <= 0:
                     # due, but handle_timeout() did not run yet
                     item.expires = None
