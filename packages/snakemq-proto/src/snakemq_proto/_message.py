@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from typing import Any
 
 import attrs
@@ -26,12 +27,18 @@ MAX_TTL = INFINITE_TTL - 1
 MAX_FLAGS = 0xFFFFFFFF
 
 
+# uuids only have to be unique, not secret (de-duplication is per remote peer,
+# so a peer can only ever shadow its own messages): a generator seeded from the
+# OS once per process (and again in a forked child) costs no syscall per message.
+_rng = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
+_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID_SET = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
+
+
 def new_uuid() -> bytes:
     """Return 16 random bytes in the layout of a version 4 UUID."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return bytes(raw)
+    return ((_rng.getrandbits(128) & _UUID_CLEAR) | _UUID_SET).to_bytes(16, "big")
 
 
 def check_ttl(ttl: object, name: str = "ttl") -> float | None:
@@ -96,7 +103,7 @@ def _convert_uuid(value: bytes | None) -> bytes:
     return value
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, init=False)
 class Message:
     """A message: payload, time to live, flags and a 16-byte unique id.
 
@@ -112,19 +119,46 @@ class Message:
             message names the argument.
     """
 
-    data: bytes = attrs.field(validator=_check_data)
-    ttl: float | None = attrs.field(default=0, converter=check_ttl)
-    flags: int = attrs.field(default=0, validator=_check_flags)
-    uuid: bytes = attrs.field(default=None, converter=_convert_uuid)
+    data: bytes
+    ttl: float | None
+    flags: int
+    uuid: bytes
+
+    def __init__(
+        self,
+        data: bytes,
+        ttl: float | None = 0,
+        flags: int = 0,
+        uuid: bytes | None = None,
+    ) -> None:
+        # Hand-written rather than attrs validators: this runs once per message
+        # sent, so the common case takes a few type checks and slot stores.
+        if type(data) is not bytes:
+            _check_data(self, None, data)
+        kind = type(ttl)
+        if (kind is float or kind is int) and 0 <= ttl <= MAX_TTL:  # type: ignore[operator]
+            ttl = float(ttl)  # type: ignore[arg-type]
+        elif ttl is not None:
+            ttl = check_ttl(ttl)  # raises with the reason
+        if type(flags) is not int or not 0 <= flags <= MAX_FLAGS:
+            _check_flags(self, None, flags)
+        if uuid is None:
+            uuid = new_uuid()
+        elif type(uuid) is not bytes or len(uuid) != UUID_LENGTH:
+            uuid = _convert_uuid(uuid)
+        _set_data(self, data)
+        _set_ttl(self, ttl)
+        _set_flags(self, flags)
+        _set_uuid(self, uuid)
 
     @classmethod
     def _trusted(cls, data: bytes, ttl: float | None, flags: int, uuid: bytes) -> Message:
         """Build a message from fields that are already valid (hot path)."""
-        self = object.__new__(cls)
-        object.__setattr__(self, "data", data)
-        object.__setattr__(self, "ttl", ttl)
-        object.__setattr__(self, "flags", flags)
-        object.__setattr__(self, "uuid", uuid)
+        self = _new(cls)
+        _set_data(self, data)
+        _set_ttl(self, ttl)
+        _set_flags(self, flags)
+        _set_uuid(self, uuid)
         return self
 
     def with_ttl(self, ttl: float | None) -> Message:
@@ -140,3 +174,12 @@ class Message:
             f"<Message uuid={self.uuid.hex()} ttl={self.ttl!r} flags={self.flags:#x} "
             f"len={len(self.data)}>"
         )
+
+
+# The slot descriptors of the frozen class: storing through them skips the
+# frozen __setattr__ (which exists to stop users, not the constructor).
+_new = object.__new__
+_set_data = Message.__dict__["data"].__set__
+_set_ttl = Message.__dict__["ttl"].__set__
+_set_flags = Message.__dict__["flags"].__set__
+_set_uuid = Message.__dict__["uuid"].__set__
