@@ -268,6 +268,8 @@ BATCHES = st.builds(
     delete=st.lists(UUIDS, max_size=4),
     seen=st.lists(st.tuples(IDENTS, UUIDS), max_size=10),
     seen_keep=st.integers(0, 5),
+    update_ttl_in=st.lists(st.tuples(IDENTS, UUIDS, TTLS), max_size=4),
+    delete_from=st.lists(st.tuples(IDENTS, UUIDS), max_size=4),
 )
 
 

@@ -103,6 +103,8 @@ _PUSH: Final = (
 )
 _UPDATE_TTL: Final = "UPDATE snakemq_queue SET ttl = ? WHERE uuid = ?"
 _DELETE: Final = "DELETE FROM snakemq_queue WHERE uuid = ?"
+_UPDATE_TTL_IN: Final = "UPDATE snakemq_queue SET ttl = ? WHERE ident = ? AND uuid = ?"
+_DELETE_FROM: Final = "DELETE FROM snakemq_queue WHERE ident = ? AND uuid = ?"
 _SEEN_RANGE: Final = (  # two subqueries: each is one index lookup, min+max together a scan
     "SELECT (SELECT min(seq) FROM snakemq_seen WHERE ident = ?), "
     "(SELECT max(seq) FROM snakemq_seen WHERE ident = ?)"
@@ -384,8 +386,15 @@ class SqliteQueuesStorage:
                         conn.executemany(_PUSH, push)
                     if update:
                         conn.executemany(_UPDATE_TTL, update)
+                    if batch.update_ttl_in:
+                        conn.executemany(
+                            _UPDATE_TTL_IN,
+                            [(ttl, ident, uuid) for ident, uuid, ttl in batch.update_ttl_in],
+                        )
                     if delete:
                         conn.executemany(_DELETE, [(uuid,) for uuid in delete])
+                    if batch.delete_from:
+                        conn.executemany(_DELETE_FROM, batch.delete_from)
                     if batch.seen:
                         self._apply_seen(conn, batch.seen, batch.seen_keep)
                     conn.execute("COMMIT")
