@@ -90,12 +90,12 @@ from ._events import (
     CloseConnection,
     ErrorOccurred,
     Event,
-    MessageDelivered,
     MessageDropped,
-    MessageReceived,
-    MessageSent,
     PeerConnected,
     PeerDisconnected,
+    _delivered,
+    _received,
+    _sent,
 )
 from ._message import FLAG_PERSISTENT, INFINITE_TTL, Message, check_ident
 from ._storage import StorageBatch
@@ -571,7 +571,7 @@ class Engine:
             _, item = marks.popleft()
             if item.reported:  # already reported when it was acknowledged
                 continue
-            events.append(MessageSent(conn_id, ident, item.message.uuid))
+            events.append(_sent(conn_id, ident, item.message.uuid))
             if legacy:
                 # 1.6 semantics: leaves the queue once completely written
                 popped = queue.items.popleft()
@@ -594,15 +594,21 @@ class Engine:
         events: list[Event] = []
         try:
             packets = conn.decoder.feed(data)
-            for packet in packets:
+            count = len(packets)
+            i = 0
+            while i < count:
+                if conn.state is ConnState.ACTIVE:
+                    # the hot path: a run of MESSAGE frames
+                    i = self._receive_messages(conn, packets, i, events)
+                    if i >= count:
+                        continue  # ends the loop through its else clause
+                packet = packets[i]
+                i += 1
                 if len(packet) == 0:
                     raise MalformedFrameError(
                         "empty packet: a packet must hold at least a frame type byte"
                     )
                 ftype = packet[0]
-                if ftype == FRAME_MESSAGE and conn.state is ConnState.ACTIVE:
-                    self._on_message(conn, packet, events)
-                    continue
                 handler = _TRANSITIONS.get((conn.state, ftype))
                 if handler is None:
                     if ftype in _KNOWN_FRAMES:
@@ -940,59 +946,107 @@ class Engine:
             uuid = item.message.uuid
             if j < nmarks and marks[j][1] is item:
                 # acknowledged before data_sent() caught up (async I/O race)
-                events.append(MessageSent(conn.conn_id, ident, uuid))
+                events.append(_sent(conn.conn_id, ident, uuid))
                 item.reported = True
                 j += 1
             if item.stored:
                 self._unstore(ident, uuid)
-            events.append(MessageDelivered(ident, uuid))
+            events.append(_delivered(ident, uuid))
         queue.in_flight -= count
 
-    def _on_message(self, conn: _Conn, packet: memoryview, events: list[Event]) -> None:
-        if len(packet) < MESSAGE_HEAD_SIZE:
-            raise MalformedFrameError(
-                f"MESSAGE frame of {len(packet)} bytes is shorter than its "
-                f"{MESSAGE_HEAD_SIZE}-byte head"
-            )
-        # decoded here rather than through decode_frame(): no frame object per message
-        _, uuid, ttl, flags = MESSAGE_HEAD.unpack_from(packet)
+    def _receive_messages(
+        self, conn: _Conn, packets: list[memoryview], i: int, events: list[Event]
+    ) -> int:
+        """Handle the run of MESSAGE frames starting at ``packets[i]``; return
+        the index of the first packet that is not one.  This loop is the
+        receive hot path: everything it needs is bound to locals once."""
+        count = len(packets)
         ident = conn.ident
         assert ident is not None
-        if not conn.legacy:
-            if len(conn.rx_unready) >= self.window:
+        conn_id = conn.conn_id
+        unpack = MESSAGE_HEAD.unpack_from
+        append = events.append
+        head = MESSAGE_HEAD_SIZE
+        if conn.legacy:
+            while i < count:
+                packet = packets[i]
+                if not packet or packet[0] != FRAME_MESSAGE:
+                    return i
+                if len(packet) < head:
+                    raise _short_message(len(packet))
+                _, uuid, ttl, flags = unpack(packet)
+                append(
+                    _received(
+                        conn_id,
+                        ident,
+                        _trusted_message(
+                            packet[head:].tobytes(),
+                            None if ttl == INFINITE_TTL else float(ttl),
+                            flags,
+                            uuid,
+                        ),
+                    )
+                )
+                i += 1
+            return i
+        pending = self._pending.get(ident)
+        if pending is None:
+            pending = self._pending[ident] = set()
+        seen = self._seen.get(ident) or {}
+        unready = conn.rx_unready
+        order = conn.rx_order
+        window = self.window
+        while i < count:
+            packet = packets[i]
+            if not packet or packet[0] != FRAME_MESSAGE:
+                return i
+            if len(packet) < head:
+                raise _short_message(len(packet))
+            i += 1
+            if len(unready) >= window:
                 # every entry is a message the sender has not seen acknowledged
                 raise UnexpectedFrameError(
-                    f"peer sent more than the receive window of {self.window} "
-                    "unacknowledged messages"
+                    f"peer sent more than the receive window of {window} unacknowledged messages"
                 )
-            pending = self._pending.get(ident)
-            if pending is None:
-                pending = self._pending[ident] = set()
+            _, uuid, ttl, flags = unpack(packet)
             if uuid in pending:
                 # a copy of a message received but not yet handed (on an earlier
                 # connection): acknowledged once the original is handed
-                conn.rx_unready.append([uuid, _RX_WAIT])
-                return
-            seen = self._seen.get(ident)
-            if seen is not None and uuid in seen:
-                if conn.rx_unready:
-                    conn.rx_unready.append([uuid, _RX_READY])
+                unready.append([uuid, _RX_WAIT])
+                continue
+            if uuid in seen:
+                if unready:
+                    unready.append([uuid, _RX_READY])
                 else:
                     conn.ack_count += 1
                     conn.ack_last = uuid
-                return
+                continue
             pending.add(uuid)
             entry: list[object] = [uuid, _RX_UNHANDED]
-            conn.rx_unready.append(entry)
-            conn.rx_order.append(entry)
-        message = Message._trusted(
-            packet[MESSAGE_HEAD_SIZE:].tobytes(),
-            None if ttl == INFINITE_TTL else float(ttl),
-            flags,
-            uuid,
-        )
-        events.append(MessageReceived(conn.conn_id, ident, message))
+            unready.append(entry)
+            order.append(entry)
+            append(
+                _received(
+                    conn_id,
+                    ident,
+                    _trusted_message(
+                        packet[head:].tobytes(),
+                        None if ttl == INFINITE_TTL else float(ttl),
+                        flags,
+                        uuid,
+                    ),
+                )
+            )
+        return i
 
+
+def _short_message(size: int) -> MalformedFrameError:
+    return MalformedFrameError(
+        f"MESSAGE frame of {size} bytes is shorter than its {MESSAGE_HEAD_SIZE}-byte head"
+    )
+
+
+_trusted_message = Message._trusted
 
 _KNOWN_FRAMES = frozenset(
     {

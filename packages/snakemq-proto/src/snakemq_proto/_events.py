@@ -96,3 +96,40 @@ Event: TypeAlias = (
     | ErrorOccurred
     | CloseConnection
 )
+
+
+# Constructors for the per-message events, used on the engine's hot paths:
+# the fields are already valid, so they are stored straight through the slot
+# descriptors instead of the frozen class's __init__.
+_new = object.__new__
+_rx_conn = MessageReceived.__dict__["conn_id"].__set__
+_rx_ident = MessageReceived.__dict__["ident"].__set__
+_rx_message = MessageReceived.__dict__["message"].__set__
+_sent_conn = MessageSent.__dict__["conn_id"].__set__
+_sent_ident = MessageSent.__dict__["ident"].__set__
+_sent_uuid = MessageSent.__dict__["uuid"].__set__
+_dl_ident = MessageDelivered.__dict__["ident"].__set__
+_dl_uuid = MessageDelivered.__dict__["uuid"].__set__
+
+
+def _received(conn_id: str, ident: str, message: Message) -> MessageReceived:
+    event: MessageReceived = _new(MessageReceived)
+    _rx_conn(event, conn_id)
+    _rx_ident(event, ident)
+    _rx_message(event, message)
+    return event
+
+
+def _sent(conn_id: str, ident: str, uuid: bytes) -> MessageSent:
+    event: MessageSent = _new(MessageSent)
+    _sent_conn(event, conn_id)
+    _sent_ident(event, ident)
+    _sent_uuid(event, uuid)
+    return event
+
+
+def _delivered(ident: str, uuid: bytes) -> MessageDelivered:
+    event: MessageDelivered = _new(MessageDelivered)
+    _dl_ident(event, ident)
+    _dl_uuid(event, uuid)
+    return event
