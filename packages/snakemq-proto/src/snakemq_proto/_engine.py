@@ -71,6 +71,7 @@ import enum
 import heapq
 import itertools
 import logging
+import struct
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -110,7 +111,6 @@ from ._wire import (
     FRAME_PING,
     FRAME_PONG,
     FRAME_PROTOCOL_VERSION,
-    HEADER,
     MESSAGE_HEAD,
     MESSAGE_HEAD_SIZE,
     PROTOCOL_VERSION,
@@ -124,7 +124,6 @@ from ._wire import (
     Pong,
     ProtocolVersion,
     decode_frame,
-    encode_message,
     encode_packet,
 )
 
@@ -138,6 +137,9 @@ OUTPUT_HIGH_WATER = 512 * 1024
 """``data_to_send()`` stops adding messages once this many bytes are ready."""
 
 _MAX_WIRE_TTL = 0xFFFFFFFE
+# a MESSAGE packet's header and frame head in one pack: length, type, uuid, ttl, flags
+_PACKET_HEAD = struct.Struct("!IB16sII")
+_PACKET_HEAD_SIZE = _PACKET_HEAD.size
 # states of a received message on its way to an acknowledgement
 _RX_UNHANDED = "unhanded"  # MessageReceived emitted, handed() not yet called
 _RX_READY = "ready"  # handed, or a duplicate of a message handed before
@@ -396,8 +398,9 @@ class Engine:
         """
         if not isinstance(message, Message):
             raise TypeError(f"message must be a snakemq Message, not {type(message).__name__}")
-        check_ident(ident)
-        queue = self._queues.get(ident) or self._queue(ident)
+        queue = self._queues.get(ident)
+        if queue is None:  # every ident with a queue was checked once
+            queue = self._queue(check_ident(ident))
         ttl = message.ttl
         if queue.conn is None and ttl == 0:
             return [MessageDropped(ident, message.uuid)]
@@ -525,16 +528,26 @@ class Engine:
                 size = conn.out_bytes
                 offset = conn.emitted
                 marks = conn.sent_marks
-                pack = HEADER.pack
+                pack = _PACKET_HEAD.pack
+                extra = _PACKET_HEAD_SIZE - 4  # the packet header is not in the length
                 # islice walks the deque once; items[i] would walk it per message
                 for item in itertools.islice(items, i, stop):
                     if size >= limit:
                         break
                     msg = item.message
-                    payload = encode_message(msg.uuid, _wire_ttl(item.ttl), msg.flags, msg.data)
-                    out.append(pack(len(payload)))
-                    out.append(payload)
-                    size += len(payload) + 4
+                    data = msg.data
+                    ttl = item.ttl
+                    if ttl is None:
+                        wire_ttl = INFINITE_TTL
+                    else:
+                        wire_ttl = int(ttl)
+                        if wire_ttl > _MAX_WIRE_TTL:
+                            wire_ttl = _MAX_WIRE_TTL
+                    out.append(
+                        pack(len(data) + extra, FRAME_MESSAGE, msg.uuid, wire_ttl, msg.flags)
+                    )
+                    out.append(data)
+                    size += len(data) + _PACKET_HEAD_SIZE
                     marks.append((offset + size, item))
                     i += 1
                 queue.in_flight = i
