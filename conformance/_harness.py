@@ -309,6 +309,39 @@ class Peer:
     def report(self) -> dict[str, Any]:
         return self.call("report")
 
+    def rpc_setup(self, *, server: bool = False, client: bool = False, pickler: str) -> None:
+        self.call("rpc_setup", server=server, client=client, pickler=pickler)
+
+    def rpc_call(
+        self,
+        to: str,
+        method: str,
+        *,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        timeout: float = 10.0,
+        signal: float | None = None,
+    ) -> int:
+        """Start a call (in a thread of the driver); returns its number for ``rpc_result``."""
+        answer = self.call(
+            "rpc_call",
+            to=to,
+            method=method,
+            args=list(args),
+            kwargs=kwargs or {},
+            timeout=timeout,
+            signal=signal,
+        )
+        return int(answer["call"])
+
+    def rpc_result(self, call: int, timeout: float) -> dict[str, Any]:
+        """``returned`` (repr) or ``raised`` (type, module, message, remote_traceback)."""
+        return self.call("rpc_result", call=call, timeout=timeout)
+
+    def rpc(self, to: str, method: str, **opts: Any) -> dict[str, Any]:
+        """A call and its result."""
+        return self.rpc_result(self.rpc_call(to, method, **opts), opts.get("timeout", 10.0) + 10)
+
     def count(self, what: str, ident: str) -> int:
         return int(self.report()["counts"].get(f"{what}:{ident}", 0))
 
@@ -420,6 +453,8 @@ SCENARIOS: dict[str, str] = {
     "8": "keepalive detects a frozen peer",
     "9": "TLS: wrong CA, expired cert, plain TCP",
     "9s": "TLS: spoofed identifier (identity binding)",
+    "r": "RPC with pickler=pickle against 1.6: call, exception, signal",
+    "rj": "RPC: the default JSON server refuses a 1.6 pickle request",
 }
 
 SYMBOL = {"pass": "ok", "FAIL": "FAIL", "xfail": "xf", "XPASS": "XPASS", "ERROR": "ERR"}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _harness import IMPLS, LEGACY, OURS, Certs, Peer, PeerLauncher, Row
+from _harness import IMPLS, LEGACY, OURS, SYNC, Certs, Peer, PeerLauncher, Row
 
 A_IDENT, B_IDENT = "peer-a", "peer-b"
 KIB, MIB = 1024, 1024 * 1024
@@ -588,3 +588,98 @@ def test_tls_spoofed_ident(row: Row, launch: PeerLauncher, certs: Certs) -> None
     good = serve_good_peer(row, launch, certs, a, port)
     assert good.count("received", A_IDENT) == 13
     assert_healthy(a)
+
+
+# ---------------------------------------------------------------- RPC with 1.6
+#
+# A is the RPC client, B the RPC server (it listens).  snakeMQ 1.6 pickles; the
+# sync package's RpcServer/RpcClient talk to it with pickler=pickle, and its
+# default serializer (JSON) must refuse what a 1.6 client sends.
+
+RPC_PAIRS = ((SYNC, LEGACY), (LEGACY, SYNC))
+RPC_REFUSED_TIMEOUT = 2.0  # seconds the 1.6 client waits for a reply that never comes
+
+
+def rpc_pair(
+    launch: PeerLauncher, row: Row, certs: Certs, *, server_pickler: str
+) -> tuple[Peer, Peer]:
+    """Client A (pickle) and server B, RPC objects made before they connect."""
+    a = launch(row.a, "A-client").start(A_IDENT, reconnect_interval=RECONNECT)
+    b = launch(row.b, "B-server").start(B_IDENT, reconnect_interval=RECONNECT)
+    a.rpc_setup(client=True, pickler="pickle")
+    b.rpc_setup(server=True, pickler=server_pickler)
+    port = b.listen(tls_for(row, certs, B_IDENT))
+    a.connect(port, tls_for(row, certs, A_IDENT))
+    a.wait("connected", B_IDENT, timeout=20)
+    b.wait("connected", A_IDENT, timeout=20)
+    return a, b
+
+
+@pytest.mark.parametrize(
+    "row", params([Row("r", a, b, t) for a, b in RPC_PAIRS for t in TRANSPORTS])
+)
+def test_rpc_pickle(row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any]) -> None:
+    """RpcClient(pickler=pickle) of one side calls RpcServer(pickler=pickle) of
+    the other: a value comes back, exceptions come back with the remote
+    traceback, a signal runs; every call runs exactly once."""
+    a, b = rpc_pair(launch, row, certs, server_pickler="pickle")
+    t0 = time.monotonic()
+    got = a.rpc(B_IDENT, "add", args=[2], kwargs={"b": 3})
+    details["seconds_first_call"] = round(time.monotonic() - t0, 3)
+    assert got["raised"] is None and got["returned"] == "5", got
+    # bytes, a nested tuple and a set: only pickle brings them back as themselves
+    got = a.rpc(B_IDENT, "sample")
+    assert got["raised"] is None and got["returned"] == repr((b"\x00\xff", (1, 2), {3}, 1.5, None))
+    for kind, module, type_name in (
+        ("builtin", "builtins", "ValueError"),
+        ("custom", "_tutorial_driver", "RpcTargetError"),
+    ):
+        got = a.rpc(B_IDENT, "fail", args=[kind, f"boom-{kind}"])
+        raised = got["raised"]
+        assert raised is not None, f"fail({kind!r}) returned {got['returned']}"
+        assert (raised["module"], raised["type"], raised["message"]) == (
+            module,
+            type_name,
+            f"boom-{kind}",
+        ), raised
+        remote_tb = raised["remote_traceback"] or ""
+        assert "in fail" in remote_tb and f"{type_name}: boom-{kind}" in remote_tb, (
+            f"no remote traceback with the exception: {remote_tb!r}"
+        )
+    # a signal: the call returns at once, with nothing; the server runs it
+    got = a.rpc(B_IDENT, "ping", args=["sig-1"], signal=10)
+    assert got["raised"] is None and got["returned"] == "None", got
+    b.wait("executed", "ping", 1, timeout=10)
+    # arguments arrive as pickle carries them (a tuple stays a tuple), each call once
+    assert b.report()["executed"] == [
+        ["add", "(2,)", "{'b': 3}"],
+        ["sample", "()", "{}"],
+        ["fail", "('builtin', 'boom-builtin')", "{}"],
+        ["fail", "('custom', 'boom-custom')", "{}"],
+        ["ping", "('sig-1',)", "{}"],
+    ]
+    assert_healthy(a, b)
+
+
+@pytest.mark.parametrize("row", params([Row("rj", LEGACY, SYNC, "tcp")]))
+def test_rpc_json_server_refuses_pickle(
+    row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any]
+) -> None:
+    """The sync RpcServer with its default serializer never unpickles: a 1.6
+    client's (pickled) request is logged and dropped, the method never runs,
+    and the 1.6 client times out."""
+    a, b = rpc_pair(launch, row, certs, server_pickler="default")
+    call = a.rpc_call(B_IDENT, "add", args=[2, 3], timeout=RPC_REFUSED_TIMEOUT)
+    b.wait("received", A_IDENT, 1, timeout=10)  # the request did arrive
+    b.wait("rpc_errors", None, 1, timeout=10)  # and was refused, with a log record
+    got = a.rpc_result(call, RPC_REFUSED_TIMEOUT + 10)
+    raised = got["raised"]
+    assert raised is not None, f"the refused call returned {got['returned']}"
+    assert (raised["module"], raised["type"]) == ("snakemq.rpc", "PartialCall"), raised
+    details["client_waited_seconds"] = round(got["seconds"], 3)
+    assert got["seconds"] >= RPC_REFUSED_TIMEOUT * 0.9, got
+    # checked after the client gave up: the server had all that time to run it
+    rb = b.report()
+    assert rb["executed"] == [], f"the server executed a pickled request: {rb['executed']}"
+    assert rb["counts"].get("received:" + A_IDENT) == 1
+    assert_healthy(a, b)

@@ -20,7 +20,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
 
-EVENT_KINDS = ("connected", "disconnected", "received", "sent", "delivered", "dropped", "errors")
+EVENT_KINDS = (
+    "connected",
+    "disconnected",
+    "received",
+    "sent",
+    "delivered",
+    "dropped",
+    "errors",
+    "executed",  # an RPC method ran on this peer's server (ident: the method name)
+    "rpc_errors",  # an ERROR record of the implementation's ``snakemq.rpc`` loggers
+)
 
 _block_cache: dict[tuple[str, int], bytes] = {}
 
@@ -47,6 +57,7 @@ class Recorder:
         self.dropped: list[list[str]] = []  # [ident, uuid_hex]
         self.delivered: list[list[str]] = []  # [ident, uuid_hex]
         self.errors: list[str] = []
+        self.executed: list[list[str]] = []  # [method, repr(args), repr(kwargs)]
         self.loop_error: str | None = None
         self.listeners: list[Callable[[], None]] = []
 
@@ -88,6 +99,14 @@ class Recorder:
             self.counts[("errors", "")] += 1
             self._changed()
 
+    def on_executed(self, method: str, args: Any, kwargs: Any) -> None:
+        """An RPC method of the served object ran (``repr`` keeps the types
+        the serializer delivered: a tuple stays a tuple only under pickle)."""
+        with self.cond:
+            self.executed.append([method, repr(args), repr(kwargs)])
+            self.counts[("executed", method)] += 1
+            self._changed()
+
     def on_loop_error(self, text: str) -> None:
         with self.cond:
             self.loop_error = text
@@ -125,6 +144,7 @@ class Recorder:
                 "dropped": list(self.dropped),
                 "delivered": list(self.delivered),
                 "errors": list(self.errors),
+                "executed": list(self.executed),
                 "loop_error": self.loop_error,
                 "counts": {f"{k}:{i}": n for (k, i), n in self.counts.items()},
             }

@@ -11,25 +11,82 @@ executed from ``on_loop_pass``).  ``send_message`` is documented as
 thread-safe in the sync package and is called from the main thread there; 1.6
 cannot use its SQLite storage from a second thread, so the legacy driver sends
 from the loop thread too.
+
+RPC (``rpc_setup`` / ``rpc_call`` / ``rpc_result``) uses ``snakemq.rpc``, whose
+1.6 API the sync package keeps: the server serves one ``RpcTarget`` as
+``"target"`` (its methods run in threads of the implementation's own), and
+every client call runs in a thread of its own, because calls block until the
+reply (or the call's timeout) comes.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
+import pickle
 import queue
 import ssl
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
 from _driverlib import LineChannel, Recorder, check_wait_args, log, payload, quiet_stdout
 
 LOOP_POLL_TIMEOUT = 0.05
+
+# What ``RpcTarget.sample()`` returns: bytes, a nested tuple and a set, which
+# only pickle carries as themselves; the client answers with its ``repr``.
+RPC_SAMPLE = (b"\x00\xff", (1, 2), {3}, 1.5, None)
+
+
+class RpcTargetError(Exception):
+    """The served object's own exception class.  Both tutorial drivers import
+    this module as ``_tutorial_driver``, so under pickle it crosses as itself."""
+
+
+class RpcTarget:
+    """The object an RPC server serves as ``"target"``; records every call it runs."""
+
+    def __init__(self, rec: Recorder) -> None:
+        self._rec = rec
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        self._rec.on_executed("add", args, kwargs)
+        return sum(args) + sum(kwargs.values())
+
+    def sample(self, *args: Any, **kwargs: Any) -> Any:
+        self._rec.on_executed("sample", args, kwargs)
+        return RPC_SAMPLE
+
+    def fail(self, *args: Any, **kwargs: Any) -> Any:
+        """``fail("builtin", text)`` raises ValueError, ``fail("custom", text)``
+        RpcTargetError."""
+        self._rec.on_executed("fail", args, kwargs)
+        kind, text = args
+        raise (ValueError if kind == "builtin" else RpcTargetError)(text)
+
+    def ping(self, *args: Any, **kwargs: Any) -> None:
+        """A signal (marked with the implementation's ``as_signal`` in ``rpc_setup``)."""
+        self._rec.on_executed("ping", args, kwargs)
+
+
+class _RpcLogCounter(logging.Handler):
+    """Counts ERROR records of ``snakemq.rpc.*``: both implementations log a
+    request they cannot decode there (and drop it)."""
+
+    def __init__(self, rec: Recorder) -> None:
+        super().__init__(logging.ERROR)
+        self.rec = rec
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.rec.event("rpc_errors", None)
 
 
 class TutorialDriver:
@@ -47,6 +104,10 @@ class TutorialDriver:
         self.calls: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
         self.loop_thread: threading.Thread | None = None
         self.loop_done = threading.Event()
+        self.receive_hook: Any = None
+        self.rpc_server: Any = None
+        self.rpc_client: Any = None
+        self.rpc_calls: list[Future[dict[str, Any]]] = []
 
     # ------------------------------------------------------------- loop thread
 
@@ -135,9 +196,7 @@ class TutorialDriver:
             m.keepalive_interval = float(cmd["keepalive_interval"])
             m.keepalive_wait = float(cmd.get("keepalive_wait", 0.5))
         rec = self.rec
-        m.on_message_recv.add(
-            lambda conn_id, ident, msg: rec.on_received(ident, msg.uuid, msg.data, msg.ttl)
-        )
+        m.on_message_recv.add(self._on_received)
         m.on_connect.add(lambda conn_id, ident: rec.event("connected", ident))
         m.on_disconnect.add(lambda conn_id, ident: rec.event("disconnected", ident))
         m.on_message_drop.add(lambda ident, uuid: rec.on_dropped(ident, uuid))
@@ -146,6 +205,9 @@ class TutorialDriver:
         if not self.legacy:
             m.on_message_delivered.add(self._on_delivered)
         self.link.on_loop_pass.add(self._run_calls)
+
+    def _on_received(self, conn_id: str, ident: str, msg: Any) -> None:
+        self.rec.on_received(ident, msg.uuid, msg.data, msg.ttl)
 
     def _on_delivered(self, *args: Any) -> None:
         # on_message_delivered(ident, uuid) — tolerate a leading conn_id
@@ -202,6 +264,82 @@ class TutorialDriver:
 
         count = self.in_loop(send_all, timeout=120.0) if self.legacy else send_all()
         return {"ok": True, "count": count}
+
+    # --------------------------------------------------------------------- RPC
+
+    def cmd_rpc_setup(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        rpc = importlib.import_module("snakemq.rpc")
+        pickler = cmd.get("pickler", "default")
+        if pickler not in ("default", "pickle"):
+            raise ValueError(f"pickler must be 'default' or 'pickle', not {pickler!r}")
+        kwargs = {"pickler": pickle} if pickler == "pickle" else {}
+        rpc_log = logging.getLogger("snakemq.rpc")
+        if not any(isinstance(h, _RpcLogCounter) for h in rpc_log.handlers):
+            rpc_log.addHandler(_RpcLogCounter(self.rec))
+            rpc_log.addHandler(logging.StreamHandler(sys.stderr))
+
+        def setup() -> None:
+            if self.receive_hook is None:
+                self.receive_hook = self.api["messaging"].ReceiveHook(self.messaging)
+                if not hasattr(self.messaging.on_message_recv, "add"):
+                    # 1.6's ReceiveHook *replaces* on_message_recv: keep
+                    # recording every message through a catch-all hook
+                    self.receive_hook.register(b"", self._on_received)
+            if cmd.get("server") and self.rpc_server is None:
+                if not hasattr(RpcTarget.ping, rpc.METHOD_RPC_AS_SIGNAL_ATTR):
+                    rpc.as_signal(RpcTarget.ping)
+                self.rpc_server = rpc.RpcServer(self.receive_hook, **kwargs)
+                self.rpc_server.register_object(RpcTarget(self.rec), "target")
+            if cmd.get("client") and self.rpc_client is None:
+                # before connecting: the client learns who is connected from on_connect
+                self.rpc_client = rpc.RpcClient(self.receive_hook, **kwargs)
+
+        self.in_loop(setup)
+        return {"ok": True}
+
+    def cmd_rpc_call(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if self.rpc_client is None:
+            raise RuntimeError("no RPC client: send rpc_setup with client=true first")
+        proxy = self.rpc_client.get_proxy(cmd["to"], cmd.get("object", "target"))
+        method = getattr(proxy, cmd["method"])
+        method.as_signal(cmd.get("signal"))  # None: a regular call
+        method.set_timeout(cmd.get("timeout"))
+        args, kwargs = list(cmd.get("args", [])), dict(cmd.get("kwargs") or {})
+        fut: Future[dict[str, Any]] = Future()
+
+        def call() -> None:
+            t0 = time.monotonic()
+            try:
+                value = method(*args, **kwargs)
+            except BaseException as exc:
+                fut.set_result(
+                    {
+                        "returned": None,
+                        "raised": {
+                            "type": type(exc).__qualname__,
+                            "module": type(exc).__module__,
+                            "message": str(exc),
+                            "remote_traceback": getattr(exc, "__remote_traceback__", None),
+                        },
+                        "seconds": time.monotonic() - t0,
+                    }
+                )
+            else:
+                fut.set_result(
+                    {"returned": repr(value), "raised": None, "seconds": time.monotonic() - t0}
+                )
+
+        self.rpc_calls.append(fut)
+        threading.Thread(target=call, name=f"rpc-call-{cmd['method']}", daemon=True).start()
+        return {"ok": True, "call": len(self.rpc_calls) - 1}
+
+    def cmd_rpc_result(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        fut = self.rpc_calls[int(cmd["call"])]
+        try:
+            result = fut.result(float(cmd.get("timeout", 30.0)))
+        except FutureTimeoutError:
+            return {"ok": False, "error": "timeout"}
+        return {"ok": True, **result}
 
     def cmd_quit(self, cmd: dict[str, Any]) -> dict[str, Any]:
         if self.link is not None and not self.loop_done.is_set():
