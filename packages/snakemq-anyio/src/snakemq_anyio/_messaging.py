@@ -506,14 +506,14 @@ class Messaging:
                     return False
                 if ssl_config.bind_ident:
                     names = cert_idents(stream.extra(TLSAttribute.peer_certificate, None))
-            return await self._run_connection(conn_id, stream, names)
+            return await self._run_connection(conn_id, stream, names, not server_side)
         except Exception:
             log.exception("conn=%s failed unexpectedly; it is closed", conn_id)
             await _close(stream)
             return False
 
     async def _run_connection(
-        self, conn_id: str, stream: ByteStream, names: frozenset[str] | None
+        self, conn_id: str, stream: ByteStream, names: frozenset[str] | None, outbound: bool
     ) -> bool:
         if self._state != _RUNNING:
             await _close(stream)
@@ -521,7 +521,7 @@ class Messaging:
         engine = self._engine
         conn = _Conn(conn_id, stream)
         self._conns[conn_id] = conn
-        engine.connection_made(conn_id, time.monotonic(), cert_idents=names)
+        engine.connection_made(conn_id, time.monotonic(), cert_idents=names, outbound=outbound)
         self._wake_timer()
         try:
             with conn.scope:

@@ -195,6 +195,7 @@ class _Conn:
         "legacy",
         "out",
         "out_bytes",
+        "outbound",
         "ping_sent",
         "queue",
         "remote_caps",
@@ -224,6 +225,7 @@ class _Conn:
         self.queue: _Queue | None = None
         self.last_recv = now
         self.ping_sent: float | None = None
+        self.outbound: bool | None = None
         self.deadline_handshake = now
         # output: encoded packets not yet returned by data_to_send()
         self.out: list[bytes] = []
@@ -436,13 +438,23 @@ class Engine:
     # ------------------------------------------------------------ connections
 
     def connection_made(
-        self, conn_id: str, now: float, *, cert_idents: Iterable[str] | None = None
+        self,
+        conn_id: str,
+        now: float,
+        *,
+        cert_idents: Iterable[str] | None = None,
+        outbound: bool | None = None,
     ) -> None:
         """Register a new connection; its handshake is in ``data_to_send()``.
 
         Args:
             cert_idents: when given, the remote peer must identify with one of
                 these names (taken from its verified TLS certificate).
+            outbound: whether this peer dialled the connection (``True``) or
+                accepted it (``False``).  When two peers dial each other, both
+                keep the connection dialled by the peer with the smaller
+                identifier and close the other; without it, the second
+                connection to identify is refused as a duplicate.
         """
         if conn_id in self._conns:
             raise LocalProtocolError(f"connection {conn_id!r} is already registered")
@@ -455,6 +467,7 @@ class Engine:
             None if cert_idents is None else frozenset(cert_idents),
         )
         conn.deadline_handshake = now + self.handshake_timeout
+        conn.outbound = outbound
         conn.out.append(self._hello)
         conn.out_bytes = len(self._hello)
         self._conns[conn_id] = conn
@@ -465,6 +478,11 @@ class Engine:
         if conn is None:
             return []
         events: list[Event] = []
+        self._detach(conn, now, events)
+        return events
+
+    def _detach(self, conn: _Conn, now: float, events: list[Event]) -> None:
+        conn_id = conn.conn_id
         conn.state = ConnState.CLOSED
         conn.out.clear()
         conn.out_bytes = 0
@@ -484,7 +502,6 @@ class Engine:
                     self._dropped(queue, item, events)  # ttl=0: only while connected
             queue.items = kept
             events.append(PeerDisconnected(conn_id, conn.ident))
-        return events
 
     def close(self, conn_id: str, error: SnakeMQError | None = None) -> list[Event]:
         """Ask for a connection to be closed (e.g. the application wants it)."""
@@ -883,13 +900,22 @@ class Engine:
             raise DuplicateIdentError(
                 f"remote peer identified as {ident!r}, which is this peer's own identifier"
             )
-        if ident in self._by_ident:
-            raise DuplicateIdentError(f"peer {ident!r} is already connected")
         if conn.cert_idents is not None and ident not in conn.cert_idents:
             names = ", ".join(sorted(conn.cert_idents)) or "no names"
             raise IdentityMismatchError(
                 f"remote peer identified as {ident!r} but its certificate names {names}"
             )
+        other = self._by_ident.get(ident)
+        if other is not None:
+            if not self._replaces(conn, other, ident):
+                raise DuplicateIdentError(f"peer {ident!r} is already connected")
+            # the two peers dialled each other: both keep the same connection
+            log.info(
+                "conn=%s ident=%s: keeping this one of two crossed connections", conn.conn_id, ident
+            )
+            del self._conns[other.conn_id]
+            self._detach(other, now, events)
+            events.append(CloseConnection(other.conn_id))
         caps = conn.remote_caps
         conn.legacy = self.legacy or caps is None or not caps.bits & CAP_ACK
         if not conn.legacy:
@@ -929,6 +955,13 @@ class Engine:
         queue.items = kept
         self._compact_expiry()
         events.append(PeerConnected(conn.conn_id, ident, conn.legacy))
+
+    def _replaces(self, new: _Conn, old: _Conn, ident: str) -> bool:
+        """Whether ``new`` wins over ``old`` (both to ``ident``): only crossed
+        dials do, and the one dialled by the smaller identifier is kept."""
+        if new.outbound is None or old.outbound is None or new.outbound == old.outbound:
+            return False
+        return new.outbound == (self.ident < ident)
 
     def _on_ping(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
         self._out(conn, _PONG_PACKET)

@@ -197,6 +197,8 @@ class LinkLike(Protocol):
 
     def get_ssl_config(self, conn_id: str) -> SSLConfig | None: ...
 
+    def is_outbound(self, conn_id: str) -> bool | None: ...
+
 
 def _check_address(address: object, name: str = "address") -> tuple[str, int]:
     if not isinstance(address, tuple) or len(address) < 2:
@@ -422,6 +424,11 @@ class Link:
         """The ``SSLConfig`` of the listener/connector that made ``conn_id``."""
         conn = self._conns.get(conn_id)
         return None if conn is None else conn.ssl_config
+
+    def is_outbound(self, conn_id: str) -> bool | None:
+        """Whether a connector of ours dialled ``conn_id`` (``None``: unknown id)."""
+        conn = self._conns.get(conn_id)
+        return None if conn is None else conn.is_connector
 
     def get_socket_by_conn(self, conn_id: str) -> LinkSocket:
         """The ``LinkSocket`` of ``conn_id`` (1.6 API)."""

@@ -255,8 +255,11 @@ class Messaging:
         cfg = self.link.get_ssl_config(conn_id)
         if cfg is not None and cfg.bind_ident:
             idents = cert_idents(self.link.getpeercert(conn_id))
+        outbound = self.link.is_outbound(conn_id)
         with self._lock:
-            self._engine.connection_made(conn_id, time.monotonic(), cert_idents=idents)
+            self._engine.connection_made(
+                conn_id, time.monotonic(), cert_idents=idents, outbound=outbound
+            )
         self._outs[conn_id] = _Out()
         self._flush(conn_id)
 

@@ -96,6 +96,9 @@ class Throttle:
     def get_ssl_config(self, conn_id: str) -> SSLConfig | None:
         return self.link.get_ssl_config(conn_id)
 
+    def is_outbound(self, conn_id: str) -> bool | None:
+        return self.link.is_outbound(conn_id)
+
     # ----------------------------------------------------------- internal
 
     def _try(self, conn_id: str, bucket: _Bucket, view: memoryview, now: float) -> None:
