@@ -81,6 +81,8 @@ ENGINE_METHODS = [
     "load",
     "next_deadline",
     "purge",
+    "queue_full",
+    "queue_has_room",
     "queue_idents",
     "queued",
     "receive_data",

@@ -184,7 +184,6 @@ class Messaging:
         for name, count in (
             ("max_buffered", max_buffered),
             ("max_buffered_bytes", max_buffered_bytes),
-            ("max_queued", 1 if max_queued is None else max_queued),
         ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {count!r}")
@@ -200,6 +199,7 @@ class Messaging:
             handshake_timeout=handshake_timeout,
             max_packet_size=max_packet_size,
             window=window,
+            max_queued=max_queued,
             legacy=legacy,
         )
         self.ident = self._engine.ident
@@ -223,8 +223,6 @@ class Messaging:
         self._subscribers: list[EventStream] = []
         self._sends = 0
         # send pacing: undelivered receipts per peer, and senders waiting
-        self._max_queued = max_queued
-        self._low_queued = 0 if max_queued is None else max_queued // 2
         self._queue_waiters: dict[str, anyio.Event] = {}
         self._legacy_conns = 0
         # receive buffer
@@ -732,7 +730,7 @@ class Messaging:
                     receipt = per_peer.pop(event.uuid, None)  # type: ignore[union-attr]
                     if receipt is not None:
                         receipt._resolve(None)
-                        if self._queue_waiters and len(per_peer) <= self._low_queued:
+                        if self._queue_waiters and self._engine.queue_has_room(receipt.ident):
                             self._release_senders(receipt.ident)
             elif cls is MessageDropped:
                 assert isinstance(event, MessageDropped)
@@ -771,7 +769,7 @@ class Messaging:
         if receipt is None:
             return
         receipt._resolve(error)
-        if self._queue_waiters and len(per_peer) <= self._low_queued:
+        if self._queue_waiters and self._engine.queue_has_room(ident):
             self._release_senders(ident)
 
     def _release_senders(self, ident: str) -> None:
@@ -845,14 +843,12 @@ class Messaging:
         if not sends & 63:
             # let the connections run now and then in a tight send loop
             await anyio.lowlevel.checkpoint()
+        if self._engine.queue_full(ident):
+            await self._wait_queue_space(ident)
         conn = self._peers.get(ident)
-        limit = self._max_queued
         per_peer = self._receipts.get(ident)
         if per_peer is None:
             per_peer = self._receipts[ident] = {}
-        elif limit is not None and conn is not None and len(per_peer) >= limit:
-            await self._wait_queue_space(ident, per_peer)
-            conn = self._peers.get(ident)
         events = self._engine.send_message(ident, message, _monotonic())
         uuid = message.uuid
         receipt = per_peer[uuid] = Receipt(ident, uuid)
@@ -869,8 +865,8 @@ class Messaging:
             await self._wait_stored()
         return receipt
 
-    async def _wait_queue_space(self, ident: str, per_peer: dict[bytes, Receipt]) -> None:
-        while ident in self._peers and len(per_peer) > self._low_queued:
+    async def _wait_queue_space(self, ident: str) -> None:
+        while not self._engine.queue_has_room(ident):
             waiter = self._queue_waiters.get(ident)
             if waiter is None:
                 waiter = self._queue_waiters[ident] = anyio.Event()

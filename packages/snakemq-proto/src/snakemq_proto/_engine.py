@@ -270,6 +270,9 @@ class Engine:
         handshake_timeout: seconds a new connection may take to identify.
         max_packet_size: the largest packet accepted from a peer.
         window: how many unacknowledged messages capable peers may send us.
+        max_queued: producer flow control (``queue_full()``): a connected
+            peer's queue counts as full at this many messages and has room
+            again at half of it; ``None`` never fills.
         legacy: behave exactly as a snakeMQ 1.6 peer on the wire (send no
             capabilities); meant for tests and interoperability checks.
     """
@@ -284,9 +287,15 @@ class Engine:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         window: int = DEFAULT_WINDOW,
+        max_queued: int | None = None,
         legacy: bool = False,
     ) -> None:
         self.ident = check_ident(ident)
+        if max_queued is not None and (
+            isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 2
+        ):
+            raise ValueError(f"max_queued must be an int >= 2 or None, got {max_queued!r}")
+        self.max_queued = max_queued
         self.persistent = persistent
         if keepalive_interval is not None:
             _check_seconds(keepalive_interval, "keepalive_interval")
@@ -364,6 +373,29 @@ class Engine:
         return [
             i.message if i.ttl == i.message.ttl else i.message.with_ttl(i.ttl) for i in queue.items
         ]
+
+    def queue_full(self, ident: str) -> bool:
+        """Whether a producer should wait before queueing more for ``ident``:
+        the peer is connected and ``max_queued`` messages wait for it.  (While
+        it is away, queues grow and TTLs apply instead.)"""
+        limit = self.max_queued
+        queue = self._queues.get(ident)
+        return (
+            limit is not None
+            and queue is not None
+            and queue.conn is not None
+            and len(queue.items) >= limit
+        )
+
+    def queue_has_room(self, ident: str) -> bool:
+        """Whether a waiting producer may go on: the peer went away, or its
+        queue drained to half of ``max_queued`` (hysteresis, so producers wake
+        for a batch rather than per message)."""
+        limit = self.max_queued
+        queue = self._queues.get(ident)
+        return (
+            limit is None or queue is None or queue.conn is None or len(queue.items) <= limit // 2
+        )
 
     def queue_idents(self) -> list[str]:
         """Identifiers that have a non-empty queue."""

@@ -80,6 +80,10 @@ class Messaging:
         max_packet_size: the largest packet accepted from a peer.
         handshake_timeout: seconds a new connection may take to identify.
         window: unacknowledged messages a capable peer may send us in a row.
+        max_queued: while a peer is connected and this many messages wait
+            for it, ``send_message`` from a thread other than the loop's
+            blocks until half of them are gone (backpressure; the loop's own
+            thread never blocks).  ``None`` turns it off.
         legacy: speak exactly as snakeMQ 1.6 (no acknowledgements); for tests.
 
     Callbacks:
@@ -106,6 +110,7 @@ class Messaging:
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         window: int = DEFAULT_WINDOW,
+        max_queued: int | None = 2 * DEFAULT_WINDOW,
         legacy: bool = False,
     ) -> None:
         self._engine = Engine(
@@ -116,6 +121,7 @@ class Messaging:
             handshake_timeout=handshake_timeout,
             max_packet_size=max_packet_size,
             window=window,
+            max_queued=max_queued,
             legacy=legacy,
         )
         self.identifier = identifier
@@ -133,6 +139,9 @@ class Messaging:
         self.on_error: Callback[[str, Exception]] = Callback()
 
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # producers waiting for queue space
+        self._waiting = 0
+        self._loop_thread: int | None = None
         self._outs: dict[str, _Out] = {}
         self._dirty = False  # send_message queued something: flush in the next pass
         self._flush_wanted: set[str] = set()  # connections with new output this pass
@@ -201,7 +210,15 @@ class Messaging:
             TypeError, ValueError: ``ident`` or ``message`` is not valid.
         """
         with self._lock:
-            events = self._engine.send_message(ident, message, time.monotonic())
+            engine = self._engine
+            if engine.queue_full(ident) and threading.get_ident() != self._loop_thread:
+                self._waiting += 1
+                try:
+                    while not engine.queue_has_room(ident):
+                        self._room.wait()
+                finally:
+                    self._waiting -= 1
+            events = engine.send_message(ident, message, time.monotonic())
             if events:
                 self._deferred.extend(events)
             if self.storage is not None:
@@ -273,6 +290,8 @@ class Messaging:
     def stream_recv(self, conn_id: str, data: bytes) -> None:
         with self._lock:
             events = self._engine.receive_data(conn_id, data, time.monotonic())
+            if self._waiting:
+                self._room.notify_all()  # acknowledgements may have made room
         if events:
             self._dispatch(events)
         self._flush(conn_id)
@@ -332,8 +351,11 @@ class Messaging:
             return self._engine.next_deadline()
 
     def _on_loop_pass(self) -> None:
+        self._loop_thread = threading.get_ident()
         now = time.monotonic()
         with self._lock:
+            if self._waiting:
+                self._room.notify_all()  # the peer may have gone: waiting producers go on
             deadline = self._engine.next_deadline()
             due = deadline is not None and deadline <= now
             events = self._engine.handle_timeout(now) if due else []
