@@ -12,6 +12,7 @@ message durable) is inside the interval the receiver measures.
 from __future__ import annotations
 
 import ssl
+import threading
 from typing import Any
 
 import _common
@@ -115,14 +116,18 @@ def run_sender(config: dict[str, Any]) -> None:
 
     if config["mode"] == "noread":
 
-        def push(conn_id: Any, ident: str) -> None:
-            if ident != _common.RECEIVER_IDENT:
-                return
+        def produce(ident: str) -> None:
             for i in range(1, count + 1):
                 messaging.send_message(ident, _message(payload, False))
                 if i % _common.PROGRESS_EVERY == 0:
                     _common.pushed(i)
             _common.emit("RESULT", {"pushed": count, "rss_kib": _common.peak_rss_kib()})
+
+        def push(conn_id: Any, ident: str) -> None:
+            # a producer thread, as an application would have: a system with
+            # backpressure may block it; the loop thread must keep running
+            if ident == _common.RECEIVER_IDENT:
+                threading.Thread(target=produce, args=(ident,), daemon=True).start()
 
         messaging.on_connect.add(push)
         link.loop()
