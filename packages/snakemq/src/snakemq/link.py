@@ -71,7 +71,7 @@ RECONNECT_MAX_INTERVAL = 30.0
 """The reconnect delay doubles after each failed attempt up to this."""
 RECONNECT_JITTER = 0.2
 """Each reconnect delay is multiplied by a random factor in ``1 ± this``."""
-RECV_BLOCK_SIZE = 256 * 1024
+RECV_BLOCK_SIZE = 1024 * 1024
 POLL_TIMEOUT = 0.2
 TLS_HANDSHAKE_TIMEOUT = 30.0
 STABLE_CONNECTION = 10.0
