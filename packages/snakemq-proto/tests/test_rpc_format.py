@@ -118,3 +118,47 @@ def test_resolve_method_never_exposes_private_names() -> None:
         rpc.resolve_method(instances, {"object": "s", "method": "__class__", "command": "call"})
     with pytest.raises(rpc.NoInstanceError):
         rpc.resolve_method(instances, {"object": "x", "method": "ok", "command": "call"})
+
+
+def _params(method: str, command: str = "call") -> dict[str, Any]:
+    return {"command": command, "object": "s", "method": method, "args": [2], "req_id": "r1"}
+
+
+class _Service:
+    def double(self, x: int) -> int:
+        return 2 * x
+
+    @rpc.as_signal
+    def note(self, x: int) -> None:
+        pass
+
+
+def test_invocation_reply_rules_and_memory() -> None:
+    p, memory = rpc.JsonPickler(), rpc.ReplyMemory()
+    instances = {"s": _Service()}
+    assert memory.begin("peer", "r1") == "run"
+    call = rpc.Invocation.start("peer", _params("double"), instances, p, memory)
+    assert call.method is not None and call.args == (2,)
+    reply = call.returned(call.method(*call.args))
+    assert reply is not None
+    assert rpc.reply_result(rpc.decode_reply(p, reply[len(rpc.REPLY_PREFIX) :])[1]) == 4
+    assert memory.begin("peer", "r1") == reply  # a repeat is answered from memory
+
+    missing = rpc.Invocation.start("peer", _params("nope"), instances, p, memory)
+    assert missing.method is None and isinstance(missing.refusal, rpc.NoMethodError)
+    refused = missing.failed(missing.refusal)
+    assert refused is not None
+    with pytest.raises(rpc.RemoteError, match="NoMethodError"):
+        rpc.reply_result(rpc.decode_reply(p, refused[len(rpc.REPLY_PREFIX) :])[1])
+
+    signal = rpc.Invocation.start("peer", _params("note", "signal"), instances, p, memory)
+    assert signal.returned(None) is None
+    assert signal.failed(ValueError("x")) is None  # nobody waits for a signal's reply
+
+
+def test_abandoned_call_may_run_again() -> None:
+    p, memory = rpc.JsonPickler(), rpc.ReplyMemory()
+    assert memory.begin("peer", "r1") == "run"
+    call = rpc.Invocation.start("peer", _params("double"), {"s": _Service()}, p, memory)
+    call.abandon()
+    assert memory.begin("peer", "r1") == "run"

@@ -36,6 +36,7 @@ from snakemq_proto.rpc import (
     REQUEST_PREFIX,
     CallError,
     Error,
+    Invocation,
     JsonPickler,
     NoInstanceError,
     NoMethodError,
@@ -47,11 +48,8 @@ from snakemq_proto.rpc import (
     as_signal,
     decode_reply,
     decode_request,
-    encode_exception,
-    encode_return,
     new_req_id,
     reply_result,
-    resolve_method,
 )
 
 from ._messaging import Messaging
@@ -249,33 +247,30 @@ class Rpc:
         self._tg.start_soon(self._serve, ident, params)
 
     async def _serve(self, ident: str, params: dict[str, Any]) -> None:
-        is_call = params["command"] == "call"
-        reply: bytes | None = None
-        try:
-            method, transfer = resolve_method(self.instances, params)
-            args, kwargs = params.get("args", ()), params.get("kwargs", {})
+        call = Invocation.start(ident, params, self.instances, self.pickler, self._memory)
+        method = call.method
+        if method is None:
+            assert call.refusal is not None
+            reply = call.failed(call.refusal)
+        else:
             try:
                 if inspect.iscoroutinefunction(method):
-                    result = await method(*args, **kwargs)
+                    result = await method(*call.args, **call.kwargs)
                 else:
-                    result = await anyio.to_thread.run_sync(_call_with, method, args, kwargs)
+                    result = await anyio.to_thread.run_sync(
+                        _call_with, method, call.args, call.kwargs
+                    )
             except Exception as exc:
-                if not transfer:
-                    raise
-                reply = encode_exception(self.pickler, params.get("req_id"), exc)
+                reply = call.failed(exc)
+                if reply is None:
+                    log.exception("ident=%s: RPC method %s raised", ident, params["method"])
+            except BaseException:  # cancelled
+                call.abandon()
+                raise
             else:
-                if is_call:
-                    reply = encode_return(self.pickler, params["req_id"], result)
-        except Error as exc:
-            if is_call:
-                reply = encode_exception(self.pickler, params["req_id"], exc)
-            else:
-                log.error("ident=%s: signal refused: %r", ident, exc)
-        except Exception:
-            log.exception("ident=%s: RPC method %s failed", ident, params["method"])
-        finally:
-            if is_call:
-                self._memory.finish(ident, params["req_id"], reply)
+                reply = call.returned(result)
+        if reply is None and call.refusal is not None:
+            log.error("ident=%s: signal refused: %r", ident, call.refusal)
         if reply is not None:
             await self._send_reply(ident, reply)
 

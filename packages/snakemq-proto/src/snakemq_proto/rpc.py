@@ -223,6 +223,83 @@ def resolve_method(
     return method, is_call and not is_signal_method
 
 
+class Invocation:
+    """One request being served: what to call, and the reply rules.
+
+    ``Invocation.start()`` resolves the method (or says what to answer when
+    there is none); the implementation runs ``method(*args, **kwargs)`` in
+    its own way (thread or task) and hands the outcome to ``returned()`` or
+    ``failed()``, which give the reply payload to send (``None``: no reply)
+    and settle the at-most-once memory.
+    """
+
+    def __init__(
+        self,
+        ident: str,
+        params: Mapping[str, Any],
+        method: Callable[..., Any] | None,
+        transfer: bool,
+        pickler: Pickler,
+        memory: ReplyMemory,
+    ) -> None:
+        self.ident = ident
+        self.params = params
+        self.method = method
+        self.is_call = params["command"] == "call"
+        self.transfer = transfer
+        self.args: tuple[Any, ...] = tuple(params.get("args", ()))
+        self.kwargs: dict[str, Any] = dict(params.get("kwargs", {}))
+        self._pickler = pickler
+        self._memory = memory
+
+    @classmethod
+    def start(
+        cls,
+        ident: str,
+        params: Mapping[str, Any],
+        instances: Mapping[str, Any],
+        pickler: Pickler,
+        memory: ReplyMemory,
+    ) -> Invocation:
+        """Resolve the request's method; ``method`` is ``None`` when there is
+        nothing to call (``failed()`` then already knows why)."""
+        try:
+            method, transfer = resolve_method(instances, params)
+        except Error as exc:
+            invocation = cls(ident, params, None, True, pickler, memory)
+            invocation.refusal = exc
+            return invocation
+        return cls(ident, params, method, transfer, pickler, memory)
+
+    refusal: Error | None = None
+    """Why there is no method to call (``NoInstanceError``/``NoMethodError``)."""
+
+    def returned(self, result: Any) -> bytes | None:
+        """The method returned ``result``: the reply to send, if any."""
+        reply = (
+            encode_return(self._pickler, self.params["req_id"], result) if self.is_call else None
+        )
+        self._settle(reply)
+        return reply
+
+    def failed(self, exc: BaseException, transfer_exceptions: bool = True) -> bytes | None:
+        """The method raised ``exc`` (or there was none): the error reply for
+        a caller that waits for one; otherwise ``None`` (log it)."""
+        reply = None
+        if self.is_call and transfer_exceptions and self.transfer:
+            reply = encode_exception(self._pickler, self.params["req_id"], exc)
+        self._settle(reply)
+        return reply
+
+    def abandon(self) -> None:
+        """The call was cancelled before it finished: a repeat may run it."""
+        self._settle(None)
+
+    def _settle(self, reply: bytes | None) -> None:
+        if self.is_call:
+            self._memory.finish(self.ident, self.params["req_id"], reply)
+
+
 def encode_return(pickler: Pickler, req_id: Any, result: Any) -> bytes:
     """The reply payload for a result (an error reply if it cannot be encoded)."""
     try:

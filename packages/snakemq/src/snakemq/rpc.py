@@ -31,6 +31,7 @@ from snakemq_proto.rpc import (
     REQUEST_PREFIX,
     CallError,
     Error,
+    Invocation,
     JsonPickler,
     NoInstanceError,
     NoMethodError,
@@ -43,11 +44,8 @@ from snakemq_proto.rpc import (
     as_signal,
     decode_reply,
     decode_request,
-    encode_exception,
-    encode_return,
     new_req_id,
     reply_result,
-    resolve_method,
 )
 
 from snakemq.message import Message
@@ -129,29 +127,21 @@ class RpcServer:
         ).start()
 
     def call_method(self, ident: str, params: dict[str, Any]) -> None:
-        is_call = params["command"] == "call"
-        reply: bytes | None = None
-        try:
-            method, transfer_exception = resolve_method(self.instances, params)
+        call = Invocation.start(ident, params, self.instances, self.pickler, self._memory)
+        if call.method is None:
+            assert call.refusal is not None
+            reply = call.failed(call.refusal)
+        else:
             try:
-                result = method(*params.get("args", ()), **params.get("kwargs", {}))
+                result = call.method(*call.args, **call.kwargs)
             except Exception as exc:
-                if not (self.transfer_exceptions and transfer_exception):
-                    raise
-                reply = encode_exception(self.pickler, params.get("req_id"), exc)
+                reply = call.failed(exc, self.transfer_exceptions)
+                if reply is None:
+                    log_server.exception("ident=%s: RPC method %s raised", ident, params["method"])
             else:
-                if is_call:
-                    reply = encode_return(self.pickler, params["req_id"], result)
-        except Error as exc:
-            if is_call:
-                reply = encode_exception(self.pickler, params["req_id"], exc)
-            else:
-                log_server.error("ident=%s: signal refused: %r", ident, exc)
-        except Exception:
-            log_server.exception("ident=%s: RPC method %s failed", ident, params["method"])
-        finally:
-            if is_call:
-                self._memory.finish(ident, params["req_id"], reply)
+                reply = call.returned(result)
+        if reply is None and call.refusal is not None:
+            log_server.error("ident=%s: signal refused: %r", ident, call.refusal)
         if reply is not None:
             self._send(ident, reply)
 
