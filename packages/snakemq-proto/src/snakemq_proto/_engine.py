@@ -30,6 +30,12 @@ Connection states (one table, ``_TRANSITIONS``)::
 A frame with no entry for the current state is an ``UnexpectedFrameError``;
 a frame type we do not know is ignored (that is how 1.6 treats ours).
 
+One connection per remote identifier: a second one that identifies is
+refused (``DuplicateIdentError``), except when the two run in opposite
+directions (``connection_made(outbound=...)``): then both peers keep the one
+dialled by the smaller identifier (``_replaces``), so a mesh in which peers
+dial each other settles on the same connection at both ends.
+
 Queues and TTL
 --------------
 
@@ -38,6 +44,9 @@ items of a connected peer's queue have been encoded for its connection.  For a
 capable peer they stay in the queue (and storage) until acknowledged; a
 reconnect resends them.  For a legacy peer an item leaves the queue once its
 packet was completely written.
+
+Producers are paced by ``queue_full()`` / ``queue_has_room()``: a connected
+peer's queue is full at ``max_queued`` messages and has room again at half.
 
 TTL ages only while the destination is not connected: an item carries its
 remaining ``ttl`` and ``since``, the moment aging started (queued while away,
