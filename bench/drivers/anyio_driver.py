@@ -1,7 +1,10 @@
 """Driver for our async package ``snakemq_anyio``, on the backend ``config["backend"]``.
 
 The sender awaits ``send_message`` in a plain loop: the package's own
-backpressure (the in-flight window) is what paces it.
+backpressure (the in-flight window) is what paces it.  Persistent messages
+are sent by ``PERSISTENT_PRODUCERS`` tasks at once, as an async application
+with that many requests in progress would: each ``send_message`` still
+returns only once its message is on disk, and concurrent sends share commits.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 import _common
 import anyio
 import snakemq_anyio
+
+PERSISTENT_PRODUCERS = 32
 
 
 def _ssl_config(config: dict[str, Any]) -> Any:
@@ -82,11 +87,27 @@ async def run_sender(config: dict[str, Any]) -> None:
             _common.emit("RESULT", {"pushed": config["count"], "rss_kib": _common.peak_rss_kib()})
             await anyio.sleep_forever()
 
-        flags = snakemq_anyio.FLAG_PERSISTENT if config.get("storage") else 0
+        if config.get("storage"):
+            count = config["count"]
+
+            async def produce(share: int) -> None:
+                for _ in range(share):
+                    await messaging.send_message(
+                        to,
+                        snakemq_anyio.Message(
+                            payload, ttl=_common.TTL, flags=snakemq_anyio.FLAG_PERSISTENT
+                        ),
+                    )
+
+            async with anyio.create_task_group() as tg:
+                for i in range(PERSISTENT_PRODUCERS):
+                    tg.start_soon(
+                        produce, count // PERSISTENT_PRODUCERS + (i < count % PERSISTENT_PRODUCERS)
+                    )
+            await anyio.sleep_forever()
+
         for _ in range(config["count"]):
-            await messaging.send_message(
-                to, snakemq_anyio.Message(payload, ttl=_common.TTL, flags=flags)
-            )
+            await messaging.send_message(to, snakemq_anyio.Message(payload, ttl=_common.TTL))
         await anyio.sleep_forever()
 
 
