@@ -323,6 +323,11 @@ class Engine:
         self.window = window
         self.dedup_window = 2 * window
         self.legacy = legacy
+        self.report_sent = True
+        """Emit ``MessageSent`` events; an I/O layer that nobody listens to
+        may turn them off (the queue rules do not change)."""
+        self.report_delivered = True
+        """Emit ``MessageDelivered`` events (same remark)."""
         self._conns: dict[str, _Conn] = {}
         self._closed_rx: dict[str, _Conn] = {}  # closed, still awaiting handed()
         self._queues: dict[str, _Queue] = {}
@@ -638,11 +643,13 @@ class Engine:
         assert ident is not None and conn.queue is not None
         queue = conn.queue
         legacy = conn.legacy
+        report = self.report_sent
         while marks and marks[0][0] <= written:
             _, item = marks.popleft()
             if item.reported:  # already reported when it was acknowledged
                 continue
-            events.append(_sent(conn_id, ident, item.message.uuid))
+            if report:
+                events.append(_sent(conn_id, ident, item.message.uuid))
             if legacy:
                 # 1.6 semantics: leaves the queue once completely written
                 popped = queue.items.popleft()
@@ -1028,17 +1035,21 @@ class Engine:
         nmarks = len(marks)
         j = 0  # marks not yet reached by data_sent(): the acked ones come first
         items = queue.items
+        report_sent = self.report_sent
+        report_delivered = self.report_delivered
         for _ in range(count):
             item = items.popleft()
             uuid = item.message.uuid
             if j < nmarks and marks[j][1] is item:
                 # acknowledged before data_sent() caught up (async I/O race)
-                events.append(_sent(conn.conn_id, ident, uuid))
+                if report_sent:
+                    events.append(_sent(conn.conn_id, ident, uuid))
                 item.reported = True
                 j += 1
             if item.stored:
                 self._unstore(ident, uuid)
-            events.append(_delivered(ident, uuid))
+            if report_delivered:
+                events.append(_delivered(ident, uuid))
         queue.in_flight -= count
 
     def _receive_messages(

@@ -288,6 +288,7 @@ class Messaging:
             self._dispatch(events)
 
     def stream_recv(self, conn_id: str, data: bytes) -> None:
+        self._report_what_is_listened()
         with self._lock:
             events = self._engine.receive_data(conn_id, data, time.monotonic())
             if self._waiting:
@@ -300,6 +301,7 @@ class Messaging:
         out = self._outs.get(conn_id)
         if out is None or out.buf is None:
             return
+        self._report_what_is_listened()
         with self._lock:
             events = self._engine.data_sent(conn_id, sent_length)
         rest = out.buf[sent_length:]
@@ -311,6 +313,12 @@ class Messaging:
         if events:
             self._dispatch(events)
         self._flush(conn_id)
+
+    def _report_what_is_listened(self) -> None:
+        # per-message events nobody listens to are not even built
+        engine = self._engine
+        engine.report_sent = _listened(self.on_message_sent)
+        engine.report_delivered = _listened(self.on_message_delivered)
 
     def _flush(self, conn_id: str) -> None:
         """Ask for ``conn_id``'s output to be written at the end of this pass."""
@@ -495,6 +503,10 @@ class Messaging:
         # connection was already gone from the link
         if conn_id in self._outs:
             self.stream_disconnect(conn_id)
+
+
+def _listened(callback: object) -> bool:
+    return type(callback) is not Callback or bool(callback.callbacks)
 
 
 class ReceiveHook:
