@@ -211,7 +211,7 @@ class Messaging:
         """
         with self._lock:
             engine = self._engine
-            if engine.queue_full(ident) and threading.get_ident() != self._loop_thread:
+            if threading.get_ident() != self._loop_thread and engine.queue_full(ident):
                 self._waiting += 1
                 try:
                     while not engine.queue_has_room(ident):
