@@ -87,3 +87,5 @@ def run_bench(count: int, size: int, out: TextIO) -> int:
             peer.close()
         receiver.kill()
         receiver.wait()
+        if receiver.stderr is not None:
+            receiver.stderr.close()

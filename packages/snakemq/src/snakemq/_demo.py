@@ -207,7 +207,9 @@ def run_demo(out: TextIO) -> int:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
         for peer in peers:
             peer.close()
         shutil.rmtree(tmp, ignore_errors=True)
