@@ -44,6 +44,7 @@ from snakemq_proto.rpc import (
     PartialCall,
     Pickler,
     RemoteError,
+    RemoteMethodBase,
     ReplyMemory,
     as_signal,
     decode_reply,
@@ -80,32 +81,15 @@ class _Waiter:
         self.reply: dict[str, Any] | None = None
 
 
-class RemoteMethod:
+class RemoteMethod(RemoteMethodBase):
     """A method of a remote object: ``await proxy.method(*args, **kwargs)``."""
 
     def __init__(self, proxy: RpcProxy, name: str) -> None:
+        super().__init__(proxy._name, name)
         self._proxy = proxy
-        self.name = name
-        self.call_timeout: float | None = None
-        self.signal_timeout: float | None = None
-
-    def as_signal(self, timeout: float = 0) -> None:
-        """Call as a signal: no reply; the request waits for the peer up to
-        ``timeout`` seconds (its TTL).  ``None`` makes it a regular call."""
-        self.signal_timeout = timeout
-
-    def set_timeout(self, timeout: float | None) -> None:
-        """Seconds a regular call waits for the peer and the reply."""
-        self.call_timeout = timeout
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        params: dict[str, Any] = {
-            "command": "call" if self.signal_timeout is None else "signal",
-            "object": self._proxy._name,
-            "method": self.name,
-            "args": args,
-            "kwargs": kwargs,
-        }
+        params = self.request(args, kwargs)
         rpc = self._proxy._rpc
         if self.signal_timeout is not None:
             await rpc._send_request(self._proxy._ident, params, self.signal_timeout)

@@ -223,6 +223,36 @@ def resolve_method(
     return method, is_call and not is_signal_method
 
 
+class RemoteMethodBase:
+    """What the sync and async ``RemoteMethod`` share: the call/signal
+    settings and the layout of the request they send."""
+
+    def __init__(self, object_name: str, name: str) -> None:
+        self.object_name = object_name
+        self.name = name
+        self.call_timeout: float | None = None
+        self.signal_timeout: float | None = None
+
+    def as_signal(self, timeout: float | None = 0) -> None:
+        """Call this method as a signal: no reply; the request waits for the
+        peer up to ``timeout`` seconds (its TTL).  ``None`` makes it regular."""
+        self.signal_timeout = timeout
+
+    def set_timeout(self, timeout: float | None) -> None:
+        """Seconds a regular call waits (for the peer and for the reply)."""
+        self.call_timeout = timeout
+
+    def request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The request parameters (the caller adds ``req_id`` to a call)."""
+        return {
+            "command": "call" if self.signal_timeout is None else "signal",
+            "object": self.object_name,
+            "method": self.name,
+            "args": args,
+            "kwargs": kwargs,
+        }
+
+
 class Invocation:
     """One request being served: what to call, and the reply rules.
 

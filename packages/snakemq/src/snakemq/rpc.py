@@ -39,6 +39,7 @@ from snakemq_proto.rpc import (
     PartialCall,
     Pickler,
     RemoteError,
+    RemoteMethodBase,
     ReplyMemory,
     SignalCallWarning,
     as_signal,
@@ -149,23 +150,15 @@ class RpcServer:
         self.receive_hook.messaging.send_message(ident, Message(raw, ttl=0))
 
 
-class RemoteMethod:
+class RemoteMethod(RemoteMethodBase):
     """A method of a remote object; calling it performs the RPC."""
 
     def __init__(self, iproxy: RpcInstProxy, name: str) -> None:
+        super().__init__(iproxy._name, name)
         self.iproxy = iproxy
-        self.name = name
-        self.call_timeout: float | None = None
-        self.signal_timeout: float | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        params = {
-            "command": "call" if self.signal_timeout is None else "signal",
-            "object": self.iproxy._name,
-            "method": self.name,
-            "args": args,
-            "kwargs": kwargs,
-        }
+        params = self.request(args, kwargs)
         try:
             return self.iproxy._client.remote_request(self.iproxy._remote_ident, self, params)
         except CallError:
@@ -176,15 +169,6 @@ class RemoteMethod:
                 raise
             handler(exc)
             return None
-
-    def as_signal(self, timeout: float = 0) -> None:
-        """Call this method as a signal: no reply; the request waits for the
-        peer up to ``timeout`` seconds (its TTL).  ``None`` makes it regular."""
-        self.signal_timeout = timeout
-
-    def set_timeout(self, timeout: float | None) -> None:
-        """Seconds a regular call waits (for the peer and for the reply)."""
-        self.call_timeout = timeout
 
 
 class RpcInstProxy:
