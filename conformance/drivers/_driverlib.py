@@ -30,6 +30,7 @@ EVENT_KINDS = (
     "errors",
     "executed",  # an RPC method ran on this peer's server (ident: the method name)
     "rpc_errors",  # an ERROR record of the implementation's ``snakemq.rpc`` loggers
+    "loop_restarts",  # legacy driver only: a 1.6 socket error escaped loop(), see _tutorial_driver
 )
 
 _block_cache: dict[tuple[str, int], bytes] = {}

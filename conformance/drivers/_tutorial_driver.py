@@ -40,6 +40,8 @@ from typing import Any
 from _driverlib import LineChannel, Recorder, check_wait_args, log, payload, quiet_stdout
 
 LOOP_POLL_TIMEOUT = 0.05
+# a bound on _survive_legacy_socket_error: a loop that keeps failing is a failure
+MAX_LEGACY_LOOP_RESTARTS = 1000
 
 # What ``RpcTarget.sample()`` returns: bytes, a nested tuple and a set, which
 # only pickle carries as themselves; the client answers with its ``repr``.
@@ -108,6 +110,7 @@ class TutorialDriver:
         self.rpc_server: Any = None
         self.rpc_client: Any = None
         self.rpc_calls: list[Future[dict[str, Any]]] = []
+        self._last_closed_sock: Any = None
 
     # ------------------------------------------------------------- loop thread
 
@@ -138,7 +141,13 @@ class TutorialDriver:
             return
         ready.set_result(None)
         try:
-            self.link.loop(poll_timeout=LOOP_POLL_TIMEOUT)
+            while True:
+                try:
+                    self.link.loop(poll_timeout=LOOP_POLL_TIMEOUT)
+                    break
+                except OSError as exc:
+                    if not self._survive_legacy_socket_error(exc):
+                        raise
         except BaseException:
             text = traceback.format_exc()
             log("link.loop() died:", text)
@@ -153,6 +162,37 @@ class TutorialDriver:
                     break
                 if fut.set_running_or_notify_cancel():
                     fut.set_exception(RuntimeError("the link loop is not running"))
+
+    def _survive_legacy_socket_error(self, exc: OSError) -> bool:
+        """What a careful 1.6 program does about a 1.6 defect: 1.6's link lets
+        some errors of one connection escape ``loop()`` -- e.g. ``SSLEOFError``
+        when a TLS peer dies right after the handshake (``LinkSocket.send``
+        re-raises every SSL error but WANT_WRITE, and ``Link.send`` only
+        handles errno values), or any SSL error but WANT_READ in ``recv``.
+        The legacy driver closes that one connection the way 1.6 closes one it
+        does handle (``Link.handle_close``) and re-enters ``loop()``; every
+        restart is counted (``loop_restarts`` in the report) and logged.  Not
+        for our implementations (their loop must never die) and not for
+        anything but a socket error raised for one known connection."""
+        if not self.legacy or self.rec.value("loop_restarts", None) >= MAX_LEGACY_LOOP_RESTARTS:
+            return False
+        sock = None
+        tb = exc.__traceback__
+        while tb is not None:  # the innermost ``handle_fd_mask`` frame names the socket
+            if tb.tb_frame.f_code.co_name == "handle_fd_mask":
+                sock = tb.tb_frame.f_locals.get("sock", sock)
+            tb = tb.tb_next
+        if sock is None or sock is self._last_closed_sock:
+            return False  # no connection to blame, or closing it did not help
+        self._last_closed_sock = sock
+        log(
+            "snakeMQ 1.6 let a socket error of one connection escape link.loop() "
+            f"({exc!r}); closing that connection and re-entering loop():",
+            traceback.format_exc(),
+        )
+        self.link.handle_close(sock)
+        self.rec.event("loop_restarts", None)
+        return True
 
     def in_loop(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
         if self.loop_done.is_set():
