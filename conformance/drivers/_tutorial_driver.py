@@ -110,7 +110,7 @@ class TutorialDriver:
         self.rpc_server: Any = None
         self.rpc_client: Any = None
         self.rpc_calls: list[Future[dict[str, Any]]] = []
-        self._last_closed_sock: Any = None
+        self._last_closed_conn: str | None = None
 
     # ------------------------------------------------------------- loop thread
 
@@ -176,18 +176,23 @@ class TutorialDriver:
         anything but a socket error raised for one known connection."""
         if not self.legacy or self.rec.value("loop_restarts", None) >= MAX_LEGACY_LOOP_RESTARTS:
             return False
-        sock = None
+        # the innermost frame that names a live connection id blames it
+        # (``Link.send``, ``handle_recv``, ``handle_accept``...: the socket a
+        # frame calls ``sock`` may be the listener)
+        conn_id = None
         tb = exc.__traceback__
-        while tb is not None:  # the innermost ``handle_fd_mask`` frame names the socket
-            if tb.tb_frame.f_code.co_name == "handle_fd_mask":
-                sock = tb.tb_frame.f_locals.get("sock", sock)
+        while tb is not None:
+            named = tb.tb_frame.f_locals.get("conn_id")
+            if isinstance(named, str) and named in self.link._sock_by_conn:
+                conn_id = named
             tb = tb.tb_next
-        if sock is None or sock is self._last_closed_sock:
+        if conn_id is None or conn_id == self._last_closed_conn:
             return False  # no connection to blame, or closing it did not help
-        self._last_closed_sock = sock
+        self._last_closed_conn = conn_id
+        sock = self.link._sock_by_conn[conn_id]
         log(
             "snakeMQ 1.6 let a socket error of one connection escape link.loop() "
-            f"({exc!r}); closing that connection and re-entering loop():",
+            f"({exc!r}); closing connection {conn_id} and re-entering loop():",
             traceback.format_exc(),
         )
         self.link.handle_close(sock)
