@@ -113,13 +113,29 @@ def test_decoder_one_byte_at_a_time(items: list[Frame]) -> None:
     assert got == [f.encode() for f in items]
 
 
-def test_decoder_accepts_bytearray_and_memoryview_and_copies_them() -> None:
+def test_decoder_reads_a_reused_buffer_without_copying_packets_and_keeps_a_copy_of_the_tail() -> (
+    None
+):
     decoder = PacketDecoder()
     buf = bytearray(encode_packet(Ping().encode()) + encode_packet(Pong().encode())[:3])
-    out = decoder.feed(buf)
+    out = decoder.feed(memoryview(buf))
+    assert [bytes(p) for p in out] == [b"\x04"]  # used before the buffer changes...
+    assert out[0].obj is buf  # ...because it is a view of it, not a copy
     buf[:] = b"\xff" * len(buf)  # the I/O layer reuses its read buffer
-    assert [bytes(p) for p in out] == [b"\x04"]
     assert [bytes(p) for p in decoder.feed(memoryview(b"\x01\x05"))] == [b"\x05"]
+
+
+def test_decoder_completing_a_packet_from_a_reused_buffer_keeps_nothing_of_it() -> None:
+    decoder = PacketDecoder()
+    stream = encode_packet(b"a" * 10) + encode_packet(b"b" * 10)
+    buf = bytearray(stream[:5])
+    assert decoder.feed(buf) == []
+    buf[:] = b"\xff" * 5
+    buf2 = bytearray(stream[5:20])
+    [first] = decoder.feed(buf2)
+    buf2[:] = b"\xff" * 15
+    assert bytes(first) == b"a" * 10  # the join copied the new data too
+    assert [bytes(p) for p in decoder.feed(stream[20:])] == [b"b" * 10]
 
 
 def test_large_packet_in_small_chunks() -> None:

@@ -312,3 +312,44 @@ def test_count_stops_after_passes_with_io_and_stop_from_callback(links: list[Lin
     finally:
         server.stop()
         server_thread.join(WAIT)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_on_recv_gets_bytes_to_keep_and_on_recv_view_a_view_of_the_reused_buffer(
+    links: list[Link], transport: str, tmp_path: Any
+) -> None:
+    """The link reads into one buffer it reuses: ``on_recv_view`` sees views of
+    it (valid during the call), ``on_recv`` gets ``bytes`` of its own; both see
+    the whole stream, also when it is many times the buffer's size."""
+    import trustme
+    from test_tls import config
+
+    ssl_server = ssl_client = None
+    if transport == "tls":
+        ca = trustme.CA()
+        ssl_server, ssl_client = config(tmp_path, ca, "srv"), config(tmp_path, ca, "cli")
+    server, client = Link(), Link()
+    links += [server, client]
+    server.recv_block_size = 4096
+    payload = bytes(range(256)) * 1024  # 256 KiB: 64 buffers' worth
+    rec = Recorder()
+    record_view = rec.hook("view")
+
+    def on_view(conn_id: str, view: memoryview) -> None:
+        # what a view-taker must do: use or copy it before returning
+        record_view(type(view), len(view), id(view.obj), view.tobytes())
+
+    server.on_recv.add(rec.hook("recv"))
+    server.on_recv_view.add(on_view)
+    port = server.add_listener(("127.0.0.1", 0), ssl_config=ssl_server)[1]
+    client.add_connector(("127.0.0.1", port), ssl_config=ssl_client)
+    client.on_connect.add(lambda conn_id: client.send(conn_id, payload))
+    with LoopThread(server), LoopThread(client):
+        rec.wait(lambda: sum(c[1] for c in rec.calls.get("view", [])) >= len(payload))
+        rec.wait(lambda: sum(len(c[1]) for c in rec.calls.get("recv", [])) >= len(payload))
+    views, kept = rec.get("view"), rec.get("recv")
+    assert b"".join(c[3] for c in views) == payload
+    assert b"".join(c[1] for c in kept) == payload
+    assert {c[0] for c in views} == {memoryview} and max(c[1] for c in views) <= 4096
+    assert len({c[2] for c in views}) == 1  # one buffer, reused for every read
+    assert {type(c[1]) for c in kept} == {bytes}

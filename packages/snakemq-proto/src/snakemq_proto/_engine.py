@@ -663,7 +663,12 @@ class Engine:
     def receive_data(
         self, conn_id: str, data: bytes | bytearray | memoryview, now: float
     ) -> list[Event]:
-        """Feed bytes received on ``conn_id``; return what happened."""
+        """Feed bytes received on ``conn_id``; return what happened.
+
+        ``data`` may be a view of a read buffer the caller reuses once this
+        returns: the engine copies what it keeps (message payloads become
+        ``bytes`` of their own).
+        """
         conn = self._conns.get(conn_id)
         if conn is None or conn.state is ConnState.CLOSED:
             return []

@@ -305,7 +305,10 @@ class PacketDecoder:
 
     The bytes of an incomplete packet are kept as a list of chunks and joined
     once, when the packet is complete, so a large packet arriving in many
-    small reads costs one copy, not one copy per read.  Packets that complete
+    small reads costs one copy, not one copy per read.  Packets complete
+    within one ``feed()`` are views of the data fed, not copies: an I/O layer
+    may feed a view of a read buffer it reuses, provided it is done with the
+    packets before the next read (the decoder copies whatever it keeps).  Packets that complete
     before an oversized header in the same chunk are still returned; the
     error is raised by the next ``feed()`` (the I/O layer's next read, or the
     engine's ``feed(b"")`` right after), with only the 4-byte header kept.
@@ -341,22 +344,27 @@ class PacketDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
         """Add received bytes; return every packet payload now complete.
 
+        The packets may be views of ``data``: when ``data`` is a buffer the
+        caller reuses, use them before changing it.  Nothing of ``data`` is
+        referenced by the decoder after the call.
+
         Raises:
             PacketTooLargeError: a header announces more than the maximum.
         """
         chunks = self._chunks
+        buf: bytes | bytearray | memoryview
         if chunks:
-            if data:
-                chunks.append(bytes(data))
-                self._size += len(data)
-            if self._size < self._need:
+            size = self._size + len(data)
+            if size < self._need:
+                if data:
+                    chunks.append(bytes(data))  # kept: a copy
+                    self._size = size
                 return []
-            buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            # complete: one join copies the kept chunks and the new data
+            buf = chunks[0] if not data and len(chunks) == 1 else b"".join([*chunks, data])
             chunks.clear()
         else:
-            # bytes(x) of a bytes object is x itself; anything else is copied
-            # because the caller may reuse its buffer for the next read
-            buf = bytes(data)
+            buf = data  # not copied: only the incomplete tail is kept (below)
         end = len(buf)
         pos = 0
         view = memoryview(buf)
@@ -370,7 +378,7 @@ class PacketDecoder:
             if size > maximum:
                 if packets:
                     # report it on the next feed(); keep the header only
-                    chunks.append(buf[pos : pos + 4])
+                    chunks.append(bytes(buf[pos : pos + 4]))
                     self._size = 4
                     self._need = 4  # complete: the next feed() parses it again and raises
                     return packets
@@ -387,7 +395,8 @@ class PacketDecoder:
             append(view[pos + 4 : stop])
             pos = stop
         if pos < end:
-            chunks.append(buf[pos:] if pos else buf)
+            # kept: a copy, unless it is a whole bytes object (immutable)
+            chunks.append(buf if not pos and type(buf) is bytes else bytes(buf[pos:]))
             self._size = end - pos
         else:
             self._size = 0

@@ -287,7 +287,7 @@ class Messaging:
         if events:
             self._dispatch(events)
 
-    def stream_recv(self, conn_id: str, data: bytes) -> None:
+    def stream_recv(self, conn_id: str, data: memoryview) -> None:
         self._report_what_is_listened()
         with self._lock:
             events = self._engine.receive_data(conn_id, data, time.monotonic())

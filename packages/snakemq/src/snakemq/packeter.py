@@ -36,7 +36,8 @@ class StreamHandler(Protocol):
 
     def stream_disconnect(self, conn_id: str) -> None: ...
 
-    def stream_recv(self, conn_id: str, data: bytes) -> None: ...
+    def stream_recv(self, conn_id: str, data: memoryview) -> None:
+        """``data`` is valid only during the call: copy what you keep."""
 
     def stream_ready(self, conn_id: str, sent_length: int) -> None: ...
 
@@ -86,7 +87,7 @@ class Packeter:
 
         link.on_connect.add(self._on_connect)
         link.on_disconnect.add(self._on_disconnect)
-        link.on_recv.add(self._on_recv)
+        link.on_recv_view.add(self._on_recv)  # parsed at once: no copy of our own
         link.on_ready_to_send.add(self._on_ready_to_send)
 
     def set_stream_handler(self, handler: StreamHandler) -> None:
@@ -163,7 +164,7 @@ class Packeter:
             self._connections.pop(conn_id, None)
         self.on_disconnect(conn_id)
 
-    def _on_recv(self, conn_id: str, data: bytes) -> None:
+    def _on_recv(self, conn_id: str, data: memoryview) -> None:
         if self._stream is not None:
             self._stream.stream_recv(conn_id, data)
             return

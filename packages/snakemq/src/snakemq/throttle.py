@@ -56,6 +56,7 @@ class Throttle:
         self.on_connect: Callback[[str]] = link.on_connect
         self.on_disconnect: Callback[[str]] = link.on_disconnect
         self.on_recv: Callback[[str, bytes]] = link.on_recv
+        self.on_recv_view: Callback[[str, memoryview]] = link.on_recv_view
         self.on_loop_pass: Callback[[]] = link.on_loop_pass
         self.on_ready_to_send: Callback[[str, int]] = Callback()
 
