@@ -15,48 +15,73 @@ from snakemq_proto import (
     Message,
     MessageReceived,
     PeerConnected,
+    PeerDisconnected,
+    RedialHeld,
 )
 
 
 class Pair:
     """Engines ``a`` and ``b`` and the connections between them: conn name ->
-    (conn id on a, conn id on b)."""
+    (conn id on a, conn id on b).  Each direction of a connection is a pipe:
+    what a side wrote stays there until the other side reads it, also after
+    the writer closed (as in TCP)."""
 
     def __init__(self) -> None:
         self.a, self.b = Engine("bob"), Engine("jack")
         self.conns: dict[str, tuple[str, str]] = {}
+        self.pipes: dict[tuple[str, bool], bytes] = {}  # (name, a_to_b) -> unread bytes
         self.closed: set[str] = set()
         self.events: dict[str, list[Event]] = {"a": [], "b": []}
 
     def dial(self, name: str, a_dials: bool) -> None:
+        """Connect; both sides write their handshake at once, as I/O layers do."""
         self.conns[name] = (f"a-{name}", f"b-{name}")
         self.a.connection_made(f"a-{name}", 0.0, outbound=a_dials)
         self.b.connection_made(f"b-{name}", 0.0, outbound=not a_dials)
+        self.write(name, True)
+        self.write(name, False)
+
+    def write(self, name: str, a_to_b: bool) -> None:
+        ca, cb = self.conns[name]
+        src, sc = (self.a, ca) if a_to_b else (self.b, cb)
+        data = src.data_to_send(sc)
+        src.data_sent(sc, len(data))
+        if name not in self.closed:
+            self.pipes[(name, a_to_b)] = self.pipes.get((name, a_to_b), b"") + data
+
+    def read(self, name: str, a_to_b: bool) -> None:
+        """The receiving side reads what is in the pipe and acts on it."""
+        ca, cb = self.conns[name]
+        data = self.pipes.pop((name, a_to_b), b"")
+        if not data:
+            return
+        dst, dc, side = (self.b, cb, "b") if a_to_b else (self.a, ca, "a")
+        events = dst.receive_data(dc, data, 0.0)
+        self.events[side] += events
+        received = [e for e in events if isinstance(e, MessageReceived)]
+        if received:
+            dst.handed(dc, len(received))
+        for e in events:
+            if isinstance(e, CloseConnection):
+                self.close(next(n for n, ids in self.conns.items() if e.conn_id in ids), not a_to_b)
 
     def flow(self, name: str, a_to_b: bool) -> None:
         """Move what one side of ``name`` has to send to the other side."""
-        ca, cb = self.conns[name]
-        src, dst = (self.a, self.b) if a_to_b else (self.b, self.a)
-        sc, dc = (ca, cb) if a_to_b else (cb, ca)
-        data = src.data_to_send(sc)
-        src.data_sent(sc, len(data))
         if name in self.closed:
             return
-        events = dst.receive_data(dc, data, 0.0)
-        side = "b" if a_to_b else "a"
-        self.events[side] += events
-        engine = self.b if a_to_b else self.a
-        received = [e for e in events if isinstance(e, MessageReceived)]
-        if received:
-            engine.handed(dc, len(received))
-        for e in events:
-            if isinstance(e, CloseConnection):
-                self.close(next(n for n, ids in self.conns.items() if e.conn_id in ids))
+        self.write(name, a_to_b)
+        self.read(name, a_to_b)
 
-    def close(self, name: str) -> None:
+    def close(self, name: str, by_a: bool) -> None:
+        """What an I/O layer does on ``CloseConnection``: write what the
+        closing side still has, close; the other side reads what is left in
+        its pipe, then sees the end of the stream."""
         if name in self.closed:
             return
+        self.write(name, by_a)
         self.closed.add(name)
+        self.pipes.pop((name, not by_a), None)  # the closer reads no more
+        self.read(name, by_a)
         ca, cb = self.conns[name]
         self.events["a"] += self.a.connection_lost(ca, 0.0)
         self.events["b"] += self.b.connection_lost(cb, 0.0)
@@ -97,6 +122,23 @@ def test_crossed_dials_keep_the_connection_dialled_by_the_smaller_ident(
         assert all(isinstance(e.error, DuplicateIdentError) for e in errors)
         connected = [e for e in pair.events[side] if isinstance(e, PeerConnected)]
         assert connected[-1].conn_id.endswith("-x")
+    # jack dialled the connection that lost: its connector waits while x lives
+    hold = RedialHeld("b-y", "bob")
+    if hold not in pair.events["b"]:
+        # jack's y was identified before bob refused it: to jack the peer just
+        # closed it, so its connector dials once more, and that dial is held
+        assert any(isinstance(e, PeerConnected) and e.conn_id == "b-y" for e in pair.events["b"])
+        pair.dial("y2", a_dials=False)
+        pair.pump()
+        hold = RedialHeld("b-y2", "bob")
+        assert pair.b.connected_idents() == {"bob": "b-x"}
+    assert [e for e in pair.events["b"] if isinstance(e, RedialHeld)] == [hold]
+    assert not [e for e in pair.events["a"] if isinstance(e, RedialHeld)]  # bob accepted y
+    held = pair.events["b"].index(hold)
+    # after y's PeerDisconnected (if y got that far), so that event cannot release it
+    assert not [
+        e for e in pair.events["b"][held:] if isinstance(e, PeerDisconnected) and e.ident == "bob"
+    ]
 
 
 def test_same_direction_duplicate_is_still_refused() -> None:
@@ -106,6 +148,9 @@ def test_same_direction_duplicate_is_still_refused() -> None:
     pair.pump()
     assert pair.closed == {"y"}
     assert pair.a.connected_idents() == {"jack": "a-x"}
+    # bob dialled both: the second dial waits until the first connection ends
+    assert [e for e in pair.events["a"] if isinstance(e, RedialHeld)] == [RedialHeld("a-y", "jack")]
+    assert not [e for e in pair.events["b"] if isinstance(e, RedialHeld)]
 
 
 def test_without_direction_the_second_is_refused() -> None:
@@ -119,4 +164,5 @@ def test_without_direction_the_second_is_refused() -> None:
     assert any(
         isinstance(e, ErrorOccurred) and isinstance(e.error, DuplicateIdentError) for e in events
     )
+    assert not [e for e in events if isinstance(e, RedialHeld)]  # nobody said who dialled
     assert b.connected_idents() == {"bob": "1"}

@@ -66,6 +66,7 @@ from snakemq_proto import (
     PeerConnected,
     PeerDisconnected,
     QueuesStorage,
+    RedialHeld,
     RemoteProtocolError,
     SqliteQueuesStorage,
     SSLConfig,
@@ -98,7 +99,17 @@ class TLSHandshakeError(RemoteProtocolError):
 class _Conn:
     """The I/O side of one connection."""
 
-    __slots__ = ("closing", "conn_id", "ident", "identified", "legacy", "scope", "stream", "wakeup")
+    __slots__ = (
+        "closing",
+        "conn_id",
+        "held_for",
+        "ident",
+        "identified",
+        "legacy",
+        "scope",
+        "stream",
+        "wakeup",
+    )
 
     def __init__(self, conn_id: str, stream: ByteStream) -> None:
         self.conn_id = conn_id
@@ -109,6 +120,7 @@ class _Conn:
         self.identified = False
         self.closing = False
         self.wakeup: anyio.Event | None = None  # set while the writer sleeps
+        self.held_for: str | None = None  # RedialHeld: its connector waits while this peer is up
 
     def kick(self) -> None:
         wakeup = self.wakeup
@@ -216,6 +228,7 @@ class Messaging:
         self._conns: dict[str, _Conn] = {}
         self._peers: dict[str, _Conn] = {}  # identified connections by remote ident
         self._connect_waiters: dict[str, anyio.Event] = {}
+        self._away_waiters: dict[str, anyio.Event] = {}  # held connectors, by remote ident
         self._conns_changed: anyio.Event | None = None
         self._listeners: dict[tuple[str, int], tuple[anyio.CancelScope, anyio.Event]] = {}
         # undelivered receipts per peer, by uuid (their number paces senders)
@@ -337,7 +350,11 @@ class Messaging:
         self._rx.clear()
         self._wake(self._rx_event)
         self._rx_event = None
-        for waiter in [*self._connect_waiters.values(), *self._queue_waiters.values()]:
+        for waiter in [
+            *self._connect_waiters.values(),
+            *self._queue_waiters.values(),
+            *self._away_waiters.values(),
+        ]:
             waiter.set()
         for stream in self._subscribers:
             stream._end()
@@ -464,10 +481,27 @@ class Messaging:
                         stream = await anyio.connect_tcp(host, port)
                 except (OSError, TimeoutError) as exc:
                     log.info("%s: connect to %s:%s failed: %s", self.ident, host, port, exc)
-                if stream is not None and await self._serve_stream(stream, ssl_config, False, host):
-                    delay = base
+                conn = None
+                if stream is not None:
+                    conn = await self._serve_stream(stream, ssl_config, False, host)
+                    if conn is not None and conn.identified:
+                        delay = base
                 if self._state != _RUNNING:
                     return
+                if conn is not None and conn.held_for is not None:
+                    # redundant: the peer is connected over another connection
+                    log.info(
+                        "%s: not redialling %s:%s while %r is connected",
+                        self.ident,
+                        host,
+                        port,
+                        conn.held_for,
+                    )
+                    await self._until_away(conn.held_for)
+                    if self._state != _RUNNING:
+                        return
+                    delay = base
+                    continue  # at once
                 await anyio.sleep(delay * random.uniform(0.75, 1.0))
                 delay = min(delay * 2, self._reconnect_max_interval)
 
@@ -477,9 +511,9 @@ class Messaging:
         ssl_config: SSLConfig | None,
         server_side: bool,
         hostname: str | None,
-    ) -> bool:
-        """Run one accepted or connected stream to its end; return True if the
-        remote peer identified."""
+    ) -> _Conn | None:
+        """Run one accepted or connected stream to its end; return its
+        connection (``None`` if it never got that far)."""
         conn_id = f"c{next(self._conn_seq)}"
         try:
             names: frozenset[str] | None = None
@@ -501,21 +535,21 @@ class Messaging:
                     error = TLSHandshakeError(f"TLS handshake failed: {exc or type(exc).__name__}")
                     log.warning("conn=%s %s", conn_id, error)
                     self._publish(ErrorOccurred(conn_id, None, error))
-                    return False
+                    return None
                 if ssl_config.bind_ident:
                     names = cert_idents(stream.extra(TLSAttribute.peer_certificate, None))
             return await self._run_connection(conn_id, stream, names, not server_side)
         except Exception:
             log.exception("conn=%s failed unexpectedly; it is closed", conn_id)
             await _close(stream)
-            return False
+            return None
 
     async def _run_connection(
         self, conn_id: str, stream: ByteStream, names: frozenset[str] | None, outbound: bool
-    ) -> bool:
+    ) -> _Conn | None:
         if self._state != _RUNNING:
             await _close(stream)
-            return False
+            return None
         engine = self._engine
         conn = _Conn(conn_id, stream)
         self._conns[conn_id] = conn
@@ -535,7 +569,7 @@ class Messaging:
             self._dispatch(engine.connection_lost(conn_id, time.monotonic()))
             self._wake_timer()
             self._request_flush()
-        return conn.identified
+        return conn
 
     # -------------------------------------------------------- per connection
 
@@ -747,6 +781,12 @@ class Messaging:
             elif cls is CloseConnection:
                 self._close_conn(event.conn_id)  # type: ignore[union-attr]
                 continue
+            elif cls is RedialHeld:
+                assert isinstance(event, RedialHeld)
+                conn = self._conns.get(event.conn_id)
+                if conn is not None:
+                    conn.held_for = event.ident  # its connect loop reads it
+                continue
             elif cls is PeerConnected:
                 assert isinstance(event, PeerConnected)
                 self._on_connected(event)
@@ -783,6 +823,7 @@ class Messaging:
             del self._peers[event.ident]
             if conn.legacy:
                 self._legacy_conns -= 1
+            self._wake(self._away_waiters.pop(event.ident, None))  # held connectors redial
         waiter = self._queue_waiters.pop(event.ident, None)
         if waiter is not None:
             waiter.set()  # a peer that is away does not pace its senders
@@ -802,6 +843,14 @@ class Messaging:
         if waiter is not None:
             waiter.set()
         self._wake_timer()
+
+    async def _until_away(self, ident: str) -> None:
+        """Return once ``ident`` has no identified connection (or on close)."""
+        while ident in self._peers and self._state == _RUNNING:
+            waiter = self._away_waiters.get(ident)
+            if waiter is None:
+                waiter = self._away_waiters[ident] = anyio.Event()
+            await waiter.wait()
 
     def _close_conn(self, conn_id: str) -> None:
         conn = self._conns.get(conn_id)

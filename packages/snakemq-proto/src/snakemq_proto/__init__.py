@@ -31,6 +31,7 @@ from ._events import (
     MessageSent,
     PeerConnected,
     PeerDisconnected,
+    RedialHeld,
 )
 from ._message import (
     FLAG_PERSISTENT,
@@ -110,6 +111,7 @@ __all__ = [
     "Pong",
     "ProtocolVersion",
     "QueuesStorage",
+    "RedialHeld",
     "RemoteProtocolError",
     "SSLConfig",
     "SnakeMQError",

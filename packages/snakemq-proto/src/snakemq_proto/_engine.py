@@ -34,7 +34,11 @@ One connection per remote identifier: a second one that identifies is
 refused (``DuplicateIdentError``), except when the two run in opposite
 directions (``connection_made(outbound=...)``): then both peers keep the one
 dialled by the smaller identifier (``_replaces``), so a mesh in which peers
-dial each other settles on the same connection at both ends.
+dial each other settles on the same connection at both ends.  When the
+connection closed as redundant is one this peer dialled, ``RedialHeld``
+tells the I/O layer to keep its connector from redialling until the peer's
+other connection ends: without it the loser of crossed dials would dial,
+be refused and back off, forever.
 
 Queues and TTL
 --------------
@@ -103,6 +107,7 @@ from ._events import (
     MessageDropped,
     PeerConnected,
     PeerDisconnected,
+    RedialHeld,
     _delivered,
     _received,
     _sent,
@@ -961,6 +966,14 @@ class Engine:
         other = self._by_ident.get(ident)
         if other is not None:
             if not self._replaces(conn, other, ident):
+                if conn.outbound:
+                    # our own dial is the redundant one: its connector waits
+                    events.append(RedialHeld(conn.conn_id, ident))
+                    raise DuplicateIdentError(
+                        f"peer {ident!r} is already connected over {other.conn_id}; this "
+                        "dialled connection is closed and its connector waits until that "
+                        "one ends"
+                    )
                 raise DuplicateIdentError(f"peer {ident!r} is already connected")
             # the two peers dialled each other: both keep the same connection
             log.info(
@@ -968,6 +981,8 @@ class Engine:
             )
             del self._conns[other.conn_id]
             self._detach(other, now, events)
+            if other.outbound:
+                events.append(RedialHeld(other.conn_id, ident))
             events.append(CloseConnection(other.conn_id))
         caps = conn.remote_caps
         conn.legacy = self.legacy or caps is None or not caps.bits & CAP_ACK

@@ -3,6 +3,8 @@
 Each is a small frozen value.  ``CloseConnection`` is an instruction rather
 than news: the I/O layer writes what ``data_to_send()`` still returns for that
 connection (best effort), closes the socket and calls ``connection_lost()``.
+``RedialHeld`` is one too: the connector that dialled a redundant connection
+waits until the peer's other connection ends.
 """
 
 from __future__ import annotations
@@ -86,6 +88,19 @@ class CloseConnection:
     conn_id: str
 
 
+@attrs.frozen
+class RedialHeld:
+    """Instruction: ``conn_id`` was dialled by this peer (``outbound=True``)
+    and is closed as redundant, because ``ident`` is connected over another
+    connection (a duplicate, or the loser of two crossed dials).  Do not
+    redial the address it was dialled to until ``PeerDisconnected`` for
+    ``ident``; then redial at once.  Comes before that connection's
+    ``CloseConnection``."""
+
+    conn_id: str
+    ident: str
+
+
 Event: TypeAlias = (
     PeerConnected
     | PeerDisconnected
@@ -95,6 +110,7 @@ Event: TypeAlias = (
     | MessageDropped
     | ErrorOccurred
     | CloseConnection
+    | RedialHeld
 )
 
 

@@ -167,6 +167,7 @@ class _Connector:
         "addrs",
         "conn",
         "failures",
+        "held",
         "interval",
         "planned",
         "ssl_config",
@@ -175,6 +176,7 @@ class _Connector:
     def __init__(self, address: Address, interval: float, ssl_config: SSLConfig | None) -> None:
         self.address = address
         self.interval = interval
+        self.held = False  # no redial until release_redial()
         self.ssl_config = ssl_config
         self.failures = 0
         self.planned: float | None = None  # when the next attempt starts
@@ -206,6 +208,10 @@ class LinkLike(Protocol):
     def get_ssl_config(self, conn_id: str) -> SSLConfig | None: ...
 
     def is_outbound(self, conn_id: str) -> bool | None: ...
+
+    def hold_redial(self, conn_id: str) -> Address | None: ...
+
+    def release_redial(self, address: Address) -> None: ...
 
 
 def _check_address(address: object, name: str = "address") -> tuple[str, int]:
@@ -444,6 +450,31 @@ class Link:
         conn = self._conns.get(conn_id)
         return None if conn is None else conn.is_connector
 
+    def hold_redial(self, conn_id: str) -> Address | None:
+        """Keep the connector that dialled ``conn_id`` from redialling once
+        that connection closes, until ``release_redial()``.  Return the
+        connector's address, or ``None`` when ``conn_id`` was accepted (or
+        its connector was deleted).  The messaging layer holds a redundant
+        dial while the peer is connected over another connection."""
+        conn = self._conns.get(conn_id)
+        connector = conn.connector if conn is not None else None
+        if connector is None or self._connectors.get(connector.address) is not connector:
+            return None
+        connector.held = True
+        return connector.address
+
+    def release_redial(self, address: Address) -> None:
+        """Let a held connector dial again, at once (harmless when it is not held)."""
+        connector = self._connectors.get(tuple(address))
+        if connector is None or not connector.held:
+            return
+        connector.held = False
+        if connector.conn is None:
+            log.info("connector %r: redialling (released)", connector.address)
+            connector.failures = 0
+            self._plan_connect(connector, 0.0)
+            self.wakeup_poll()  # may be called from outside a loop pass
+
     def get_socket_by_conn(self, conn_id: str) -> LinkSocket:
         """The ``LinkSocket`` of ``conn_id`` (1.6 API)."""
         conn = self._conns.get(conn_id)
@@ -587,6 +618,9 @@ class Link:
     def _retry_later(self, connector: _Connector) -> None:
         if self._connectors.get(connector.address) is not connector:
             return  # deleted
+        if connector.held:
+            log.info("connector %r: holding the redial (the peer is connected)", connector.address)
+            return
         delay = min(
             self.reconnect_max_interval, connector.interval * (2 ** min(connector.failures, 30))
         )

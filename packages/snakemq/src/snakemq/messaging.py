@@ -47,6 +47,7 @@ from snakemq_proto import (
     PeerConnected,
     PeerDisconnected,
     QueuesStorage,
+    RedialHeld,
     StorageBatch,
     cert_idents,
 )
@@ -143,6 +144,7 @@ class Messaging:
         self._waiting = 0
         self._loop_thread: int | None = None
         self._outs: dict[str, _Out] = {}
+        self._held: dict[str, list[Any]] = {}  # ident -> connector addresses held for it
         self._dirty = False  # send_message queued something: flush in the next pass
         self._flush_wanted: set[str] = set()  # connections with new output this pass
         self._deferred: list[Event] = []  # events to dispatch from the loop thread
@@ -449,10 +451,17 @@ class Messaging:
                 self._call(self.on_connect, event.conn_id, event.ident)
             elif cls is PeerDisconnected:
                 assert isinstance(event, PeerDisconnected)
+                for address in self._held.pop(event.ident, ()):
+                    self.link.release_redial(address)
                 self._call(self.on_disconnect, event.conn_id, event.ident)
             elif cls is ErrorOccurred:
                 assert isinstance(event, ErrorOccurred)
                 self._call(self.on_error, event.conn_id, event.error)
+            elif cls is RedialHeld:
+                assert isinstance(event, RedialHeld)
+                address = self.link.hold_redial(event.conn_id)
+                if address is not None:
+                    self._held.setdefault(event.ident, []).append(address)
             elif cls is CloseConnection:
                 assert isinstance(event, CloseConnection)
                 if received:

@@ -16,7 +16,7 @@ from typing import Any
 from snakemq_proto import SSLConfig
 
 from .callbacks import Callback
-from .link import LinkLike
+from .link import Address, LinkLike
 
 __all__ = ["TIME_QUANTUM", "Throttle"]
 
@@ -99,6 +99,12 @@ class Throttle:
 
     def is_outbound(self, conn_id: str) -> bool | None:
         return self.link.is_outbound(conn_id)
+
+    def hold_redial(self, conn_id: str) -> Address | None:
+        return self.link.hold_redial(conn_id)
+
+    def release_redial(self, address: Address) -> None:
+        self.link.release_redial(address)
 
     # ----------------------------------------------------------- internal
 
