@@ -303,18 +303,22 @@ async def test_crossed_dials_settle_and_the_losing_connector_waits() -> None:
             _host, jack_port = await jack.add_listener(("127.0.0.1", 0))
             await bob.add_connector(("127.0.0.1", jack_port))
             await jack.add_connector(("127.0.0.1", bob_port))
+
+            def refused() -> list[ErrorOccurred]:
+                return [
+                    e
+                    for e in seen
+                    if isinstance(e, ErrorOccurred) and isinstance(e.error, DuplicateIdentError)
+                ]
+
             with anyio.fail_after(10):
                 await bob.wait_connected("jack")
                 await jack.wait_connected("bob")
+            before = len(refused())
             await anyio.sleep(QUIET_WINDOW)  # an observation window: nothing may happen in it
-            refused = [
-                e
-                for e in seen
-                if isinstance(e, ErrorOccurred) and isinstance(e.error, DuplicateIdentError)
-            ]
-            # settling takes at most one refused dial per side and a replaced connection
-            assert len(refused) <= 2, refused
-            assert len(connects()) <= 4, connects()
+            # settling may still refuse one dial (seen by both sides); after that
+            # nobody dials, where without the hold ~40 dials would be refused
+            assert len(refused()) - before <= 2, refused()
             assert bob.is_connected("jack") and jack.is_connected("bob")
 
             # the kept connection ends: the held connector redials at once
