@@ -162,3 +162,38 @@ def test_abandoned_call_may_run_again() -> None:
     call = rpc.Invocation.start("peer", _params("double"), {"s": _Service()}, p, memory)
     call.abandon()
     assert memory.begin("peer", "r1") == "run"
+
+
+def test_admit_request_serves_a_call_once_and_answers_its_repeats() -> None:
+    p = rpc.JsonPickler()
+    memory = rpc.ReplyMemory()
+    params = {"command": "call", "object": "o", "method": "m", "args": [], "kwargs": {}}
+    key = rpc.new_call(p, params)
+    payload = p.dumps(params)
+    admitted, repeat = rpc.admit_request(p, memory, "bob", payload)
+    assert admitted == params and repeat is None
+    assert rpc.admit_request(p, memory, "bob", payload) == (None, None)  # still running
+    call = rpc.Invocation.start("bob", admitted, {"o": _Target()}, p, memory)
+    reply = call.returned(5)
+    assert reply is not None
+    assert rpc.decode_reply(p, reply[len(rpc.REPLY_PREFIX) :])[0] == key
+    assert rpc.admit_request(p, memory, "bob", payload) == (None, reply)  # answered again
+    assert rpc.admit_request(p, memory, "alice", payload)[0] == params  # another caller's
+    signal = {**params, "command": "signal"}
+    del signal["req_id"]
+    assert rpc.admit_request(p, memory, "bob", p.dumps(signal)) == (signal, None)  # no memory
+    with pytest.raises(ValueError, match="cannot decode"):
+        rpc.admit_request(p, memory, "bob", b"\x80not json")
+
+
+def test_no_reply_error_says_whether_the_call_may_have_run() -> None:
+    params = {"object": "o", "method": "m"}
+    never = rpc.no_reply_error("bob", params, 2.0, sent=False)
+    maybe = rpc.no_reply_error("bob", params, 2.0, sent=True)
+    assert type(never) is rpc.NotConnected and type(maybe) is rpc.PartialCall
+    assert str(maybe) == "no reply from 'bob' to o.m() within 2.0 s"
+
+
+class _Target:
+    def m(self) -> int:
+        return 5

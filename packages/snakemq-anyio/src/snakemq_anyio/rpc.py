@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import uuid as uuid_module
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -46,10 +45,11 @@ from snakemq_proto.rpc import (
     RemoteError,
     RemoteMethodBase,
     ReplyMemory,
+    admit_request,
     as_signal,
     decode_reply,
-    decode_request,
-    new_req_id,
+    new_call,
+    no_reply_error,
     reply_result,
 )
 
@@ -215,20 +215,15 @@ class Rpc:
 
     def _on_request(self, ident: str, payload: bytes) -> None:
         try:
-            params = decode_request(self.pickler, payload)
+            params, repeat = admit_request(self.pickler, self._memory, ident, payload)
         except ValueError as exc:
             log.error("ident=%s: refused an RPC request: %s", ident, exc)
             return
-        if params["command"] == "call":
-            state = self._memory.begin(ident, params["req_id"])
-            if state == "running":
-                return
-            if isinstance(state, bytes):
-                assert self._tg is not None
-                self._tg.start_soon(self._send_reply, ident, state)
-                return
         assert self._tg is not None
-        self._tg.start_soon(self._serve, ident, params)
+        if repeat is not None:
+            self._tg.start_soon(self._send_reply, ident, repeat)
+        if params is not None:
+            self._tg.start_soon(self._serve, ident, params)
 
     async def _serve(self, ident: str, params: dict[str, Any]) -> None:
         call = Invocation.start(ident, params, self.instances, self.pickler, self._memory)
@@ -277,9 +272,7 @@ class Rpc:
         await self.messaging.send_message(ident, Message(raw, ttl=ttl))
 
     async def _call(self, ident: str, params: dict[str, Any], timeout: float | None) -> Any:
-        raw_id = uuid_module.uuid4().bytes
-        params["req_id"] = new_req_id(self.pickler, raw_id)
-        key = raw_id.hex()
+        key = new_call(self.pickler, params)
         waiter = self._waiters[key] = _Waiter()
         sent_on: int | None = None
         try:
@@ -295,10 +288,7 @@ class Rpc:
                     if waiter.reply is None:
                         waiter.event = anyio.Event()
             if scope.cancelled_caught:
-                raise (NotConnected if sent_on is None else PartialCall)(
-                    f"no reply from {ident!r} to {params['object']}.{params['method']}() "
-                    f"within {timeout} s"
-                )
+                raise no_reply_error(ident, params, timeout, sent_on is not None)
         finally:
             del self._waiters[key]
         assert waiter.reply is not None

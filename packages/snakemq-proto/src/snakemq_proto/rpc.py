@@ -20,8 +20,10 @@ from __future__ import annotations
 import base64
 import builtins
 import json
+import logging
 import threading
 import traceback
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -32,6 +34,8 @@ METHOD_RPC_AS_SIGNAL_ATTR = "__snakemw_rpc_as_signal"
 REMOTE_TRACEBACK_ATTR = "__remote_traceback__"
 REPLY_MEMORY = 10_000
 """How many recent replies a server remembers to answer re-sent calls."""
+
+log = logging.getLogger("snakemq.rpc")
 
 
 class Error(Exception):
@@ -192,6 +196,51 @@ def decode_request(pickler: Pickler, payload: bytes) -> dict[str, Any]:
     if params["command"] == "call" and "req_id" not in params:
         raise ValueError("RPC call without req_id")
     return params
+
+
+def admit_request(
+    pickler: Pickler, memory: ReplyMemory, ident: str, payload: bytes
+) -> tuple[dict[str, Any] | None, bytes | None]:
+    """The server's intake rule: decode a request from ``ident`` and keep a
+    call to at most one execution.
+
+    Returns ``(params, None)`` to serve it (a call is now running in
+    ``memory``; its ``Invocation`` settles it), ``(None, reply)`` for a
+    repeat of a call already answered (send ``reply`` again), ``(None,
+    None)`` for a repeat of a call still running (ignore it).
+
+    Raises:
+        ValueError: not a well-formed request (log it and drop it).
+    """
+    params = decode_request(pickler, payload)
+    if params["command"] == "call":
+        state = memory.begin(ident, params["req_id"])
+        if state == "running":
+            log.debug("ident=%s: repeat of a running call ignored", ident)
+            return None, None
+        if isinstance(state, bytes):
+            log.debug("ident=%s: repeat answered from memory", ident)
+            return None, state
+    return params, None
+
+
+def new_call(pickler: Pickler, params: dict[str, Any]) -> str:
+    """Give a call's ``params`` a fresh request id; return the key
+    ``decode_reply()`` will name its reply by."""
+    raw_id = uuid.uuid4().bytes
+    params["req_id"] = new_req_id(pickler, raw_id)
+    return raw_id.hex()
+
+
+def no_reply_error(
+    ident: str, params: Mapping[str, Any], timeout: float | None, sent: bool
+) -> CallError:
+    """What a call that got no reply within ``timeout`` raises:
+    ``NotConnected`` when the request never went out, else ``PartialCall``
+    (it may have run)."""
+    return (PartialCall if sent else NotConnected)(
+        f"no reply from {ident!r} to {params['object']}.{params['method']}() within {timeout} s"
+    )
 
 
 def resolve_method(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any
 
@@ -42,10 +41,11 @@ from snakemq_proto.rpc import (
     RemoteMethodBase,
     ReplyMemory,
     SignalCallWarning,
+    admit_request,
     as_signal,
     decode_reply,
-    decode_request,
-    new_req_id,
+    new_call,
+    no_reply_error,
     reply_result,
 )
 
@@ -107,19 +107,16 @@ class RpcServer:
 
     def on_recv(self, conn_id: str, ident: str, message: Message) -> None:
         try:
-            params = decode_request(self.pickler, message.data[len(REQUEST_PREFIX) :])
+            params, repeat = admit_request(
+                self.pickler, self._memory, ident, message.data[len(REQUEST_PREFIX) :]
+            )
         except ValueError as exc:
             log_server.error("ident=%s: refused an RPC request: %s", ident, exc)
             return
-        if params["command"] == "call":
-            state = self._memory.begin(ident, params["req_id"])
-            if state == "running":
-                log_server.debug("ident=%s: repeat of a running call ignored", ident)
-                return
-            if isinstance(state, bytes):
-                log_server.debug("ident=%s: repeat answered from memory", ident)
-                self._send(ident, state)
-                return
+        if repeat is not None:
+            self._send(ident, repeat)
+        if params is None:
+            return
         threading.Thread(
             target=self.call_method,
             name=f"snakemq-rpc;{params['object']};{params['method']}",
@@ -257,9 +254,7 @@ class RpcClient:
         return None
 
     def call_regular(self, remote_ident: str, method: RemoteMethod, params: dict[str, Any]) -> Any:
-        raw_id = uuid_module.uuid4().bytes
-        params["req_id"] = new_req_id(self.pickler, raw_id)
-        key = raw_id.hex()
+        key = new_call(self.pickler, params)
         deadline = None if method.call_timeout is None else time.monotonic() + method.call_timeout
         sent_on: int | None = None  # the connection generation the request went out on
         with self.cond:
@@ -273,9 +268,8 @@ class RpcClient:
                         sent_on = generation
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        raise (NotConnected if sent_on is None else PartialCall)(
-                            f"no reply from {remote_ident!r} to {params['object']}."
-                            f"{params['method']}() within {method.call_timeout} s"
+                        raise no_reply_error(
+                            remote_ident, params, method.call_timeout, sent_on is not None
                         )
                     self.cond.wait(remaining)
                 reply = self.results.pop(key)
