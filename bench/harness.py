@@ -83,6 +83,8 @@ class System:
     legacy: bool = False
     tls: bool = True
     persistent: bool = True
+    #: The workload modes it can run (pyzmq REQ/REP: only round trips).
+    modes: tuple[str, ...] = ("throughput", "latency", "noread")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class Workload:
     #: noread: seconds the sender may push before the memory is read.
     budget: float = 0.0
     quick_budget: float = 0.0
+    #: Pin both driver processes to this CPU (round trips: without it, where the scheduler
+    #: puts the two processes decides the figure on a small shared machine).
+    cpu: int | None = None
 
 
 SYSTEMS: dict[str, System] = {
@@ -153,6 +158,16 @@ SYSTEMS: dict[str, System] = {
             tls=False,
             persistent=False,
         ),
+        System(
+            "zmq-reqrep",
+            "pyzmq REQ/REP",
+            "zmq_driver.py",
+            {"pattern": "reqrep"},
+            probe="import zmq",
+            tls=False,
+            persistent=False,
+            modes=("latency",),
+        ),
     )
 }
 
@@ -175,7 +190,7 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             "latency",
-            "round trip 100 B",
+            "round trip 100 B unpinned",
             "latency",
             100,
             5_000,
@@ -183,6 +198,19 @@ WORKLOADS: dict[str, Workload] = {
             "us",
             warmup=200,
             quick_warmup=20,
+        ),
+        # Both sides on one CPU (taskset -c 0 for every system): the stable figure.
+        Workload(
+            "latency-pinned",
+            "round trip 100 B pinned",
+            "latency",
+            100,
+            5_000,
+            100,
+            "us",
+            warmup=200,
+            quick_warmup=20,
+            cpu=0,
         ),
         # A receiver that never reads while the sender pushes: memory must stay bounded.
         Workload(
@@ -200,7 +228,7 @@ WORKLOADS: dict[str, Workload] = {
 }
 
 #: The systems every ratio is taken against.
-REFERENCES = ("snakemq-1.6", "zmq-pushpull", "zmq-dealerrouter")
+REFERENCES = ("snakemq-1.6", "zmq-pushpull", "zmq-dealerrouter", "zmq-reqrep")
 
 
 class RunError(Exception):
@@ -432,7 +460,11 @@ def make_certificates(directory: Path) -> dict[str, str]:
 
 def supports(system: System, workload: Workload) -> bool:
     """Whether the system has the feature the workload needs (pyzmq: no TLS, no storage)."""
-    return (system.tls or not workload.tls) and (system.persistent or not workload.persistent)
+    return (
+        workload.mode in system.modes
+        and (system.tls or not workload.tls)
+        and (system.persistent or not workload.persistent)
+    )
 
 
 def run_once(
@@ -459,6 +491,7 @@ def run_once(
         "warmup": workload.quick_warmup if quick else workload.warmup,
         "tls": certificates if workload.tls else None,
         "storage": None,
+        "cpu": workload.cpu,
         # The drivers' own limit, should the harness die before it can kill them.
         "max_lifetime": timeout + 30,
         **system.options,
@@ -541,6 +574,8 @@ def run_once(
         out["round_trips"] = result["round_trips"]
         out["median_us"] = result["median_us"]
         out["p99_us"] = result["p99_us"]
+        # The CPUs the measuring side ran on: proof that a pinned workload was pinned.
+        out["cpus"] = result.get("cpus")
     return out
 
 

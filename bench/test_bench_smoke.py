@@ -46,6 +46,10 @@ def test_every_supported_workload_completes(system: str, tmp_path: Path) -> None
         if workload.mode == "latency":
             assert only["round_trips"] == workload.quick_count
             assert 0 < cell["median_us"] <= cell["p99_us"]
+            if workload.cpu is not None:
+                assert only["cpus"] == [workload.cpu]
+            else:
+                assert len(only["cpus"]) == len(os.sched_getaffinity(0))
         elif workload.mode == "noread":
             # A system may push back before all are queued; it must have pushed something.
             assert 0 < only["pushed"] <= workload.quick_count

@@ -16,6 +16,7 @@ the standard library: the same file runs in the snakeMQ 1.6 virtualenv.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import sys
@@ -38,11 +39,16 @@ def load_config() -> dict[str, Any]:
     """The driver's configuration: the JSON object given as the only argument.
 
     With ``config["profile"]`` set, the main thread runs under cProfile from
-    here on, and SIGTERM writes the statistics to that path and exits.
+    here on, and SIGTERM writes the statistics to that path and exits.  With
+    ``config["cpu"]`` set, the process (and every thread it starts from here on:
+    pyzmq's I/O thread, anyio's workers) runs on that one CPU, as under
+    ``taskset -c N``.
     """
     if len(sys.argv) != 2:
         raise SystemExit(f"usage: {sys.argv[0]} '<json config>'")
     config: dict[str, Any] = json.loads(sys.argv[1])
+    if config.get("cpu") is not None:
+        os.sched_setaffinity(0, {int(config["cpu"])})
     _start_watchdog(float(config.get("max_lifetime", 3600)))
     if config.get("profile"):
         _start_profile(config["profile"])
@@ -51,7 +57,6 @@ def load_config() -> dict[str, Any]:
 
 def _start_watchdog(max_lifetime: float) -> None:
     """Exit if the harness dies (we are re-parented) or the run overstays: no stragglers."""
-    import os
     import threading
 
     parent = os.getppid()
@@ -67,7 +72,6 @@ def _start_watchdog(max_lifetime: float) -> None:
 
 def _start_profile(path: str) -> None:
     import cProfile
-    import os
     import signal
 
     profiler = cProfile.Profile()
@@ -214,5 +218,6 @@ class LatencyMeter:
                 "median_us": statistics.median(ordered) * 1e6,
                 "p99_us": p99 * 1e6,
                 "rss_kib": peak_rss_kib(),
+                "cpus": sorted(os.sched_getaffinity(0)),
             },
         )

@@ -1,4 +1,6 @@
-"""pyzmq driver: PUSH/PULL or DEALER/ROUTER, chosen by ``config["pattern"]``.
+"""pyzmq driver: PUSH/PULL, DEALER/ROUTER or REQ/REP, chosen by ``config["pattern"]``.
+
+REQ/REP is the request/reply reference and runs only the round-trip workloads.
 
 The reference point for what a C messaging core reached from Python gets; it
 has no TLS and no durable queue, so the harness gives it neither workload.
@@ -34,6 +36,11 @@ def run_receiver(config: dict[str, Any]) -> None:
         _common.block_forever()
 
     if config["mode"] == "latency":
+        if config["pattern"] == "reqrep":
+            sock = ctx.socket(zmq.REP)
+            _common.ready(port=_bind(sock, host))
+            while True:
+                sock.send(sock.recv())
         if router:
             sock = ctx.socket(zmq.ROUTER)
             _common.ready(port=_bind(sock, host))
@@ -84,7 +91,10 @@ def run_sender(config: dict[str, Any]) -> None:
 
     if config["mode"] == "latency":
         meter = _common.LatencyMeter(config["count"], config["warmup"], size)
-        if router:
+        if config["pattern"] == "reqrep":
+            out = inp = ctx.socket(zmq.REQ)
+            out.connect(address)
+        elif router:
             out = inp = ctx.socket(zmq.DEALER)
             out.connect(address)
         else:
