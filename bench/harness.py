@@ -84,7 +84,7 @@ class System:
     tls: bool = True
     persistent: bool = True
     #: The workload modes it can run (pyzmq REQ/REP: only round trips).
-    modes: tuple[str, ...] = ("throughput", "latency", "noread")
+    modes: tuple[str, ...] = ("throughput", "latency", "rpc", "noread")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Workload:
 
     name: str
     label: str
-    mode: str  # "throughput", "latency" or "noread"
+    mode: str  # "throughput", "latency", "rpc" or "noread"
     size: int
     count: int
     quick_count: int
@@ -108,6 +108,11 @@ class Workload:
     #: Pin both driver processes to this CPU (round trips: without it, where the scheduler
     #: puts the two processes decides the figure on a small shared machine).
     cpu: int | None = None
+
+    @property
+    def round_trips(self) -> bool:
+        """The sender measures round trips (latency, RPC calls), not the receiver throughput."""
+        return self.mode in ("latency", "rpc")
 
 
 SYSTEMS: dict[str, System] = {
@@ -166,7 +171,7 @@ SYSTEMS: dict[str, System] = {
             probe="import zmq",
             tls=False,
             persistent=False,
-            modes=("latency",),
+            modes=("latency", "rpc"),
         ),
     )
 }
@@ -210,6 +215,20 @@ WORKLOADS: dict[str, Workload] = {
             "us",
             warmup=200,
             quick_warmup=20,
+            cpu=0,
+        ),
+        # One RPC call (a 100-character string echoed back) at a time, pinned as above;
+        # pyzmq REQ/REP with a JSON request and reply is the reference.
+        Workload(
+            "rpc",
+            "RPC call 100 B pinned",
+            "rpc",
+            100,
+            3_000,
+            50,
+            "us",
+            warmup=100,
+            quick_warmup=10,
             cpu=0,
         ),
         # A receiver that never reads while the sender pushes: memory must stay bounded.
@@ -625,7 +644,7 @@ def _await_result(
 
 
 def _metric_keys(workload: Workload) -> tuple[str, ...]:
-    if workload.mode == "latency":
+    if workload.round_trips:
         return ("median_us", "p99_us")
     if workload.mode == "noread":
         return ("rss_max_mib", "pushed")
@@ -781,7 +800,7 @@ def _progress(system: System, workload: Workload, outcome: dict[str, Any]) -> st
         return f"{name} FAILED: {outcome['error']}"
     key = headline(workload)
     extra = ""
-    if workload.mode == "latency":
+    if workload.round_trips:
         extra = f" p99 {outcome['p99_us']:.0f}"
     elif workload.mode == "noread":
         extra = f" after pushing {outcome['pushed']:,}" + (
@@ -891,7 +910,7 @@ def _rows(report: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     """(workload name, metric key, row label) for every row of the table."""
     for wname, info in report["workloads"].items():
         workload = WORKLOADS[wname]
-        if workload.mode == "latency":
+        if workload.round_trips:
             yield wname, "median_us", f"{info['label']} median (us)"
             yield wname, "p99_us", f"{info['label']} p99 (us)"
         elif workload.mode == "noread":

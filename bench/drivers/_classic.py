@@ -21,6 +21,7 @@ import snakemq.link
 import snakemq.message
 import snakemq.messaging
 import snakemq.packeter
+import snakemq.rpc
 
 
 def _ssl_config(config: dict[str, Any]) -> Any:
@@ -63,7 +64,10 @@ def run_receiver(config: dict[str, Any]) -> None:
         link.loop()
         _common.block_forever()
 
-    if config["mode"] == "latency":
+    if config["mode"] == "rpc":
+        server = snakemq.rpc.RpcServer(snakemq.messaging.ReceiveHook(messaging))
+        server.register_object(_common.RpcEcho(), "bench")
+    elif config["mode"] == "latency":
 
         def on_echo(conn_id: Any, ident: str, message: Any) -> None:
             messaging.send_message(ident, _message(message.data, False))
@@ -88,6 +92,23 @@ def run_sender(config: dict[str, Any]) -> None:
     link.add_connector((config["host"], config["port"]), ssl_config=_ssl_config(config))
     size = config["size"]
     payload = b"x" * size
+
+    if config["mode"] == "rpc":
+        # The tutorial's RPC: the loop in a thread of its own, calls block the caller.
+        client = snakemq.rpc.RpcClient(snakemq.messaging.ReceiveHook(messaging))
+        proxy = client.get_proxy(_common.RECEIVER_IDENT, "bench")
+        connected = threading.Event()
+        messaging.on_connect.add(lambda conn_id, ident: connected.set())
+        threading.Thread(target=link.loop, name="link-loop", daemon=True).start()
+        connected.wait()
+        meter = _common.LatencyMeter(config["count"], config["warmup"], size)
+        text = "x" * size
+        while True:
+            meter.start()
+            if meter.done(len(proxy.echo(text))):
+                break
+        meter.report()
+        _common.block_forever()
 
     if config["mode"] == "latency":
         meter = _common.LatencyMeter(config["count"], config["warmup"], size)

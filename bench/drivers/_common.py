@@ -176,6 +176,13 @@ class ThroughputMeter:
         )
 
 
+class RpcEcho:
+    """The object every RPC workload serves (as ``"bench"``): one method, ``echo``."""
+
+    def echo(self, text: str) -> str:
+        return text
+
+
 class LatencyMeter:
     """Round-trip times of a ping-pong client, warm-up excluded."""
 

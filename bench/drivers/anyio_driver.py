@@ -15,6 +15,7 @@ from typing import Any
 import _common
 import anyio
 import snakemq_anyio
+import snakemq_anyio.rpc
 
 PERSISTENT_PRODUCERS = 32
 
@@ -41,6 +42,10 @@ async def run_receiver(config: dict[str, Any]) -> None:
             (config["host"], 0), ssl_config=_ssl_config(config)
         )
         _common.ready(port=port)
+        if config["mode"] == "rpc":
+            async with snakemq_anyio.rpc.Rpc(messaging) as rpc:
+                rpc.register_object(_common.RpcEcho(), "bench")
+                await anyio.sleep_forever()
         if config["mode"] == "noread":
             await messaging.wait_connected(_common.SENDER_IDENT)
             await anyio.sleep_forever()
@@ -67,6 +72,18 @@ async def run_sender(config: dict[str, Any]) -> None:
         size = config["size"]
         payload = b"x" * size
         to = _common.RECEIVER_IDENT
+
+        if config["mode"] == "rpc":
+            meter = _common.LatencyMeter(config["count"], config["warmup"], size)
+            text = "x" * size
+            async with snakemq_anyio.rpc.Rpc(messaging) as rpc:
+                proxy = rpc.get_proxy(to, "bench")
+                while True:
+                    meter.start()
+                    if meter.done(len(await proxy.echo(text))):
+                        break
+                meter.report()
+                await anyio.sleep_forever()
 
         if config["mode"] == "latency":
             meter = _common.LatencyMeter(config["count"], config["warmup"], size)

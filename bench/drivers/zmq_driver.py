@@ -8,6 +8,7 @@ has no TLS and no durable queue, so the harness gives it neither workload.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -34,6 +35,16 @@ def run_receiver(config: dict[str, Any]) -> None:
         sock = ctx.socket(zmq.ROUTER if router else zmq.PULL)
         _common.ready(port=_bind(sock, host))
         _common.block_forever()
+
+    if config["mode"] == "rpc":
+        # What an RPC server does on REQ/REP: decode the call, run it, encode the reply.
+        sock = ctx.socket(zmq.REP)
+        _common.ready(port=_bind(sock, host))
+        served = _common.RpcEcho()
+        while True:
+            call = json.loads(sock.recv())
+            method = getattr(served, call["method"])
+            sock.send(json.dumps({"result": method(*call["args"])}).encode())
 
     if config["mode"] == "latency":
         if config["pattern"] == "reqrep":
@@ -88,6 +99,19 @@ def run_sender(config: dict[str, Any]) -> None:
     size = config["size"]
     payload = b"x" * size
     copy = size < ZERO_COPY_FROM
+
+    if config["mode"] == "rpc":
+        meter = _common.LatencyMeter(config["count"], config["warmup"], size)
+        sock = ctx.socket(zmq.REQ)
+        sock.connect(address)
+        text = "x" * size
+        while True:
+            meter.start()
+            sock.send(json.dumps({"object": "bench", "method": "echo", "args": [text]}).encode())
+            if meter.done(len(json.loads(sock.recv())["result"])):
+                break
+        meter.report()
+        _common.block_forever()
 
     if config["mode"] == "latency":
         meter = _common.LatencyMeter(config["count"], config["warmup"], size)
