@@ -12,6 +12,12 @@ sockets and the clock and calls:
 * ``data_to_send(conn_id)`` to get bytes to write, and ``data_sent(conn_id, n)``
   once ``n`` of them are written (this is what "sent" means, and what makes a
   message leave the queue of a legacy peer);
+
+A message is *settled* — done with, gone from queue and storage — when a
+capable peer acknowledged it (``MessageDelivered``) or, towards a legacy
+peer, when its packet was completely written (``MessageSent`` with
+``settled``).  Both I/O packages report that one rule: the anyio receipt
+resolves on it, the sync package calls ``on_message_settled``.
 * ``handed(conn_id, n)`` once ``n`` received messages reached the application
   (this is what the acknowledgement promises);
 * ``connection_lost(conn_id, now)`` after the socket is closed;
@@ -161,7 +167,9 @@ class Engine:
         self.legacy = legacy
         self.report_sent = True
         """Emit ``MessageSent`` events; an I/O layer that nobody listens to
-        may turn them off (the queue rules do not change)."""
+        may turn them off (the queue rules do not change).  Towards a legacy
+        peer they are also what reports settlement (``MessageSent.settled``):
+        keep them on to learn when such a message is done with."""
         self.report_delivered = True
         """Emit ``MessageDelivered`` events (same remark)."""
         self._conns: dict[str, Session] = {}

@@ -328,7 +328,7 @@ class PeerQueue:
             if j < nends and ends[j][1] is item:
                 # acknowledged before data_sent() caught up (async I/O race)
                 if report_sent:
-                    events.append(_sent(conn_id, ident, uuid))
+                    events.append(_sent(conn_id, ident, uuid, False))
                 item.reported = True
                 j += 1
             if item.stored:

@@ -260,16 +260,18 @@ class Session:
         queue = self.queue
         assert ident is not None and queue is not None
         report = self.router.report_sent
+        # the legacy settlement rule: towards a 1.6 peer a message leaves its
+        # queue once completely written, and its MessageSent says so
+        legacy = self.legacy
         settled = 0
         while marks and marks[0][0] <= written:
             _, item = marks.popleft()
             if item.reported:  # already reported when it was acknowledged
                 continue
             if report:
-                events.append(_sent(conn_id, ident, item.message.uuid))
+                events.append(_sent(conn_id, ident, item.message.uuid, legacy))
             settled += 1
-        if self.legacy and settled:
-            # 1.6 semantics: a message leaves the queue once completely written
+        if legacy and settled:
             queue.settle_written(settled)
         return events
 
