@@ -7,41 +7,17 @@ import pytest
 from snakemq_proto import Engine, Message, MessageDelivered, MessageReceived, MessageSent
 
 
-@pytest.mark.parametrize("report", [True, False])
-def test_reporting_switches(report: bool) -> None:
-    a, b = Engine("alice"), Engine("bob")
-    a.report_sent = a.report_delivered = report
+def _connect(a: Engine, b: Engine) -> None:
     a.connection_made("a", 0.0)
     b.connection_made("b", 0.0)
-    for i in range(3):
-        a.send_message("bob", Message(b"%d" % i, ttl=None), 0.0)
-    events = []
-    received = 0
-    for _ in range(5):
-        x, y = a.data_to_send("a"), b.data_to_send("b")
-        events += a.data_sent("a", len(x))
-        b.data_sent("b", len(y))
-        got = [e for e in b.receive_data("b", x, 0.0) if isinstance(e, MessageReceived)]
-        received += len(got)
-        b.handed("b", len(got))
-        events += a.receive_data("a", y, 0.0)
-    assert received == 3
-    assert a.queued("bob") == []  # acknowledged and gone either way
-    sent = [e for e in events if isinstance(e, MessageSent)]
-    delivered = [e for e in events if isinstance(e, MessageDelivered)]
-    assert (len(sent), len(delivered)) == ((3, 3) if report else (0, 0))
-
-
-# --------------------------------------------- settlement: the one rule for both I/O packages
 
 
 def _exchange(a: Engine, b: Engine, sent: int) -> list[object]:
-    """Join a and b in memory until b received ``sent`` messages; a's events."""
-    a.connection_made("a", 0.0)
-    b.connection_made("b", 0.0)
+    """Pump bytes between a and b (connected); b must receive ``sent``
+    messages.  Returns a's events."""
     events: list[object] = []
     received = 0
-    for _ in range(10):
+    for _ in range(5):
         x, y = a.data_to_send("a"), b.data_to_send("b")
         events += a.data_sent("a", len(x))
         b.data_sent("b", len(y))
@@ -53,10 +29,28 @@ def _exchange(a: Engine, b: Engine, sent: int) -> list[object]:
     return events
 
 
+@pytest.mark.parametrize("report", [True, False])
+def test_reporting_switches(report: bool) -> None:
+    a, b = Engine("alice"), Engine("bob")
+    a.report_sent = a.report_delivered = report
+    _connect(a, b)
+    for i in range(3):
+        a.send_message("bob", Message(b"%d" % i, ttl=None), 0.0)
+    events = _exchange(a, b, 3)
+    assert a.queued("bob") == []  # acknowledged and gone either way
+    sent = [e for e in events if isinstance(e, MessageSent)]
+    delivered = [e for e in events if isinstance(e, MessageDelivered)]
+    assert (len(sent), len(delivered)) == ((3, 3) if report else (0, 0))
+
+
+# --------------------------------------------- settlement: the one rule for both I/O packages
+
+
 @pytest.mark.parametrize("legacy_side", ["receiver", "sender"])
 def test_towards_a_legacy_peer_the_write_settles_the_message(legacy_side: str) -> None:
     a = Engine("alice", legacy=legacy_side == "sender")
     b = Engine("bob", legacy=legacy_side == "receiver")
+    _connect(a, b)
     for i in range(3):
         a.send_message("bob", Message(b"%d" % i, ttl=None), 0.0)
     events = _exchange(a, b, 3)
@@ -68,6 +62,7 @@ def test_towards_a_legacy_peer_the_write_settles_the_message(legacy_side: str) -
 
 def test_towards_a_capable_peer_the_ack_settles_the_message() -> None:
     a, b = Engine("alice"), Engine("bob")
+    _connect(a, b)
     for i in range(3):
         a.send_message("bob", Message(b"%d" % i, ttl=None), 0.0)
     events = _exchange(a, b, 3)
