@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 import pytest
+import snakemq_proto._wire as wire
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from snakemq_proto import (
@@ -19,6 +21,7 @@ from snakemq_proto import (
     Identification,
     IncompatibleProtocol,
     MalformedFrameError,
+    Message,
     MessageFrame,
     PacketDecoder,
     PacketTooLargeError,
@@ -403,3 +406,85 @@ def test_every_hex_example_in_protocol_md_is_right() -> None:
         Capabilities,
         Ack,
     }
+
+
+# ------------------------------------- the MESSAGE batch paths and the frame registry
+# (private: the engine's fast loops, pinned to the layout MessageFrame spells out)
+
+UUID_A = bytes(range(16))
+
+
+class _Queued:
+    """What the engine's queue hands encode_messages(): a message, its remaining TTL."""
+
+    def __init__(self, message: Message, ttl: float | None) -> None:
+        self.message = message
+        self.ttl = ttl
+
+
+remaining_ttls = st.none() | st.floats(0, 2.0**33, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=200), remaining_ttls, u32, uuids), min_size=1, max_size=20
+    ),
+    st.integers(1, 2000),
+)
+def test_batch_encode_is_message_frame_bytes(
+    fields: list[tuple[bytes, float | None, int, bytes]], limit: int
+) -> None:
+    items = [_Queued(Message(d, ttl=None, flags=f, uuid=u), t) for d, t, f, u in fields]
+    out: list[bytes] = [b"hello"]
+    ends: deque[tuple[int, _Queued]] = deque()
+    count, size = wire.encode_messages(iter(items), out, ends, 100, 5, limit)
+    data = b"".join(out)
+    assert size == len(data)
+    # stops once the limit is reached, never before
+    assert count == len(items) or size >= limit
+    assert count == 0 if limit <= 5 else count >= 1
+    expected = b"hello" + b"".join(
+        encode_packet(
+            MessageFrame(
+                i.message.uuid,
+                None if i.ttl is None else min(int(i.ttl), MAX_TTL),
+                i.message.flags,
+                i.message.data,
+            ).encode()
+        )
+        for i in items[:count]
+    )
+    assert data == expected
+    # each end mark is the stream position right after its packet
+    assert [item for _, item in ends] == items[:count]
+    assert [end for end, _ in ends] == [
+        100 + 5 + sum(len(i.message.data) + 29 for i in items[: n + 1]) for n in range(count)
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(message_frames(), min_size=1, max_size=20), st.sampled_from([b"", b"\x04"]))
+def test_batch_decode_is_decode_frame(sent: list[MessageFrame], tail: bytes) -> None:
+    packets = PacketDecoder().feed(
+        b"".join(encode_packet(f.encode()) for f in sent) + (encode_packet(tail) if tail else b"")
+    )
+    got = wire.decode_messages(packets, 0)
+    assert [(m.uuid, m.ttl, m.flags, m.data) for m in got] == [
+        (f.uuid, None if f.ttl is None else float(f.ttl), f.flags, bytes(f.data)) for f in sent
+    ]
+    assert all(type(m.data) is bytes for m in got)  # copies: the buffer may be reused
+
+
+def test_batch_decode_stops_at_a_short_message_and_raises_only_there() -> None:
+    good = MessageFrame(UUID_A, None, 0, b"ok").encode()
+    packets = PacketDecoder().feed(encode_packet(good) + encode_packet(b"\x03short"))
+    assert [m.data for m in wire.decode_messages(packets, 0)] == [b"ok"]
+    with pytest.raises(MalformedFrameError, match="shorter than its 25-byte head"):
+        wire.decode_messages(packets, 1)
+
+
+def test_every_frame_type_is_registered_once() -> None:
+    types = {v for k, v in vars(wire).items() if k.startswith("FRAME_")}
+    assert types == wire.KNOWN_FRAME_TYPES
+    assert decode_frame(b"\x7f") is None  # not registered: ignored

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
+import pytest
 import snakemq.link
 import snakemq.messaging
 import snakemq.packeter
@@ -132,6 +133,28 @@ def test_legacy_peer_gets_messages_sent_but_no_delivery_acks(peers: list[Peer]) 
     assert old.rec.wait_count("on_message_sent", 1)[0][1:] == ("new", m2.uuid)
     assert new.messaging.queued("old") == []
     assert new.rec.get("on_message_delivered") == []
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy-peer", "capable-peer"])
+def test_on_message_settled_when_the_message_is_done_with(peers: list[Peer], legacy: bool) -> None:
+    # the one settlement rule of snakemq_proto: acknowledged by a capable peer,
+    # or completely written to a 1.6 peer (the moment an anyio receipt resolves)
+    a, b = Peer("a"), Peer("b", legacy=legacy)
+    peers += [a, b]
+    a.messaging.on_message_settled.add(a.rec.hook("on_message_settled"))
+    b.connect(a.listen())
+    a.start()
+    b.start()
+    a.wait_connected("b")
+    m = a.send("b", b"settle me", ttl=None)
+    assert a.rec.wait_count("on_message_settled", 1) == [("b", m.uuid)]
+    b.rec.wait_count("on_message_recv", 1)
+    assert a.messaging.queued("b") == []
+    # reported after the event that settled it, in the same loop pass
+    settled_by = "on_message_sent" if legacy else "on_message_delivered"
+    assert [c[-1] for c in a.rec.get(settled_by)] == [m.uuid]
+    if legacy:
+        assert a.rec.get("on_message_delivered") == []
 
 
 def test_sending_to_self_queues_and_never_delivers(peers: list[Peer]) -> None:

@@ -753,11 +753,8 @@ class Messaging:
                 received = True
                 continue
             if cls is MessageSent:
-                if self._legacy_conns:  # a 1.6 peer: written is as good as it gets
-                    assert isinstance(event, MessageSent)
-                    conn = self._conns.get(event.conn_id)
-                    if conn is not None and conn.legacy:
-                        self._resolve(event.ident, event.uuid, None)
+                if event.settled:  # type: ignore[union-attr]  # a 1.6 peer: written settles it
+                    self._resolve(event.ident, event.uuid, None)  # type: ignore[union-attr, arg-type]
             elif cls is MessageDelivered:
                 per_peer = receipts.get(event.ident)  # type: ignore[union-attr, arg-type]
                 if per_peer is not None:

@@ -36,7 +36,9 @@ class Receipt:
     ``await receipt.delivered()`` returns once the remote peer acknowledged the
     message (handed it to its application).  With a snakeMQ 1.6 peer, which
     sends no acknowledgements, it returns once the message was completely
-    written to the connection.
+    written to the connection.  That is ``snakemq_proto``'s settlement rule
+    (``MessageDelivered``, or ``MessageSent.settled``), the one the sync
+    package reports with ``on_message_settled``.
     """
 
     __slots__ = ("_error", "_event", "_state", "ident", "uuid")

@@ -12,6 +12,12 @@ sockets and the clock and calls:
 * ``data_to_send(conn_id)`` to get bytes to write, and ``data_sent(conn_id, n)``
   once ``n`` of them are written (this is what "sent" means, and what makes a
   message leave the queue of a legacy peer);
+
+A message is *settled* — done with, gone from queue and storage — when a
+capable peer acknowledged it (``MessageDelivered``) or, towards a legacy
+peer, when its packet was completely written (``MessageSent`` with
+``settled``).  Both I/O packages report that one rule: the anyio receipt
+resolves on it, the sync package calls ``on_message_settled``.
 * ``handed(conn_id, n)`` once ``n`` received messages reached the application
   (this is what the acknowledgement promises);
 * ``connection_lost(conn_id, now)`` after the socket is closed;
@@ -21,125 +27,67 @@ sockets and the clock and calls:
 
 Every call that can produce news returns a list of events (``_events``).
 
-Connection states (one table, ``_TRANSITIONS``)::
+The engine is a router: it owns no connection, queue or window state of its
+own, only the maps that find them.
 
-    AWAIT_VERSION --PROTOCOL_VERSION--> AWAIT_IDENT --IDENTIFICATION--> ACTIVE
-                                         (CAPABILITIES allowed here, once)
-    any state --error / INCOMPATIBLE_PROTOCOL / close--> CLOSED
+* ``Session`` (``_session``): one per connection — its state machine (one
+  transition table carrying the next state), its output stream, keepalive
+  and handshake deadlines.
+* ``PeerQueue`` (``_queue``): one per remote identifier — order, the
+  in-flight prefix, TTL aging and expiry (one ``ExpiryTimer`` for all),
+  producer pacing.
+* ``PeerWindow`` / ``ReceiveWindow`` (``_window``): de-duplication per
+  remote identifier, handed messages and cumulative acks per connection.
+* ``StorageLedger`` (``_ledger``): the storage changes of all of them, and
+  how many queues hold each stored message.
+* ``_wire``: every byte layout, the batch paths of MESSAGE frames included.
 
-A frame with no entry for the current state is an ``UnexpectedFrameError``;
-a frame type we do not know is ignored (that is how 1.6 treats ours).
+What the engine itself decides is which connection carries which peer.  One
+connection per remote identifier: a second one that identifies is refused
+(``DuplicateIdentError``), except when the two run in opposite directions
+(``connection_made(outbound=...)``): then both peers keep the one dialled by
+the smaller identifier (``_replaces``), so a mesh in which peers dial each
+other settles on the same connection at both ends.  When the connection
+closed as redundant is one this peer dialled, ``RedialHeld`` tells the I/O
+layer to keep its connector from redialling until the peer's other
+connection ends: without it the loser of crossed dials would dial, be
+refused and back off, forever.
 
-One connection per remote identifier: a second one that identifies is
-refused (``DuplicateIdentError``), except when the two run in opposite
-directions (``connection_made(outbound=...)``): then both peers keep the one
-dialled by the smaller identifier (``_replaces``), so a mesh in which peers
-dial each other settles on the same connection at both ends.  When the
-connection closed as redundant is one this peer dialled, ``RedialHeld``
-tells the I/O layer to keep its connector from redialling until the peer's
-other connection ends: without it the loser of crossed dials would dial,
-be refused and back off, forever.
-
-Queues and TTL
---------------
-
-One queue per remote identifier, oldest first.  The first ``in_flight``
-items of a connected peer's queue have been encoded for its connection.  For a
-capable peer they stay in the queue (and storage) until acknowledged; a
-reconnect resends them.  For a legacy peer an item leaves the queue once its
-packet was completely written.
-
-Producers are paced by ``queue_full()`` / ``queue_has_room()``: a connected
-peer's queue is full at ``max_queued`` messages and has room again at half.
-
-TTL ages only while the destination is not connected: an item carries its
-remaining ``ttl`` and ``since``, the moment aging started (queued while away,
-or the disconnect), ``None`` while connected.  It expires when
-``now - since >= ttl``; so ``ttl=0`` reaches only a connected peer.
-
-De-duplication and acknowledgements
------------------------------------
-
-Towards a capable peer the receiver keeps, per remote identifier, the uuids of
-the last ``dedup_window`` messages handed to the application (persisted with
-a storage) and the uuids delivered but not yet handed (``_pending``).  A
-message whose uuid is in either is a duplicate: never delivered, but
-acknowledged — a copy of a message not yet handed only once the original is
-(``_RX_WAIT``), so an ack always means "the application has it".  Acks are
-cumulative and in order: ``Ack(count, last_uuid)`` covers the next ``count``
-messages of the connection, all handed or duplicates.  A capable peer that
-sends more unacknowledged messages than our window is cut off.
-
-Storage
--------
-
-The engine only records changes in a ``StorageBatch``.  ``_stored`` counts the
-queues that hold each stored uuid, so that a message sent to several peers is
-deleted per queue (``delete_from``) until its last copy leaves (``delete``).
+A session closed while the application still holds messages it delivered
+stays reachable for ``handed()`` (``_closed_rx``): a resent copy of such a
+message on the next connection is acknowledged only once the original is.
 """
 
 from __future__ import annotations
 
-import enum
-import heapq
-import itertools
 import logging
-import struct
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
-from ._errors import (
-    DuplicateIdentError,
-    HandshakeTimeoutError,
-    IdentityMismatchError,
-    IncompatibleProtocolError,
-    KeepaliveTimeoutError,
-    LocalProtocolError,
-    MalformedFrameError,
-    RemoteProtocolError,
-    SnakeMQError,
-    UnexpectedFrameError,
-)
-from ._events import (
-    CloseConnection,
-    ErrorOccurred,
-    Event,
-    MessageDropped,
-    PeerConnected,
-    PeerDisconnected,
-    RedialHeld,
-    _delivered,
-    _received,
-    _sent,
-)
-from ._message import FLAG_PERSISTENT, INFINITE_TTL, Message, check_ident
+from ._errors import DuplicateIdentError, LocalProtocolError, SnakeMQError
+from ._events import CloseConnection, Event, PeerConnected, PeerDisconnected, RedialHeld
+from ._ledger import StorageLedger
+from ._message import Message, check_ident
+from ._queue import ExpiryTimer, PeerQueue
+from ._session import ConnState, Session
 from ._storage import StorageBatch
+from ._window import PeerWindow, ReceiveWindow
 from ._wire import (
     CAP_ACK,
     DEFAULT_MAX_PACKET_SIZE,
-    FRAME_ACK,
-    FRAME_CAPABILITIES,
-    FRAME_IDENTIFICATION,
-    FRAME_INCOMPATIBLE_PROTOCOL,
-    FRAME_MESSAGE,
-    FRAME_PING,
-    FRAME_PONG,
-    FRAME_PROTOCOL_VERSION,
-    MESSAGE_HEAD,
-    MESSAGE_HEAD_SIZE,
-    PROTOCOL_VERSION,
-    Ack,
     Capabilities,
     Frame,
     Identification,
-    IncompatibleProtocol,
-    PacketDecoder,
-    Ping,
-    Pong,
     ProtocolVersion,
-    decode_frame,
     encode_packet,
 )
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_WINDOW",
+    "OUTPUT_HIGH_WATER",
+    "ConnState",
+    "Engine",
+]
 
 log = logging.getLogger("snakemq.engine")
 
@@ -150,111 +98,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 OUTPUT_HIGH_WATER = 512 * 1024
 """``data_to_send()`` stops adding messages once this many bytes are ready."""
 
-_MAX_WIRE_TTL = 0xFFFFFFFE
-# a MESSAGE packet's header and frame head in one pack: length, type, uuid, ttl, flags
-_PACKET_HEAD = struct.Struct("!IB16sII")
-_PACKET_HEAD_SIZE = _PACKET_HEAD.size
-# states of a received message on its way to an acknowledgement
-_RX_UNHANDED = "unhanded"  # MessageReceived emitted, handed() not yet called
-_RX_READY = "ready"  # handed, or a duplicate of a message handed before
-_RX_WAIT = "wait"  # duplicate of a message received earlier and not yet handed
-_PING_PACKET = encode_packet(Ping().encode())
-_PONG_PACKET = encode_packet(Pong().encode())
-
-
-class ConnState(enum.Enum):
-    """Where a connection is in its life (see the table ``_TRANSITIONS``)."""
-
-    AWAIT_VERSION = "await-version"
-    AWAIT_IDENT = "await-ident"
-    ACTIVE = "active"
-    CLOSED = "closed"
-
-
-class _Item:
-    """A queued message and its TTL accounting."""
-
-    __slots__ = ("expires", "message", "reported", "since", "stored", "ttl")
-
-    def __init__(self, message: Message, ttl: float | None, stored: bool) -> None:
-        self.message = message
-        self.ttl = ttl  # remaining, as of `since`
-        self.since: float | None = None  # aging started; None while connected
-        self.stored = stored
-        self.expires: float | None = None  # since + ttl, when aging
-        self.reported = False  # MessageSent already emitted (ack overtook data_sent)
-
-
-class _Queue:
-    __slots__ = ("conn", "ident", "in_flight", "items")
-
-    def __init__(self, ident: str) -> None:
-        self.ident = ident
-        self.items: deque[_Item] = deque()
-        self.in_flight = 0  # first items of `items` already encoded for `conn`
-        self.conn: _Conn | None = None
-
-
-class _Conn:
-    __slots__ = (
-        "ack_count",
-        "ack_last",
-        "cert_idents",
-        "conn_id",
-        "deadline_handshake",
-        "decoder",
-        "emitted",
-        "ident",
-        "last_recv",
-        "legacy",
-        "out",
-        "out_bytes",
-        "outbound",
-        "ping_sent",
-        "queue",
-        "remote_caps",
-        "remote_window",
-        "rx_order",
-        "rx_unready",
-        "sent_marks",
-        "state",
-        "written",
-    )
-
-    @property
-    def closed(self) -> bool:
-        return self.state is ConnState.CLOSED
-
-    def __init__(
-        self, conn_id: str, now: float, max_packet_size: int, cert_idents: frozenset[str] | None
-    ) -> None:
-        self.conn_id = conn_id
-        self.state = ConnState.AWAIT_VERSION
-        self.decoder = PacketDecoder(max_packet_size)
-        self.ident: str | None = None
-        self.cert_idents = cert_idents
-        self.legacy = True
-        self.remote_caps: Capabilities | None = None
-        self.remote_window = 0
-        self.queue: _Queue | None = None
-        self.last_recv = now
-        self.ping_sent: float | None = None
-        self.outbound: bool | None = None
-        self.deadline_handshake = now
-        # output: encoded packets not yet returned by data_to_send()
-        self.out: list[bytes] = []
-        self.out_bytes = 0
-        self.emitted = 0  # bytes returned by data_to_send() so far
-        self.written = 0  # bytes reported by data_sent() so far
-        self.sent_marks: deque[tuple[int, _Item]] = deque()  # (end offset, item)
-        # receive side of acknowledgements
-        # every received message not yet acknowledged, in arrival order, as
-        # [uuid, state]: _RX_UNHANDED, _RX_READY or _RX_WAIT (see _drain_acks)
-        self.rx_unready: deque[list[object]] = deque()
-        self.rx_order: deque[list[object]] = deque()  # the _RX_UNHANDED entries, in order
-        self.ack_count = 0
-        self.ack_last = b""
-
 
 def _check_seconds(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -262,12 +105,6 @@ def _check_seconds(value: object, name: str) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
     return float(value)
-
-
-def _wire_ttl(ttl: float | None) -> int | None:
-    if ttl is None:
-        return None
-    return min(int(ttl), _MAX_WIRE_TTL)
 
 
 class Engine:
@@ -330,20 +167,18 @@ class Engine:
         self.legacy = legacy
         self.report_sent = True
         """Emit ``MessageSent`` events; an I/O layer that nobody listens to
-        may turn them off (the queue rules do not change)."""
+        may turn them off (the queue rules do not change).  Towards a legacy
+        peer they are also what reports settlement (``MessageSent.settled``):
+        keep them on to learn when such a message is done with."""
         self.report_delivered = True
         """Emit ``MessageDelivered`` events (same remark)."""
-        self._conns: dict[str, _Conn] = {}
-        self._closed_rx: dict[str, _Conn] = {}  # closed, still awaiting handed()
-        self._queues: dict[str, _Queue] = {}
-        self._by_ident: dict[str, _Conn] = {}
-        self._expiry: list[tuple[float, int, _Item, _Queue]] = []
-        self._expiry_stale = 0  # entries of _expiry known to be stale
-        self._seq = itertools.count()
-        self._seen: dict[str, dict[bytes, None]] = {}
-        self._pending: dict[str, set[bytes]] = {}
-        self._stored: dict[bytes, int] = {}  # uuid -> queues holding it in storage
-        self._batch = StorageBatch(seen_keep=self.dedup_window)
+        self._conns: dict[str, Session] = {}
+        self._closed_rx: dict[str, Session] = {}  # closed, still awaiting handed()
+        self._by_ident: dict[str, Session] = {}
+        self._queues: dict[str, PeerQueue] = {}
+        self._windows: dict[str, PeerWindow] = {}
+        self._ledger = StorageLedger(seen_keep=self.dedup_window)
+        self._expiry = ExpiryTimer()
         hello: list[Frame] = (
             [ProtocolVersion(), Identification(self.ident)]
             if legacy
@@ -369,52 +204,30 @@ class Engine:
         """
         events: list[Event] = []
         for ident, messages in queues.items():
-            queue = self._queue(ident)
-            for message in messages:
-                item = _Item(message, message.ttl, stored=True)
-                self._stored[message.uuid] = self._stored.get(message.uuid, 0) + 1
-                if self._start_aging(item, now, queue):
-                    queue.items.append(item)
-                else:
-                    self._dropped(queue, item, events)
+            self._queue(ident).load(messages, now, events)
         for ident, uuids in seen.items():
-            window = self._seen.setdefault(ident, {})
-            for uuid in uuids[-self.dedup_window :]:
-                window[uuid] = None
+            self._window(ident).load(list(uuids))
         return events
 
     def queued(self, ident: str) -> list[Message]:
         """The messages waiting for ``ident`` (in-flight ones included), oldest
         first, each with its remaining TTL as of its last accounting."""
         queue = self._queues.get(ident)
-        if queue is None:
-            return []
-        return [
-            i.message if i.ttl == i.message.ttl else i.message.with_ttl(i.ttl) for i in queue.items
-        ]
+        return [] if queue is None else queue.queued()
 
     def queue_full(self, ident: str) -> bool:
         """Whether a producer should wait before queueing more for ``ident``:
         the peer is connected and ``max_queued`` messages wait for it.  (While
         it is away, queues grow and TTLs apply instead.)"""
-        limit = self.max_queued
         queue = self._queues.get(ident)
-        return (
-            limit is not None
-            and queue is not None
-            and queue.conn is not None
-            and len(queue.items) >= limit
-        )
+        return queue is not None and queue.full(self.max_queued)
 
     def queue_has_room(self, ident: str) -> bool:
         """Whether a waiting producer may go on: the peer went away, or its
         queue drained to half of ``max_queued`` (hysteresis, so producers wake
         for a batch rather than per message)."""
-        limit = self.max_queued
         queue = self._queues.get(ident)
-        return (
-            limit is None or queue is None or queue.conn is None or len(queue.items) <= limit // 2
-        )
+        return queue is None or queue.has_room(self.max_queued)
 
     def queue_idents(self) -> list[str]:
         """Identifiers that have a non-empty queue."""
@@ -426,16 +239,12 @@ class Engine:
 
     def conn_ident(self, conn_id: str) -> str | None:
         """The remote identifier of ``conn_id``, or ``None`` before identification."""
-        conn = self._conns.get(conn_id)
-        return None if conn is None else conn.ident
+        session = self._conns.get(conn_id)
+        return None if session is None else session.ident
 
     def take_storage_batch(self) -> StorageBatch | None:
         """Return the storage changes collected since the last call, if any."""
-        batch = self._batch
-        if not batch:
-            return None
-        self._batch = StorageBatch(seen_keep=self.dedup_window)
-        return batch
+        return self._ledger.take()
 
     # ------------------------------------------------------------ application
 
@@ -454,37 +263,13 @@ class Engine:
         queue = self._queues.get(ident)
         if queue is None:  # every ident with a queue was checked once
             queue = self._queue(check_ident(ident))
-        ttl = message.ttl
-        if queue.conn is None and ttl == 0:
-            return [MessageDropped(ident, message.uuid)]
-        stored = self.persistent and ttl != 0 and bool(message.flags & FLAG_PERSISTENT)
-        item = _Item(message, ttl, stored)
-        queue.items.append(item)
-        if stored:
-            uuid = message.uuid
-            self._stored[uuid] = self._stored.get(uuid, 0) + 1
-            self._batch.push.append((ident, message))
-        if queue.conn is None:
-            self._start_aging(item, now, queue)  # ttl > 0 here: not due yet
-        return []
+        return queue.send(message, self.persistent, now)
 
     def purge(self, ident: str) -> list[bytes]:
         """Remove every message waiting for ``ident`` (not those in flight);
         return their uuids.  Storage rows go into the next batch."""
         queue = self._queues.get(ident)
-        if queue is None:
-            return []
-        keep = list(itertools.islice(queue.items, queue.in_flight))
-        removed = list(itertools.islice(queue.items, queue.in_flight, None))
-        queue.items = deque(keep)
-        for item in removed:
-            if item.expires is not None:
-                item.expires = None
-                self._expiry_stale += 1
-            if item.stored:
-                self._unstore(ident, item.message.uuid)
-        self._compact_expiry()
-        return [i.message.uuid for i in removed]
+        return [] if queue is None else queue.purge()
 
     # ------------------------------------------------------------ connections
 
@@ -511,69 +296,37 @@ class Engine:
             raise LocalProtocolError(f"connection {conn_id!r} is already registered")
         if isinstance(cert_idents, str):
             raise TypeError("cert_idents must be a collection of names, not one str")
-        conn = _Conn(
+        self._conns[conn_id] = Session(
+            self,
             conn_id,
             now,
-            self.max_packet_size,
-            None if cert_idents is None else frozenset(cert_idents),
+            max_packet_size=self.max_packet_size,
+            cert_idents=None if cert_idents is None else frozenset(cert_idents),
+            outbound=outbound,
+            hello=self._hello,
+            handshake_timeout=self.handshake_timeout,
         )
-        conn.deadline_handshake = now + self.handshake_timeout
-        conn.outbound = outbound
-        conn.out.append(self._hello)
-        conn.out_bytes = len(self._hello)
-        self._conns[conn_id] = conn
 
     def connection_lost(self, conn_id: str, now: float) -> list[Event]:
         """The socket of ``conn_id`` is closed (by either side)."""
-        conn = self._conns.pop(conn_id, None)
-        if conn is None:
+        session = self._conns.pop(conn_id, None)
+        if session is None:
             return []
         events: list[Event] = []
-        self._detach(conn, now, events)
+        self._detach(session, now, events)
         return events
-
-    def _detach(self, conn: _Conn, now: float, events: list[Event]) -> None:
-        conn_id = conn.conn_id
-        conn.state = ConnState.CLOSED
-        conn.out.clear()
-        conn.out_bytes = 0
-        conn.sent_marks.clear()
-        if conn.rx_order:
-            self._closed_rx[conn_id] = conn
-        queue = conn.queue
-        if queue is not None and conn.ident is not None:
-            del self._by_ident[conn.ident]
-            queue.conn = None
-            queue.in_flight = 0
-            kept: deque[_Item] = deque()
-            for item in queue.items:
-                if self._start_aging(item, now, queue):
-                    kept.append(item)
-                else:
-                    self._dropped(queue, item, events)  # ttl=0: only while connected
-            queue.items = kept
-            events.append(PeerDisconnected(conn_id, conn.ident))
 
     def close(self, conn_id: str, error: SnakeMQError | None = None) -> list[Event]:
         """Ask for a connection to be closed (e.g. the application wants it)."""
-        conn = self._conns.get(conn_id)
-        if conn is None or conn.state is ConnState.CLOSED:
+        session = self._conns.get(conn_id)
+        if session is None or session.closed:
             return []
-        return self._fail(conn, error) if error is not None else self._closing(conn)
+        return session.fail(error) if error is not None else session.closing()
 
     def wants_write(self, conn_id: str) -> bool:
         """True when ``data_to_send(conn_id)`` would return bytes."""
-        conn = self._conns.get(conn_id)
-        if conn is None:
-            return False
-        if conn.out_bytes:
-            return True
-        queue = conn.queue
-        if queue is None or conn.state is not ConnState.ACTIVE:
-            return False
-        return len(queue.items) > queue.in_flight and (
-            conn.legacy or queue.in_flight < conn.remote_window
-        )
+        session = self._conns.get(conn_id)
+        return session is not None and session.wants_write()
 
     def data_to_send(self, conn_id: str, limit: int = OUTPUT_HIGH_WATER) -> bytes:
         """Return the next bytes to write to ``conn_id`` (``b""`` if none).
@@ -582,88 +335,15 @@ class Engine:
         report progress with ``data_sent()``.  Messages are added while fewer
         than ``limit`` bytes are ready and the peer's window allows.
         """
-        conn = self._conns.get(conn_id)
-        if conn is None:
-            return b""
-        out = conn.out
-        queue = conn.queue
-        if queue is not None and conn.state is ConnState.ACTIVE:
-            items = queue.items
-            n = len(items)
-            i = queue.in_flight
-            stop = n if conn.legacy else min(n, conn.remote_window)
-            if i < stop:
-                size = conn.out_bytes
-                offset = conn.emitted
-                marks = conn.sent_marks
-                pack = _PACKET_HEAD.pack
-                extra = _PACKET_HEAD_SIZE - 4  # the packet header is not in the length
-                # islice walks the deque once; items[i] would walk it per message
-                for item in itertools.islice(items, i, stop):
-                    if size >= limit:
-                        break
-                    msg = item.message
-                    data = msg.data
-                    ttl = item.ttl
-                    if ttl is None:
-                        wire_ttl = INFINITE_TTL
-                    else:
-                        wire_ttl = int(ttl)
-                        if wire_ttl > _MAX_WIRE_TTL:
-                            wire_ttl = _MAX_WIRE_TTL
-                    out.append(
-                        pack(len(data) + extra, FRAME_MESSAGE, msg.uuid, wire_ttl, msg.flags)
-                    )
-                    out.append(data)
-                    size += len(data) + _PACKET_HEAD_SIZE
-                    marks.append((offset + size, item))
-                    i += 1
-                queue.in_flight = i
-                conn.out_bytes = size
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        conn.emitted += conn.out_bytes
-        conn.out_bytes = 0
-        return data
+        session = self._conns.get(conn_id)
+        return b"" if session is None else session.data_to_send(limit)
 
     def data_sent(self, conn_id: str, nbytes: int) -> list[Event]:
         """``nbytes`` more of the bytes from ``data_to_send()`` were written."""
-        conn = self._conns.get(conn_id)
-        if conn is None or nbytes <= 0:
+        session = self._conns.get(conn_id)
+        if session is None or nbytes <= 0:
             return []
-        conn.written += nbytes
-        if conn.written > conn.emitted:
-            raise LocalProtocolError(
-                f"data_sent() reports {conn.written} bytes written on {conn_id!r}, "
-                f"but data_to_send() returned only {conn.emitted}"
-            )
-        marks = conn.sent_marks
-        if not marks or marks[0][0] > conn.written:
-            return []
-        events: list[Event] = []
-        written = conn.written
-        ident = conn.ident
-        assert ident is not None and conn.queue is not None
-        queue = conn.queue
-        legacy = conn.legacy
-        report = self.report_sent
-        while marks and marks[0][0] <= written:
-            _, item = marks.popleft()
-            if item.reported:  # already reported when it was acknowledged
-                continue
-            if report:
-                events.append(_sent(conn_id, ident, item.message.uuid))
-            if legacy:
-                # 1.6 semantics: leaves the queue once completely written
-                popped = queue.items.popleft()
-                queue.in_flight -= 1
-                if popped.stored:
-                    self._unstore(ident, popped.message.uuid)
-        return events
-
-    # ---------------------------------------------------------------- receive
+        return session.data_sent(nbytes)
 
     def receive_data(
         self, conn_id: str, data: bytes | bytearray | memoryview, now: float
@@ -674,48 +354,10 @@ class Engine:
         returns: the engine copies what it keeps (message payloads become
         ``bytes`` of their own).
         """
-        conn = self._conns.get(conn_id)
-        if conn is None or conn.state is ConnState.CLOSED:
+        session = self._conns.get(conn_id)
+        if session is None or session.closed:
             return []
-        conn.last_recv = now
-        conn.ping_sent = None
-        events: list[Event] = []
-        try:
-            packets = conn.decoder.feed(data)
-            count = len(packets)
-            i = 0
-            while i < count:
-                if conn.state is ConnState.ACTIVE:
-                    # the hot path: a run of MESSAGE frames
-                    i = self._receive_messages(conn, packets, i, events)
-                    if i >= count:
-                        continue  # ends the loop through its else clause
-                packet = packets[i]
-                i += 1
-                if len(packet) == 0:
-                    raise MalformedFrameError(
-                        "empty packet: a packet must hold at least a frame type byte"
-                    )
-                ftype = packet[0]
-                handler = _TRANSITIONS.get((conn.state, ftype))
-                if handler is None:
-                    if ftype in _KNOWN_FRAMES:
-                        raise UnexpectedFrameError(
-                            f"frame type {ftype} is not allowed in state {conn.state.value}"
-                        )
-                    continue  # unknown frame types are ignored (the extension door)
-                frame = decode_frame(packet)
-                handler(self, conn, frame, now, events)
-                if conn.closed:
-                    break
-            else:
-                if conn.decoder.pending_error:
-                    conn.decoder.feed(b"")  # raises PacketTooLargeError
-        except RemoteProtocolError as exc:
-            events.extend(self._fail(conn, exc))
-        if conn.ack_count and conn.state is ConnState.ACTIVE:
-            self._emit_ack(conn)
-        return events
+        return session.receive_data(data, now)
 
     def handed(self, conn_id: str, count: int) -> None:
         """``count`` messages received on ``conn_id`` (in the order of their
@@ -725,473 +367,120 @@ class Engine:
         of its connection: a resent copy of a message not yet handed is
         acknowledged only once the original is.
         """
-        conn = self._conns.get(conn_id) or self._closed_rx.get(conn_id)
-        if conn is None or conn.legacy or count <= 0:
+        session = self._conns.get(conn_id) or self._closed_rx.get(conn_id)
+        if session is None or count <= 0:
             return
-        order = conn.rx_order
-        if count > len(order):
+        rx = session.rx
+        if rx is None:  # a legacy peer: nothing to acknowledge
+            return
+        unhanded = rx.unhanded()
+        if count > unhanded:
             raise LocalProtocolError(
                 f"handed({conn_id!r}, {count}) covers more messages than were received "
-                f"and not yet handed ({len(order)})"
+                f"and not yet handed ({unhanded})"
             )
-        ident = conn.ident
+        ident = session.ident
         assert ident is not None
-        seen = self._seen.setdefault(ident, {})
-        pending = self._pending.get(ident)
-        record = self.persistent
-        batch_seen = self._batch.seen
-        for _ in range(count):
-            entry = order.popleft()
-            entry[1] = _RX_READY
-            uuid = entry[0]
-            assert isinstance(uuid, bytes)
-            seen[uuid] = None
-            if pending is not None:
-                pending.discard(uuid)
-            if record:
-                batch_seen.append((ident, uuid))
-        excess = len(seen) - self.dedup_window
-        if excess > 0:
-            for old in list(itertools.islice(seen, excess)):
-                del seen[old]
-        self._drain_acks(conn)
-        if not order:
+        rx.handed(count, ident, self._ledger.batch if self.persistent else None)
+        session.acks_ready()
+        if not rx.unhanded():
             self._closed_rx.pop(conn_id, None)
         live = self._by_ident.get(ident)
-        if live is not None and live is not conn and live.rx_unready:
+        if live is not None and live is not session and live.rx is not None and live.rx.unready:
             # resent copies of what was just handed may be waiting there
-            self._drain_acks(live)
-
-    def _drain_acks(self, conn: _Conn) -> None:
-        """Acknowledge the longest prefix of ``rx_unready`` that may be: messages
-        handed (_RX_READY) and copies of messages whose original, received on an
-        earlier connection, has been handed since (_RX_WAIT)."""
-        unready = conn.rx_unready
-        assert conn.ident is not None
-        pending = self._pending.get(conn.ident) or ()
-        while unready:
-            uuid, state = unready[0]
-            if state is _RX_UNHANDED or (state is _RX_WAIT and uuid in pending):
-                break
-            unready.popleft()
-            conn.ack_count += 1
-            assert isinstance(uuid, bytes)
-            conn.ack_last = uuid
-        if conn.state is ConnState.ACTIVE and conn.ack_count:
-            self._emit_ack(conn)
+            live.acks_ready()
 
     # ----------------------------------------------------------------- timers
 
     def next_deadline(self) -> float | None:
         """The earliest time ``handle_timeout()`` has work, or ``None``."""
-        deadline: float | None = None
-        heap = self._expiry
-        while heap:
-            expires, _, item, _q = heap[0]
-            if item.expires == expires:
-                deadline = expires
-                break
-            heapq.heappop(heap)  # stale: delivered, reconnected or re-aged
-            if self._expiry_stale:
-                self._expiry_stale -= 1
+        deadline = self._expiry.next_deadline()
         interval = self.keepalive_interval
-        for conn in self._conns.values():
-            if conn.state is ConnState.CLOSED:
-                continue
-            if conn.state is not ConnState.ACTIVE:
-                d = conn.deadline_handshake
-            elif interval is None:
-                continue
-            elif conn.ping_sent is None:
-                d = conn.last_recv + interval
-            else:
-                d = conn.ping_sent + self.keepalive_wait
-            if deadline is None or d < deadline:
+        wait = self.keepalive_wait
+        for session in self._conns.values():
+            d = session.next_deadline(interval, wait)
+            if d is not None and (deadline is None or d < deadline):
                 deadline = d
         return deadline
 
     def handle_timeout(self, now: float) -> list[Event]:
         """Do what is due at ``now``: drop expired messages, ping, close."""
         events: list[Event] = []
-        heap = self._expiry
-        expired: dict[_Queue, list[_Item]] = {}
-        while heap and heap[0][0] <= now:
-            expires, _, item, queue = heapq.heappop(heap)
-            if item.expires != expires:
-                if self._expiry_stale:
-                    self._expiry_stale -= 1
-                continue
-            item.expires = None
-            expired.setdefault(queue, []).append(item)
-            self._dropped(queue, item, events)
-        for queue, gone in expired.items():
-            if len(gone) == 1:
-                queue.items.remove(gone[0])
-            else:
-                # one pass, not one deque.remove() scan per item
-                ids = {id(i) for i in gone}
-                queue.items = deque(i for i in queue.items if id(i) not in ids)
+        self._expiry.expire(now, events)
         interval = self.keepalive_interval
-        for conn in list(self._conns.values()):
-            if conn.state is ConnState.CLOSED:
-                continue
-            if conn.state is not ConnState.ACTIVE:
-                if now >= conn.deadline_handshake:
-                    events.extend(
-                        self._fail(
-                            conn,
-                            HandshakeTimeoutError(
-                                f"peer did not identify within {self.handshake_timeout} s"
-                            ),
-                        )
-                    )
-                continue
-            if interval is None:
-                continue
-            if conn.ping_sent is None:
-                if now - conn.last_recv >= interval:
-                    conn.ping_sent = now
-                    self._out(conn, _PING_PACKET)
-            elif now - conn.ping_sent >= self.keepalive_wait:
-                events.extend(
-                    self._fail(
-                        conn,
-                        KeepaliveTimeoutError(
-                            f"no answer to a keepalive ping within {self.keepalive_wait} s"
-                        ),
-                    )
-                )
+        wait = self.keepalive_wait
+        timeout = self.handshake_timeout
+        for session in list(self._conns.values()):
+            session.handle_timeout(now, interval, wait, timeout, events)
         return events
 
-    # --------------------------------------------------------------- internal
+    # ------------------------------------------------------ routing (Router)
 
-    def _queue(self, ident: str) -> _Queue:
-        queue = self._queues.get(ident)
-        if queue is None:
-            queue = self._queues[ident] = _Queue(ident)
-        return queue
-
-    def _start_aging(self, item: _Item, now: float, queue: _Queue) -> bool:
-        """Start consuming ``item``'s TTL at ``now``; False if it is due at once
-        (the caller removes it from its queue and reports the drop)."""
-        if item.ttl is None:
-            item.since = now
-            return True
-        if item.ttl <= 0:
-            item.expires = None
-            return False
-        item.since = now
-        item.expires = now + item.ttl
-        heapq.heappush(self._expiry, (item.expires, next(self._seq), item, queue))
-        return True
-
-    def _compact_expiry(self) -> None:
-        """Drop stale timer entries once they are the majority, so a peer that
-        reconnects often does not grow the heap by its queue length each time."""
-        heap = self._expiry
-        if self._expiry_stale > 256 and 2 * self._expiry_stale > len(heap):
-            heap[:] = [e for e in heap if e[2].expires == e[0]]
-            heapq.heapify(heap)
-            self._expiry_stale = 0
-
-    def _unstore(self, ident: str, uuid: bytes) -> None:
-        """A stored message left ident's queue: delete its row."""
-        left = self._stored.pop(uuid, 1) - 1
-        if left > 0:
-            # the same message waits in another queue too: delete this copy only
-            self._stored[uuid] = left
-            self._batch.delete_from.append((ident, uuid))
-        else:
-            self._batch.delete.append(uuid)
-
-    def _dropped(self, queue: _Queue, item: _Item, events: list[Event]) -> None:
-        if item.stored:
-            self._unstore(queue.ident, item.message.uuid)
-        events.append(MessageDropped(queue.ident, item.message.uuid))
-
-    def _out(self, conn: _Conn, packet: bytes) -> None:
-        conn.out.append(packet)
-        conn.out_bytes += len(packet)
-
-    def _closing(self, conn: _Conn) -> list[Event]:
-        conn.state = ConnState.CLOSED
-        return [CloseConnection(conn.conn_id)]
-
-    def _fail(self, conn: _Conn, error: SnakeMQError) -> list[Event]:
-        if conn.state is ConnState.CLOSED:
-            return []
-        log.warning("conn=%s ident=%s closing: %s", conn.conn_id, conn.ident, error)
-        return [ErrorOccurred(conn.conn_id, conn.ident, error), *self._closing(conn)]
-
-    def _emit_ack(self, conn: _Conn) -> None:
-        self._out(conn, encode_packet(Ack(conn.ack_count, conn.ack_last).encode()))
-        conn.ack_count = 0
-
-    # frame handlers: (engine, conn, frame, now, events)
-
-    def _on_version(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
-        assert isinstance(frame, ProtocolVersion)
-        if frame.version != PROTOCOL_VERSION:
-            self._out(conn, encode_packet(IncompatibleProtocol().encode()))
-            raise IncompatibleProtocolError(
-                f"remote peer speaks protocol version {frame.version}, we speak {PROTOCOL_VERSION}"
-            )
-        conn.state = ConnState.AWAIT_IDENT
-
-    def _on_incompatible(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
-        raise IncompatibleProtocolError(
-            f"remote peer refused our protocol version {PROTOCOL_VERSION}"
-        )
-
-    def _on_capabilities(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
-        assert isinstance(frame, Capabilities)
-        if conn.remote_caps is not None:
-            raise UnexpectedFrameError("CAPABILITIES sent twice")
-        conn.remote_caps = frame
-
-    def _on_identification(
-        self, conn: _Conn, frame: object, now: float, events: list[Event]
-    ) -> None:
-        assert isinstance(frame, Identification)
-        ident = frame.ident
-        if ident == self.ident:
-            raise DuplicateIdentError(
-                f"remote peer identified as {ident!r}, which is this peer's own identifier"
-            )
-        if conn.cert_idents is not None and ident not in conn.cert_idents:
-            names = ", ".join(sorted(conn.cert_idents)) or "no names"
-            raise IdentityMismatchError(
-                f"remote peer identified as {ident!r} but its certificate names {names}"
-            )
+    def _admit(self, session: Session, ident: str, now: float, events: list[Event]) -> None:
+        """Let ``session`` carry ``ident``: refuse a duplicate, or, for crossed
+        dials, keep the same one of the two connections as the peer does."""
         other = self._by_ident.get(ident)
-        if other is not None:
-            if not self._replaces(conn, other, ident):
-                if conn.outbound:
-                    # our own dial is the redundant one: its connector waits
-                    events.append(RedialHeld(conn.conn_id, ident))
-                    raise DuplicateIdentError(
-                        f"peer {ident!r} is already connected over {other.conn_id}; this "
-                        "dialled connection is closed and its connector waits until that "
-                        "one ends"
-                    )
-                raise DuplicateIdentError(f"peer {ident!r} is already connected")
-            # the two peers dialled each other: both keep the same connection
-            log.info(
-                "conn=%s ident=%s: keeping this one of two crossed connections", conn.conn_id, ident
-            )
-            del self._conns[other.conn_id]
-            self._detach(other, now, events)
-            if other.outbound:
-                events.append(RedialHeld(other.conn_id, ident))
-            events.append(CloseConnection(other.conn_id))
-        caps = conn.remote_caps
-        conn.legacy = self.legacy or caps is None or not caps.bits & CAP_ACK
-        if not conn.legacy:
-            assert caps is not None
-            conn.remote_window = caps.window
-        conn.ident = ident
-        conn.state = ConnState.ACTIVE
-        queue = self._queue(ident)
-        queue.conn = conn
-        queue.in_flight = 0
-        conn.queue = queue
-        self._by_ident[ident] = conn
-        update = self._batch.update_ttl
-        kept: deque[_Item] = deque()
-        for item in queue.items:
-            if item.expires is not None:
-                # the same float the timer compares, so both agree at the boundary
-                remaining = item.expires - now
-                if remaining <= 0:
-                    # due, but handle_timeout() did not run yet
-                    item.expires = None
-                    self._expiry_stale += 1
-                    self._dropped(queue, item, events)
-                    continue
-                item.ttl = remaining
-                if item.stored:
-                    uuid = item.message.uuid
-                    if self._stored.get(uuid, 1) > 1:
-                        self._batch.update_ttl_in.append((ident, uuid, remaining))
-                    else:
-                        update.append((uuid, remaining))
-            item.since = None
-            if item.expires is not None:
-                item.expires = None
-                self._expiry_stale += 1
-            kept.append(item)
-        queue.items = kept
-        self._compact_expiry()
-        events.append(PeerConnected(conn.conn_id, ident, conn.legacy))
+        if other is None:
+            return
+        if not self._replaces(session, other, ident):
+            if session.outbound:
+                # our own dial is the redundant one: its connector waits
+                events.append(RedialHeld(session.conn_id, ident))
+                raise DuplicateIdentError(
+                    f"peer {ident!r} is already connected over {other.conn_id}; this "
+                    "dialled connection is closed and its connector waits until that "
+                    "one ends"
+                )
+            raise DuplicateIdentError(f"peer {ident!r} is already connected")
+        # the two peers dialled each other: both keep the same connection
+        log.info(
+            "conn=%s ident=%s: keeping this one of two crossed connections", session.conn_id, ident
+        )
+        del self._conns[other.conn_id]
+        self._detach(other, now, events)
+        if other.outbound:
+            events.append(RedialHeld(other.conn_id, ident))
+        events.append(CloseConnection(other.conn_id))
 
-    def _replaces(self, new: _Conn, old: _Conn, ident: str) -> bool:
+    def _attach(
+        self, session: Session, ident: str, now: float, events: list[Event]
+    ) -> tuple[PeerQueue, ReceiveWindow | None]:
+        """``session`` carries ``ident`` from now on: the peer's queue is
+        connected, its messages are sent afresh."""
+        queue = self._queue(ident)
+        queue.connect(now, events)
+        self._by_ident[ident] = session
+        rx = None if session.legacy else ReceiveWindow(self._window(ident), self.window)
+        events.append(PeerConnected(session.conn_id, ident, session.legacy))
+        return queue, rx
+
+    def _replaces(self, new: Session, old: Session, ident: str) -> bool:
         """Whether ``new`` wins over ``old`` (both to ``ident``): only crossed
         dials do, and the one dialled by the smaller identifier is kept."""
         if new.outbound is None or old.outbound is None or new.outbound == old.outbound:
             return False
         return new.outbound == (self.ident < ident)
 
-    def _on_ping(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
-        self._out(conn, _PONG_PACKET)
+    def _detach(self, session: Session, now: float, events: list[Event]) -> None:
+        session.detach()
+        rx = session.rx
+        if rx is not None and rx.unhanded():
+            self._closed_rx[session.conn_id] = session
+        queue = session.queue
+        ident = session.ident
+        if queue is not None and ident is not None:
+            del self._by_ident[ident]
+            queue.disconnect(now, events)
+            events.append(PeerDisconnected(session.conn_id, ident))
 
-    def _on_pong(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
-        pass
+    def _queue(self, ident: str) -> PeerQueue:
+        queue = self._queues.get(ident)
+        if queue is None:
+            queue = self._queues[ident] = PeerQueue(ident, self._ledger, self._expiry)
+        return queue
 
-    def _on_ack(self, conn: _Conn, frame: object, now: float, events: list[Event]) -> None:
-        assert isinstance(frame, Ack)
-        if conn.legacy:
-            raise UnexpectedFrameError("ACK from a peer that did not announce acknowledgements")
-        queue = conn.queue
-        assert queue is not None and conn.ident is not None
-        count = frame.count
-        if count > queue.in_flight:
-            raise MalformedFrameError(
-                f"ACK covers {count} messages but only {queue.in_flight} are in flight"
-            )
-        if queue.items[count - 1].message.uuid != frame.last_uuid:
-            raise MalformedFrameError("ACK names a uuid that is not the one it counts to")
-        ident = conn.ident
-        marks = conn.sent_marks
-        nmarks = len(marks)
-        j = 0  # marks not yet reached by data_sent(): the acked ones come first
-        items = queue.items
-        report_sent = self.report_sent
-        report_delivered = self.report_delivered
-        for _ in range(count):
-            item = items.popleft()
-            uuid = item.message.uuid
-            if j < nmarks and marks[j][1] is item:
-                # acknowledged before data_sent() caught up (async I/O race)
-                if report_sent:
-                    events.append(_sent(conn.conn_id, ident, uuid))
-                item.reported = True
-                j += 1
-            if item.stored:
-                self._unstore(ident, uuid)
-            if report_delivered:
-                events.append(_delivered(ident, uuid))
-        queue.in_flight -= count
-
-    def _receive_messages(
-        self, conn: _Conn, packets: list[memoryview], i: int, events: list[Event]
-    ) -> int:
-        """Handle the run of MESSAGE frames starting at ``packets[i]``; return
-        the index of the first packet that is not one.  This loop is the
-        receive hot path: everything it needs is bound to locals once."""
-        count = len(packets)
-        ident = conn.ident
-        assert ident is not None
-        conn_id = conn.conn_id
-        unpack = MESSAGE_HEAD.unpack_from
-        append = events.append
-        head = MESSAGE_HEAD_SIZE
-        if conn.legacy:
-            while i < count:
-                packet = packets[i]
-                if not packet or packet[0] != FRAME_MESSAGE:
-                    return i
-                if len(packet) < head:
-                    raise _short_message(len(packet))
-                _, uuid, ttl, flags = unpack(packet)
-                append(
-                    _received(
-                        conn_id,
-                        ident,
-                        _trusted_message(
-                            packet[head:].tobytes(),
-                            None if ttl == INFINITE_TTL else float(ttl),
-                            flags,
-                            uuid,
-                        ),
-                    )
-                )
-                i += 1
-            return i
-        pending = self._pending.get(ident)
-        if pending is None:
-            pending = self._pending[ident] = set()
-        seen = self._seen.get(ident) or {}
-        unready = conn.rx_unready
-        order = conn.rx_order
-        window = self.window
-        while i < count:
-            packet = packets[i]
-            if not packet or packet[0] != FRAME_MESSAGE:
-                return i
-            if len(packet) < head:
-                raise _short_message(len(packet))
-            i += 1
-            if len(unready) >= window:
-                # every entry is a message the sender has not seen acknowledged
-                raise UnexpectedFrameError(
-                    f"peer sent more than the receive window of {window} unacknowledged messages"
-                )
-            _, uuid, ttl, flags = unpack(packet)
-            if uuid in pending:
-                # a copy of a message received but not yet handed (on an earlier
-                # connection): acknowledged once the original is handed
-                unready.append([uuid, _RX_WAIT])
-                continue
-            if uuid in seen:
-                if unready:
-                    unready.append([uuid, _RX_READY])
-                else:
-                    conn.ack_count += 1
-                    conn.ack_last = uuid
-                continue
-            pending.add(uuid)
-            entry: list[object] = [uuid, _RX_UNHANDED]
-            unready.append(entry)
-            order.append(entry)
-            append(
-                _received(
-                    conn_id,
-                    ident,
-                    _trusted_message(
-                        packet[head:].tobytes(),
-                        None if ttl == INFINITE_TTL else float(ttl),
-                        flags,
-                        uuid,
-                    ),
-                )
-            )
-        return i
-
-
-def _short_message(size: int) -> MalformedFrameError:
-    return MalformedFrameError(
-        f"MESSAGE frame of {size} bytes is shorter than its {MESSAGE_HEAD_SIZE}-byte head"
-    )
-
-
-_trusted_message = Message._trusted
-
-_KNOWN_FRAMES = frozenset(
-    {
-        FRAME_PROTOCOL_VERSION,
-        FRAME_INCOMPATIBLE_PROTOCOL,
-        FRAME_IDENTIFICATION,
-        FRAME_MESSAGE,
-        FRAME_PING,
-        FRAME_PONG,
-        FRAME_CAPABILITIES,
-        FRAME_ACK,
-    }
-)
-
-_S = ConnState
-_TRANSITIONS = {
-    (_S.AWAIT_VERSION, FRAME_PROTOCOL_VERSION): Engine._on_version,
-    (_S.AWAIT_VERSION, FRAME_INCOMPATIBLE_PROTOCOL): Engine._on_incompatible,
-    (_S.AWAIT_IDENT, FRAME_CAPABILITIES): Engine._on_capabilities,
-    (_S.AWAIT_IDENT, FRAME_IDENTIFICATION): Engine._on_identification,
-    (_S.AWAIT_IDENT, FRAME_PING): Engine._on_ping,
-    (_S.AWAIT_IDENT, FRAME_PONG): Engine._on_pong,
-    (_S.AWAIT_IDENT, FRAME_INCOMPATIBLE_PROTOCOL): Engine._on_incompatible,
-    (_S.ACTIVE, FRAME_ACK): Engine._on_ack,
-    (_S.ACTIVE, FRAME_PING): Engine._on_ping,
-    (_S.ACTIVE, FRAME_PONG): Engine._on_pong,
-    (_S.ACTIVE, FRAME_INCOMPATIBLE_PROTOCOL): Engine._on_incompatible,
-    # FRAME_MESSAGE in ACTIVE is dispatched directly (hot path) by receive_data
-}
-"""Every allowed (state, frame type); anything else known is a protocol error."""
+    def _window(self, ident: str) -> PeerWindow:
+        window = self._windows.get(ident)
+        if window is None:
+            window = self._windows[ident] = PeerWindow(self.dedup_window)
+        return window

@@ -49,11 +49,21 @@ class MessageReceived:
 
 @attrs.frozen
 class MessageSent:
-    """The message's packet was completely written to the connection."""
+    """The message's packet was completely written to the connection.
+
+    ``settled`` is true when this write is the message's last step: the peer
+    is a snakeMQ 1.6 one (``PeerConnected.legacy``), which acknowledges
+    nothing, so the message left its queue and storage with this write and no
+    ``MessageDelivered`` follows.  A message is settled — done with, its
+    receipt resolved — by a ``MessageDelivered`` or by a ``MessageSent`` with
+    ``settled``.  The flag follows from the connection, so it takes no part
+    in equality.
+    """
 
     conn_id: str
     ident: str
     uuid: bytes
+    settled: bool = attrs.field(default=False, eq=False)
 
 
 @attrs.frozen
@@ -124,6 +134,7 @@ _rx_message = MessageReceived.__dict__["message"].__set__
 _sent_conn = MessageSent.__dict__["conn_id"].__set__
 _sent_ident = MessageSent.__dict__["ident"].__set__
 _sent_uuid = MessageSent.__dict__["uuid"].__set__
+_sent_settled = MessageSent.__dict__["settled"].__set__
 _dl_ident = MessageDelivered.__dict__["ident"].__set__
 _dl_uuid = MessageDelivered.__dict__["uuid"].__set__
 
@@ -136,11 +147,12 @@ def _received(conn_id: str, ident: str, message: Message) -> MessageReceived:
     return event
 
 
-def _sent(conn_id: str, ident: str, uuid: bytes) -> MessageSent:
+def _sent(conn_id: str, ident: str, uuid: bytes, settled: bool) -> MessageSent:
     event: MessageSent = _new(MessageSent)
     _sent_conn(event, conn_id)
     _sent_ident(event, ident)
     _sent_uuid(event, uuid)
+    _sent_settled(event, settled)
     return event
 
 

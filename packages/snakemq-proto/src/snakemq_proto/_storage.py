@@ -1,7 +1,7 @@
 """Queue storage: the interface, the batch of changes, and the memory storage.
 
 The engine never calls a storage itself: it collects what must change in a
-``StorageBatch`` (``Peer.take_storage_batch()``) and the I/O layer applies the
+``StorageBatch`` (``Engine.take_storage_batch()``) and the I/O layer applies the
 batch in one transaction with ``storage.apply(batch)`` — in a worker thread
 for async code.  Batches must be applied in the order they were taken.  A
 persistent message is durable once the batch holding its push was applied,

@@ -17,12 +17,21 @@ before a single byte of the body is buffered.
 from __future__ import annotations
 
 import struct
-from typing import TypeAlias
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TypeAlias, TypeVar
 
 import attrs
 
 from ._errors import MalformedFrameError, PacketTooLargeError
-from ._message import INFINITE_TTL, MAX_IDENT_LENGTH, MAX_TTL, UUID_LENGTH, check_ident
+from ._message import (
+    INFINITE_TTL,
+    MAX_IDENT_LENGTH,
+    MAX_TTL,
+    UUID_LENGTH,
+    Message,
+    check_ident,
+)
 
 PROTOCOL_VERSION = 1
 
@@ -40,8 +49,6 @@ CAP_ACK = 0x1
 """Capability bit: the peer acknowledges messages, de-duplicates by uuid and
 honours the receive window it is told."""
 
-KNOWN_CAPABILITIES = CAP_ACK
-
 DEFAULT_MAX_PACKET_SIZE = 64 * 1024 * 1024
 """64 MiB: the largest packet accepted from a peer unless configured."""
 
@@ -49,7 +56,6 @@ HEADER = struct.Struct("!I")
 _MESSAGE_HEAD = struct.Struct("!B16sII")  # type, uuid, ttl, flags
 _CAPS = struct.Struct("!BII")  # type, capability bits, receive window
 _ACK = struct.Struct("!BI16s")  # type, count, uuid of the last message acknowledged
-MESSAGE_HEAD = _MESSAGE_HEAD
 MESSAGE_HEAD_SIZE = _MESSAGE_HEAD.size
 
 
@@ -76,7 +82,7 @@ def _uuid(instance: object, attribute: attrs.Attribute[bytes], value: object) ->
         raise ValueError(f"{attribute.name} must be {UUID_LENGTH} bytes, got {len(value)}")
 
 
-def _wire_ttl(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
+def _ttl_seconds(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
@@ -127,7 +133,7 @@ class MessageFrame:
     """``3``: one message.  ``ttl`` is whole seconds, ``None`` is infinite."""
 
     uuid: bytes = attrs.field(validator=_uuid)
-    ttl: int | None = attrs.field(validator=_wire_ttl)
+    ttl: int | None = attrs.field(validator=_ttl_seconds)
     flags: int = attrs.field(validator=_u32)
     data: bytes | memoryview = attrs.field(eq=False, validator=_data)
 
@@ -215,6 +221,99 @@ def encode_packet(frame_payload: bytes) -> bytes:
     return HEADER.pack(len(frame_payload)) + frame_payload
 
 
+# ---------------------------------------------------------------- decoding
+#
+# One decoder per frame type, registered once: the registry is also the list
+# of the frame types this version knows (``KNOWN_FRAME_TYPES``), which the
+# session needs to tell a frame sent in the wrong state (an error) from one
+# of a later version (ignored).
+
+_Decoder: TypeAlias = Callable[[bytes | memoryview], Frame]
+_DECODERS: dict[int, _Decoder] = {}
+
+
+def _decodes(ftype: int) -> Callable[[_Decoder], _Decoder]:
+    def register(decoder: _Decoder) -> _Decoder:
+        assert ftype not in _DECODERS, ftype
+        _DECODERS[ftype] = decoder
+        return decoder
+
+    return register
+
+
+def short_message_error(size: int) -> MalformedFrameError:
+    """The error for a MESSAGE packet of ``size`` bytes, too short for its head."""
+    return MalformedFrameError(
+        f"MESSAGE frame of {size} bytes is shorter than its {MESSAGE_HEAD_SIZE}-byte head"
+    )
+
+
+@_decodes(FRAME_MESSAGE)
+def _decode_message(packet: bytes | memoryview) -> Frame:
+    if len(packet) < MESSAGE_HEAD_SIZE:
+        raise short_message_error(len(packet))
+    _, uuid, ttl, flags = _MESSAGE_HEAD.unpack_from(packet)
+    return MessageFrame(
+        uuid, None if ttl == INFINITE_TTL else ttl, flags, packet[MESSAGE_HEAD_SIZE:]
+    )
+
+
+@_decodes(FRAME_ACK)
+def _decode_ack(packet: bytes | memoryview) -> Frame:
+    if len(packet) < _ACK.size:
+        raise MalformedFrameError(f"ACK frame of {len(packet)} bytes, expected {_ACK.size}")
+    _, count, last_uuid = _ACK.unpack_from(packet)
+    if count == 0:
+        raise MalformedFrameError("ACK frame acknowledges 0 messages")
+    return Ack(count, last_uuid)
+
+
+@_decodes(FRAME_PING)
+def _decode_ping(packet: bytes | memoryview) -> Frame:
+    _expect_empty(packet, "PING")
+    return Ping()
+
+
+@_decodes(FRAME_PONG)
+def _decode_pong(packet: bytes | memoryview) -> Frame:
+    _expect_empty(packet, "PONG")
+    return Pong()
+
+
+@_decodes(FRAME_PROTOCOL_VERSION)
+def _decode_version(packet: bytes | memoryview) -> Frame:
+    if len(packet) != 5:
+        raise MalformedFrameError(f"PROTOCOL_VERSION frame of {len(packet)} bytes, expected 5")
+    return ProtocolVersion(struct.unpack_from("!I", packet, 1)[0])
+
+
+@_decodes(FRAME_IDENTIFICATION)
+def _decode_identification(packet: bytes | memoryview) -> Frame:
+    return Identification(decode_ident(packet[1:]))
+
+
+@_decodes(FRAME_INCOMPATIBLE_PROTOCOL)
+def _decode_incompatible(packet: bytes | memoryview) -> Frame:
+    _expect_empty(packet, "INCOMPATIBLE_PROTOCOL")
+    return IncompatibleProtocol()
+
+
+@_decodes(FRAME_CAPABILITIES)
+def _decode_capabilities(packet: bytes | memoryview) -> Frame:
+    if len(packet) < _CAPS.size:
+        raise MalformedFrameError(
+            f"CAPABILITIES frame of {len(packet)} bytes, expected >= {_CAPS.size}"
+        )
+    _, bits, window = _CAPS.unpack_from(packet)
+    if bits & CAP_ACK and window == 0:
+        raise MalformedFrameError("CAPABILITIES frame announces a receive window of 0")
+    return Capabilities(bits, window)
+
+
+KNOWN_FRAME_TYPES = frozenset(_DECODERS)
+"""Every frame type this version decodes (the others are ignored)."""
+
+
 def decode_frame(packet: bytes | memoryview) -> Frame | None:
     """Decode one packet payload into a frame.
 
@@ -225,51 +324,114 @@ def decode_frame(packet: bytes | memoryview) -> Frame | None:
     Raises:
         MalformedFrameError: empty packet, wrong body length, invalid field.
     """
-    size = len(packet)
-    if size == 0:
+    if len(packet) == 0:
         raise MalformedFrameError("empty packet: a packet must hold at least a frame type byte")
-    ftype = packet[0]
-    if ftype == FRAME_MESSAGE:
-        if size < MESSAGE_HEAD_SIZE:
-            raise MalformedFrameError(
-                f"MESSAGE frame of {size} bytes is shorter than its {MESSAGE_HEAD_SIZE}-byte head"
+    decoder = _DECODERS.get(packet[0])
+    return None if decoder is None else decoder(packet)
+
+
+# ------------------------------------------------ MESSAGE batches (hot path)
+#
+# The engine moves messages in batches; these two loops are the MESSAGE
+# layout of ``MessageFrame`` written for speed: no frame object, one struct
+# call per message, the packet header packed with the frame head.
+
+# a MESSAGE packet's header and frame head in one pack: length, type, uuid, ttl, flags
+_PACKET_HEAD = struct.Struct("!IB16sII")
+_PACKET_HEAD_SIZE = _PACKET_HEAD.size
+
+
+class Outgoing(Protocol):
+    """What ``encode_messages()`` needs of a queued message."""
+
+    @property
+    def message(self) -> Message: ...
+
+    @property
+    def ttl(self) -> float | None: ...
+
+
+_O = TypeVar("_O", bound=Outgoing)
+
+
+def encode_messages(
+    items: Iterable[_O],
+    out: list[bytes],
+    ends: deque[tuple[int, _O]],
+    offset: int,
+    size: int,
+    limit: int,
+) -> tuple[int, int]:
+    """Encode queued messages as MESSAGE packets onto ``out`` while fewer than
+    ``limit`` bytes are in it.
+
+    ``size`` is the byte count already in ``out``; ``offset`` the stream
+    position where ``out`` starts.  For each message, ``(stream position of
+    its last byte + 1, item)`` is appended to ``ends``.  Its TTL goes out as
+    whole seconds, what remains of it (``None``: infinite).  Returns (messages
+    encoded, new ``size``).
+    """
+    pack = _PACKET_HEAD.pack
+    extra = _PACKET_HEAD_SIZE - 4  # the packet header is not in the length
+    count = 0
+    for item in items:
+        if size >= limit:
+            break
+        msg = item.message
+        data = msg.data
+        ttl = item.ttl
+        if ttl is None:
+            wire_ttl = INFINITE_TTL
+        else:
+            wire_ttl = int(ttl)
+            if wire_ttl > MAX_TTL:  # a finite TTL never reads as infinite
+                wire_ttl = MAX_TTL
+        out.append(pack(len(data) + extra, FRAME_MESSAGE, msg.uuid, wire_ttl, msg.flags))
+        out.append(data)
+        size += len(data) + _PACKET_HEAD_SIZE
+        ends.append((offset + size, item))
+        count += 1
+    return count, size
+
+
+_trusted_message = Message._trusted
+
+
+def decode_messages(packets: Sequence[memoryview], i: int) -> list[Message]:
+    """Decode the run of MESSAGE packets that starts at ``packets[i]``.
+
+    The run ends before the first packet that is not a complete MESSAGE
+    frame; the caller looks at that one itself.  Payloads are copied (a
+    ``bytes`` each), so the packets may be views of a reused buffer.
+
+    Raises:
+        MalformedFrameError: ``packets[i]`` itself is a MESSAGE too short for
+            its head (a short one later in the run only ends the run, so that
+            the messages before it are returned first).
+    """
+    unpack = _MESSAGE_HEAD.unpack_from
+    head = MESSAGE_HEAD_SIZE
+    infinite = INFINITE_TTL
+    messages: list[Message] = []
+    append = messages.append
+    start = i
+    count = len(packets)
+    while i < count:
+        packet = packets[i]
+        if not packet or packet[0] != FRAME_MESSAGE:
+            break
+        if len(packet) < head:
+            if i == start:
+                raise short_message_error(len(packet))
+            break
+        _, uuid, ttl, flags = unpack(packet)
+        append(
+            _trusted_message(
+                packet[head:].tobytes(), None if ttl == infinite else float(ttl), flags, uuid
             )
-        _, uuid, ttl, flags = _MESSAGE_HEAD.unpack_from(packet)
-        return MessageFrame(
-            uuid, None if ttl == INFINITE_TTL else ttl, flags, packet[MESSAGE_HEAD_SIZE:]
         )
-    if ftype == FRAME_ACK:
-        if size < _ACK.size:
-            raise MalformedFrameError(f"ACK frame of {size} bytes, expected {_ACK.size}")
-        _, count, last_uuid = _ACK.unpack_from(packet)
-        if count == 0:
-            raise MalformedFrameError("ACK frame acknowledges 0 messages")
-        return Ack(count, last_uuid)
-    if ftype == FRAME_PING:
-        _expect_empty(packet, "PING")
-        return Ping()
-    if ftype == FRAME_PONG:
-        _expect_empty(packet, "PONG")
-        return Pong()
-    if ftype == FRAME_PROTOCOL_VERSION:
-        if size != 5:
-            raise MalformedFrameError(f"PROTOCOL_VERSION frame of {size} bytes, expected 5")
-        return ProtocolVersion(struct.unpack_from("!I", packet, 1)[0])
-    if ftype == FRAME_IDENTIFICATION:
-        return Identification(decode_ident(packet[1:]))
-    if ftype == FRAME_INCOMPATIBLE_PROTOCOL:
-        _expect_empty(packet, "INCOMPATIBLE_PROTOCOL")
-        return IncompatibleProtocol()
-    if ftype == FRAME_CAPABILITIES:
-        if size < _CAPS.size:
-            raise MalformedFrameError(
-                f"CAPABILITIES frame of {size} bytes, expected >= {_CAPS.size}"
-            )
-        _, bits, window = _CAPS.unpack_from(packet)
-        if bits & CAP_ACK and window == 0:
-            raise MalformedFrameError("CAPABILITIES frame announces a receive window of 0")
-        return Capabilities(bits, window)
-    return None
+        i += 1
+    return messages
 
 
 def decode_ident(raw: bytes | memoryview) -> str:

@@ -93,6 +93,11 @@ class Messaging:
         on_message_sent(conn_id, ident, uuid): completely written to the socket.
         on_message_delivered(ident, uuid): acknowledged by the receiver, gone
             from queue and storage (capable peers only).
+        on_message_settled(ident, uuid): done with, gone from queue and
+            storage: acknowledged by a capable peer (after
+            ``on_message_delivered``) or completely written to a snakeMQ 1.6
+            peer, which acknowledges nothing (after ``on_message_sent``).
+            The moment an ``snakemq_anyio`` receipt resolves.
         on_message_drop(ident, uuid): its TTL ran out; it is gone.
         on_error(conn_id, exception): the peer broke the protocol (or a
             callback raised); the connection is closed in the first case.
@@ -136,6 +141,7 @@ class Messaging:
         self.on_message_recv: Callback[[str, str, Message]] = Callback()
         self.on_message_sent: Callback[[str, str, bytes]] = Callback()
         self.on_message_delivered: Callback[[str, bytes]] = Callback()
+        self.on_message_settled: Callback[[str, bytes]] = Callback()
         self.on_message_drop: Callback[[str, bytes]] = Callback()
         self.on_error: Callback[[str, Exception]] = Callback()
 
@@ -319,8 +325,9 @@ class Messaging:
     def _report_what_is_listened(self) -> None:
         # per-message events nobody listens to are not even built
         engine = self._engine
-        engine.report_sent = _listened(self.on_message_sent)
-        engine.report_delivered = _listened(self.on_message_delivered)
+        settled = _listened(self.on_message_settled)  # reported by both (legacy: sent)
+        engine.report_sent = settled or _listened(self.on_message_sent)
+        engine.report_delivered = settled or _listened(self.on_message_delivered)
 
     def _flush(self, conn_id: str) -> None:
         """Ask for ``conn_id``'s output to be written at the end of this pass."""
@@ -398,6 +405,7 @@ class Messaging:
         recv_funcs = tuple(recv_cb.callbacks) if type(recv_cb) is Callback else None
         sent_funcs: tuple[Callable[..., object], ...] | None = None
         delivered_funcs: tuple[Callable[..., object], ...] | None = None
+        settled_funcs: tuple[Callable[..., object], ...] | None = None
         for event in events:
             if type(event) is MessageReceived:  # the hot path
                 conn_id = event.conn_id
@@ -427,6 +435,10 @@ class Messaging:
                         func(event.conn_id, event.ident, event.uuid)
                     except Exception:
                         log.exception("on_message_sent callback %r raised", func)
+                if event.settled:  # a 1.6 peer: written is its last step
+                    if settled_funcs is None:
+                        settled_funcs = self._funcs(self.on_message_settled)
+                    self._settled(settled_funcs, event.ident, event.uuid)
             elif cls is MessageDelivered:
                 assert isinstance(event, MessageDelivered)
                 if delivered_funcs is None:
@@ -436,6 +448,9 @@ class Messaging:
                         func(event.ident, event.uuid)
                     except Exception:
                         log.exception("on_message_delivered callback %r raised", func)
+                if settled_funcs is None:
+                    settled_funcs = self._funcs(self.on_message_settled)
+                self._settled(settled_funcs, event.ident, event.uuid)
             elif cls is MessageDropped:
                 assert isinstance(event, MessageDropped)
                 log.debug("ident=%s dropped %s (TTL)", event.ident, event.uuid.hex())
@@ -480,6 +495,14 @@ class Messaging:
         if type(callback) is Callback:
             return tuple(callback.callbacks)
         return (callback,)
+
+    @staticmethod
+    def _settled(funcs: tuple[Callable[..., object], ...], ident: str, uuid: bytes) -> None:
+        for func in funcs:
+            try:
+                func(ident, uuid)
+            except Exception:
+                log.exception("on_message_settled callback %r raised", func)
 
     def _callback_failed(self, func: object, conn_id: str, exc: Exception) -> None:
         log.exception("on_message_recv callback %r raised; the message counts as handed", func)

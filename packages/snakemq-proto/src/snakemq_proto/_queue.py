@@ -1,0 +1,355 @@
+"""Per-peer outgoing queues: order, the in-flight prefix, TTL aging, pacing.
+
+Theory of operation
+-------------------
+
+One ``PeerQueue`` per remote identifier holds ``_Item``s oldest first.  The
+queue knows whether its peer is connected (``connected``), not which
+connection carries it: the session of that connection asks it to encode
+messages, and tells it what was written or acknowledged.
+
+In flight
+    The first ``in_flight`` items have been encoded for the current
+    connection.  Towards a capable peer they stay in the queue (and storage)
+    until acknowledged (``acknowledge()``); a reconnect resets ``in_flight``
+    to 0, so they are sent again.  Towards a legacy peer an item leaves once
+    its packet was completely written (``settle_written()``).
+
+TTL
+    A TTL is consumed only while the peer is not connected.  An item carries
+    ``ttl``, what remained when aging started (queued while away, or the
+    disconnect), and ``expires``, the moment it runs out, ``None`` while the
+    peer is connected or the TTL is infinite.  ``ttl=0`` therefore reaches
+    only a connected peer.  On connect the remaining TTL is computed from the
+    same float the timer compares, so both agree at the boundary.
+
+Expiry
+    One ``ExpiryTimer`` per engine holds a heap of ``(expires, seq, item,
+    queue)`` for every aging item.  Entries are never searched for: an item
+    that stops aging sets ``expires = None``, which makes its entry stale, and
+    stale entries are skipped when they reach the top, or dropped in one pass
+    once they are the majority (a peer that flaps would grow the heap by its
+    queue length each time otherwise).
+
+Pacing
+    ``full()`` / ``has_room()``: a connected peer's queue counts as full at
+    ``max_queued`` items and has room again at half (hysteresis, so producers
+    wake for a batch).  While the peer is away queues grow and TTLs apply.
+
+Storage
+    A stored item's row is deleted through the ``StorageLedger`` whenever the
+    item leaves (delivered, written to a legacy peer, expired, purged).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Sequence
+
+from ._errors import MalformedFrameError
+from ._events import Event, MessageDropped, _delivered, _sent
+from ._ledger import StorageLedger
+from ._message import FLAG_PERSISTENT, Message
+from ._wire import encode_messages
+
+
+class _Item:
+    """A queued message and its TTL accounting."""
+
+    __slots__ = ("expires", "message", "reported", "stored", "ttl")
+
+    def __init__(self, message: Message, ttl: float | None, stored: bool) -> None:
+        self.message = message
+        self.ttl = ttl  # remaining, as of when aging started (or the last connect)
+        self.stored = stored
+        self.expires: float | None = None  # when the TTL runs out, while aging
+        self.reported = False  # MessageSent already emitted (ack overtook data_sent)
+
+
+class ExpiryTimer:
+    """The TTL deadlines of every aging item of an engine's queues."""
+
+    __slots__ = ("_heap", "_seq", "_stale")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Item, PeerQueue]] = []
+        self._stale = 0  # entries of _heap known to be stale
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def start(self, item: _Item, now: float, queue: PeerQueue) -> bool:
+        """Start consuming ``item``'s TTL at ``now``; False if it is due at once
+        (the caller removes it from its queue and reports the drop)."""
+        ttl = item.ttl
+        if ttl is None:
+            return True
+        if ttl <= 0:
+            item.expires = None
+            return False
+        item.expires = expires = now + ttl
+        heapq.heappush(self._heap, (expires, next(self._seq), item, queue))
+        return True
+
+    def stop(self, item: _Item) -> None:
+        """``item`` stops aging (delivered, purged or its peer connected)."""
+        if item.expires is not None:
+            item.expires = None
+            self._stale += 1
+
+    def compact(self) -> None:
+        """Drop stale entries once they are the majority."""
+        heap = self._heap
+        if self._stale > 256 and 2 * self._stale > len(heap):
+            heap[:] = [e for e in heap if e[2].expires == e[0]]
+            heapq.heapify(heap)
+            self._stale = 0
+
+    def next_deadline(self) -> float | None:
+        """When the next item runs out, or ``None``."""
+        heap = self._heap
+        while heap:
+            expires, _, item, _q = heap[0]
+            if item.expires == expires:
+                return expires
+            heapq.heappop(heap)  # stale: delivered, reconnected or re-aged
+            if self._stale:
+                self._stale -= 1
+        return None
+
+    def expire(self, now: float, events: list[Event]) -> None:
+        """Remove every item due at ``now`` from its queue, reporting each
+        drop in the order the items ran out."""
+        heap = self._heap
+        expired: dict[PeerQueue, list[_Item]] = {}
+        while heap and heap[0][0] <= now:
+            expires, _, item, queue = heapq.heappop(heap)
+            if item.expires != expires:
+                if self._stale:
+                    self._stale -= 1
+                continue
+            item.expires = None
+            expired.setdefault(queue, []).append(item)
+            queue.dropped(item, events)
+        for queue, gone in expired.items():
+            queue.remove(gone)
+
+
+class PeerQueue:
+    """The messages waiting for one remote peer, oldest first.
+
+    ``items`` and ``in_flight`` are read by the engine and the session; only
+    the queue changes them.
+    """
+
+    __slots__ = ("_ledger", "_timer", "connected", "ident", "in_flight", "items")
+
+    def __init__(self, ident: str, ledger: StorageLedger, timer: ExpiryTimer) -> None:
+        self.ident = ident
+        self.items: deque[_Item] = deque()
+        self.in_flight = 0  # first items already encoded for the current connection
+        self.connected = False
+        self._ledger = ledger
+        self._timer = timer
+
+    # ------------------------------------------------------------ producers
+
+    def load(self, messages: Sequence[Message], now: float, events: list[Event]) -> None:
+        """Append messages restored from the storage (``ttl``: what remained)."""
+        for message in messages:
+            item = _Item(message, message.ttl, stored=True)
+            self._ledger.loaded(message.uuid)
+            if self._timer.start(item, now, self):
+                self.items.append(item)
+            else:
+                self.dropped(item, events)
+
+    def send(self, message: Message, persistent: bool, now: float) -> list[Event]:
+        """Queue ``message``; with ``persistent``, a persistent message (TTL
+        not 0) goes to the storage.  ``ttl=0`` with the peer away is a drop."""
+        ttl = message.ttl
+        connected = self.connected
+        if not connected and ttl == 0:
+            return [MessageDropped(self.ident, message.uuid)]
+        stored = persistent and ttl != 0 and bool(message.flags & FLAG_PERSISTENT)
+        item = _Item(message, ttl, stored)
+        self.items.append(item)
+        if stored:
+            self._ledger.push(self.ident, message)
+        if not connected:
+            self._timer.start(item, now, self)  # ttl > 0 here: not due yet
+        return []
+
+    def purge(self) -> list[bytes]:
+        """Remove every message not in flight; return their uuids."""
+        keep = list(itertools.islice(self.items, self.in_flight))
+        removed = list(itertools.islice(self.items, self.in_flight, None))
+        self.items = deque(keep)
+        timer = self._timer
+        for item in removed:
+            timer.stop(item)
+            if item.stored:
+                self._ledger.unstore(self.ident, item.message.uuid)
+        timer.compact()
+        return [i.message.uuid for i in removed]
+
+    def queued(self) -> list[Message]:
+        """The messages, each with its remaining TTL as of its last accounting."""
+        return [
+            i.message if i.ttl == i.message.ttl else i.message.with_ttl(i.ttl) for i in self.items
+        ]
+
+    def full(self, limit: int | None) -> bool:
+        """A producer should wait: connected and ``limit`` messages wait."""
+        return limit is not None and self.connected and len(self.items) >= limit
+
+    def has_room(self, limit: int | None) -> bool:
+        """A waiting producer may go on: away, or drained to half of ``limit``."""
+        return limit is None or not self.connected or len(self.items) <= limit // 2
+
+    # ------------------------------------------------------------ the peer
+
+    def connect(self, now: float, events: list[Event]) -> None:
+        """The peer identified: stop aging (drop what is already due, record
+        the remaining TTL of stored items); everything is sent afresh."""
+        self.connected = True
+        self.in_flight = 0
+        ident = self.ident
+        timer = self._timer
+        ledger = self._ledger
+        kept: deque[_Item] = deque()
+        for item in self.items:
+            expires = item.expires
+            if expires is not None:
+                remaining = expires - now
+                timer.stop(item)
+                if remaining <= 0:
+                    # due, but handle_timeout() did not run yet
+                    self.dropped(item, events)
+                    continue
+                item.ttl = remaining
+                if item.stored:
+                    ledger.update_ttl(ident, item.message.uuid, remaining)
+            kept.append(item)
+        self.items = kept
+        timer.compact()
+
+    def disconnect(self, now: float, events: list[Event]) -> None:
+        """The peer's connection ended: every item starts aging at ``now``
+        (``ttl=0`` ones are dropped: they were only for a connected peer)."""
+        self.connected = False
+        self.in_flight = 0
+        timer = self._timer
+        kept: deque[_Item] = deque()
+        for item in self.items:
+            if timer.start(item, now, self):
+                kept.append(item)
+            else:
+                self.dropped(item, events)
+        self.items = kept
+
+    def sendable(self, window: int | None) -> bool:
+        """Whether items wait to be encoded (``window``: the peer's receive
+        window, ``None`` for a legacy peer)."""
+        in_flight = self.in_flight
+        return len(self.items) > in_flight and (window is None or in_flight < window)
+
+    def encode(
+        self,
+        out: list[bytes],
+        ends: deque[tuple[int, _Item]],
+        offset: int,
+        size: int,
+        limit: int,
+        window: int | None,
+    ) -> int:
+        """Encode the next items after the in-flight prefix onto ``out`` (see
+        ``encode_messages()``), as far as ``window`` and ``limit`` allow;
+        they join the in-flight prefix.  Returns the new size of ``out``."""
+        items = self.items
+        n = len(items)
+        i = self.in_flight
+        stop = n if window is None else min(n, window)
+        if i < stop:
+            # islice walks the deque once; items[i] would walk it per message
+            count, size = encode_messages(
+                itertools.islice(items, i, stop), out, ends, offset, size, limit
+            )
+            self.in_flight = i + count
+        return size
+
+    def settle_written(self, count: int) -> None:
+        """The first ``count`` items were completely written to a legacy peer:
+        they leave the queue (snakeMQ 1.6 semantics)."""
+        items = self.items
+        ledger = self._ledger
+        ident = self.ident
+        for _ in range(count):
+            item = items.popleft()
+            if item.stored:
+                ledger.unstore(ident, item.message.uuid)
+        self.in_flight -= count
+
+    def acknowledge(
+        self,
+        count: int,
+        last_uuid: bytes,
+        ends: deque[tuple[int, _Item]],
+        conn_id: str,
+        events: list[Event],
+        report_sent: bool,
+        report_delivered: bool,
+    ) -> None:
+        """The peer acknowledged the first ``count`` items, the last of which
+        is ``last_uuid``: they leave queue and storage (``MessageDelivered``).
+        Items the ack overtakes in ``ends`` (written but not yet reported by
+        ``data_sent()``) are reported sent first.
+
+        Raises:
+            MalformedFrameError: the ack does not match the in-flight prefix.
+        """
+        if count > self.in_flight:
+            raise MalformedFrameError(
+                f"ACK covers {count} messages but only {self.in_flight} are in flight"
+            )
+        items = self.items
+        if items[count - 1].message.uuid != last_uuid:
+            raise MalformedFrameError("ACK names a uuid that is not the one it counts to")
+        ident = self.ident
+        ledger = self._ledger
+        nends = len(ends)
+        j = 0  # ends not yet reached by data_sent(): the acked ones come first
+        for _ in range(count):
+            item = items.popleft()
+            uuid = item.message.uuid
+            if j < nends and ends[j][1] is item:
+                # acknowledged before data_sent() caught up (async I/O race)
+                if report_sent:
+                    events.append(_sent(conn_id, ident, uuid, False))
+                item.reported = True
+                j += 1
+            if item.stored:
+                ledger.unstore(ident, uuid)
+            if report_delivered:
+                events.append(_delivered(ident, uuid))
+        self.in_flight -= count
+
+    # ------------------------------------------------------------- expiry
+
+    def dropped(self, item: _Item, events: list[Event]) -> None:
+        """``item`` ran out (the caller takes it out of ``items``)."""
+        if item.stored:
+            self._ledger.unstore(self.ident, item.message.uuid)
+        events.append(MessageDropped(self.ident, item.message.uuid))
+
+    def remove(self, gone: list[_Item]) -> None:
+        """Take expired items out of the queue."""
+        if len(gone) == 1:
+            self.items.remove(gone[0])
+        else:
+            # one pass, not one deque.remove() scan per item
+            ids = {id(i) for i in gone}
+            self.items = deque(i for i in self.items if id(i) not in ids)
