@@ -10,15 +10,12 @@ import pytest
 import snakemq_anyio
 from snakemq_anyio import (
     FLAG_PERSISTENT,
-    MemoryQueuesStorage,
     Message,
     Messaging,
     MessagingClosedError,
     PeerConnected,
     SSLConfig,
-    StorageError,
 )
-from snakemq_proto import StorageBatch
 
 pytestmark = pytest.mark.anyio
 
@@ -173,29 +170,3 @@ async def test_storage_given_as_a_path(tmp_path: Path) -> None:
             with anyio.fail_after(10):
                 assert isinstance(await events.receive(), PeerConnected)
                 assert (await bob.receive())[1].data == b"kept"
-
-
-class _FlakyStorage(MemoryQueuesStorage):
-    """Fails the next ``failures`` applies, like a full disk."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failures = 0
-
-    def apply(self, batch: StorageBatch) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise OSError("disk full")
-        super().apply(batch)
-
-
-async def test_storage_failure_raises_and_the_batch_is_retried() -> None:
-    storage = _FlakyStorage()
-    async with Messaging("alice", storage=storage) as alice:
-        storage.failures = 1
-        first = Message(b"first", ttl=None, flags=FLAG_PERSISTENT)
-        with pytest.raises(StorageError, match="disk full"):
-            await alice.send_message("bob", first)
-        # the message is still queued, and the next commit stores both
-        await alice.send_message("bob", Message(b"second", ttl=None, flags=FLAG_PERSISTENT))
-        assert [m.data for m in storage.load().queues["bob"]] == [b"first", b"second"]

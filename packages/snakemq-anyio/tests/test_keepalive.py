@@ -8,6 +8,7 @@ import time
 import anyio
 import anyio.to_thread
 import pytest
+from anyio_helpers import hello, read_until_closed
 from snakemq_anyio import (
     ErrorOccurred,
     KeepaliveTimeoutError,
@@ -16,7 +17,12 @@ from snakemq_anyio import (
     PeerConnected,
     PeerDisconnected,
 )
-from snakemq_proto import Identification, ProtocolVersion, encode_packet
+from snakemq_proto import (
+    PacketDecoder,
+    Ping,
+    Pong,
+    encode_packet,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -27,9 +33,6 @@ async def test_keepalive_close_does_not_wait_for_a_full_send_buffer() -> None:
     # the 2 s close-flush deadline, and the connector did not redial meanwhile.
     # The silent peer is a plain socket that is never read (an asyncio stream
     # would read into memory behind our back), so our send buffer fills.
-    hello = encode_packet(ProtocolVersion().encode()) + encode_packet(
-        Identification("bob").encode()
-    )
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(10)
     port = server.getsockname()[1]
@@ -42,7 +45,7 @@ async def test_keepalive_close_does_not_wait_for_a_full_send_buffer() -> None:
                 await alice.add_connector(("127.0.0.1", port))
                 bob, _ = await anyio.to_thread.run_sync(server.accept)
                 accepted.append(bob)
-                bob.sendall(hello)  # identifies, then never reads nor answers
+                bob.sendall(hello("bob"))  # identifies, then never reads nor answers
                 with anyio.fail_after(10):
                     async for event in events:
                         if isinstance(event, PeerConnected):
@@ -66,3 +69,46 @@ async def test_keepalive_close_does_not_wait_for_a_full_send_buffer() -> None:
         for sock in accepted:
             sock.close()
         server.close()
+
+
+async def test_keepalive_closes_a_silent_peer() -> None:
+    async with Messaging("alice", keepalive_interval=0.1, keepalive_wait=0.1) as alice:
+        with alice.events() as events:
+            host, port = await alice.add_listener(("127.0.0.1", 0))
+            async with await anyio.connect_tcp(host, port) as silent:
+                await silent.send(hello("silent"))  # identifies, then never answers
+                with anyio.fail_after(10):
+                    received = await read_until_closed(silent)
+                    errors = []
+                    async for event in events:
+                        if isinstance(event, ErrorOccurred):
+                            errors.append(event)
+                        if isinstance(event, PeerDisconnected):
+                            break
+            assert encode_packet(Ping().encode()) in received
+            assert [type(e.error) for e in errors] == [KeepaliveTimeoutError]
+            assert errors[0].ident == "silent"
+            assert not alice.is_connected("silent")
+
+
+async def test_keepalive_keeps_a_peer_that_answers() -> None:
+    async with Messaging("alice", keepalive_interval=0.05, keepalive_wait=1.0) as alice:
+        with alice.events() as events:
+            host, port = await alice.add_listener(("127.0.0.1", 0))
+            async with await anyio.connect_tcp(host, port) as peer:
+                await peer.send(hello("answers"))
+                decoder = PacketDecoder()
+                pings = 0
+                with anyio.fail_after(10):
+                    while pings < 5:  # five keepalive rounds, each answered
+                        for packet in decoder.feed(await peer.receive()):
+                            if bytes(packet) == Ping().encode():
+                                pings += 1
+                                await peer.send(encode_packet(Pong().encode()))
+                assert alice.is_connected("answers")
+            while True:
+                try:
+                    event = events.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+                assert not isinstance(event, ErrorOccurred), event

@@ -75,3 +75,24 @@ def test_back_off_starts_over_when_a_connection_identifies(peers: list[Peer]) ->
     cli.wait_connected("srv")  # the sixth stays
     # started over at each identification: 0.05 s waits, not 0.05 ... 0.8 s
     assert cli.link._connectors[("127.0.0.1", port)].failures <= 1
+
+
+def test_reconnect_after_listener_restarts(peers: list[Peer]) -> None:
+    a, b = Peer("a"), Peer("b")
+    peers += [a, b]
+    port = a.listen()
+    b.connect(port)
+    a.start()
+    b.start()
+    b.wait_connected("a")
+    a.stop()
+    peers.remove(a)
+    b.rec.wait_count("on_disconnect", 1)
+    b.send("a", b"queued during the outage", ttl=None)
+    a2 = Peer("a")
+    peers.append(a2)
+    assert a2.link.add_listener(("127.0.0.1", port))[1] == port
+    a2.start()
+    a2.rec.wait_count("on_message_recv", 1)
+    assert a2.received() == [b"queued during the outage"]
+    assert len(b.rec.get("on_connect")) == 2
