@@ -130,8 +130,8 @@ class Rpc:
         self._calls = PendingCalls(self.pickler)  # the resend rule lives there
         self._calls_changed = Wakeup()  # a reply came or a peer (dis)connected
         self._other: deque[tuple[str, Message]] = deque()
-        self._other_event = anyio.Event()
-        self._space = anyio.Event()
+        self._other_arrived = Wakeup()
+        self._space = Wakeup()  # receive() took a message
         self._max_buffered = max_buffered
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -173,8 +173,7 @@ class Rpc:
     async def receive(self) -> tuple[str, Message]:
         """The next message that is not RPC traffic."""
         while not self._other:
-            await self._other_event.wait()
-            self._other_event = anyio.Event()
+            await self._other_arrived.wait()
         item = self._other.popleft()
         self._space.set()
         return item
@@ -198,10 +197,9 @@ class Rpc:
                 self._on_reply(ident, data[len(REPLY_PREFIX) :])
             else:
                 while len(self._other) >= self._max_buffered:
-                    self._space = anyio.Event()
                     await self._space.wait()
                 self._other.append((ident, message))
-                self._other_event.set()
+                self._other_arrived.set()
 
     def _on_request(self, ident: str, payload: bytes) -> None:
         try:
