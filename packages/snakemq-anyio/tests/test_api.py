@@ -170,3 +170,32 @@ async def test_storage_given_as_a_path(tmp_path: Path) -> None:
             with anyio.fail_after(10):
                 assert isinstance(await events.receive(), PeerConnected)
                 assert (await bob.receive())[1].data == b"kept"
+
+
+@pytest.mark.parametrize(
+    "name", ["reconnect_interval", "reconnect_max_interval", "connect_timeout"]
+)
+def test_zero_seconds_are_refused_as_in_the_sync_package(name: str) -> None:
+    # reconnect_interval=0 used to be accepted and would redial without delay
+    with pytest.raises(ValueError, match=name):
+        Messaging("a", **{name: 0})  # type: ignore[arg-type]
+
+
+def test_defaults_are_the_shared_ones() -> None:
+    import inspect
+
+    import snakemq_proto
+
+    defaults = {name: p.default for name, p in inspect.signature(Messaging).parameters.items()}
+    assert defaults["keepalive_wait"] == snakemq_proto.DEFAULT_KEEPALIVE_WAIT == 0.5
+    assert defaults["reconnect_interval"] == snakemq_proto.DEFAULT_RECONNECT_INTERVAL
+    assert defaults["reconnect_max_interval"] == snakemq_proto.DEFAULT_RECONNECT_MAX_INTERVAL
+    assert defaults["connect_timeout"] == snakemq_proto.DEFAULT_CONNECT_TIMEOUT
+
+
+async def test_addresses_are_checked_as_in_the_sync_package() -> None:
+    async with Messaging("a") as messaging:
+        with pytest.raises(TypeError, match=r"address\[1\] \(port\)"):
+            await messaging.add_listener(("127.0.0.1", "0"))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"0\.\.65535"):
+            await messaging.add_listener(("127.0.0.1", 70000))

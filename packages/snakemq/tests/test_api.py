@@ -85,3 +85,21 @@ def test_bad_arguments_name_the_argument(peers: list[Peer]) -> None:
             snakemq.messaging.Messaging("y" * 51, "", snakemq.packeter.Packeter(link))
     finally:
         link.cleanup()
+
+
+def test_addresses_are_checked_as_in_the_anyio_package() -> None:
+    import pytest
+    from snakemq.link import Link
+
+    link = Link()
+    try:
+        with pytest.raises(TypeError, match=r"address\[1\] \(port\)"):
+            link.add_listener(("127.0.0.1", "0"))
+        with pytest.raises(ValueError, match=r"0\.\.65535"):
+            link.add_connector(("127.0.0.1", 70000))
+        with pytest.raises(ValueError, match="reconnect_interval"):
+            link.add_connector(("127.0.0.1", 1), reconnect_interval=0)
+        port = link.add_listener(["127.0.0.1", 0])[1]  # type: ignore[arg-type]  # a list, as anyio takes
+        assert port > 0
+    finally:
+        link.cleanup()
