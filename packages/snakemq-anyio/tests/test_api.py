@@ -10,15 +10,12 @@ import pytest
 import snakemq_anyio
 from snakemq_anyio import (
     FLAG_PERSISTENT,
-    MemoryQueuesStorage,
     Message,
     Messaging,
     MessagingClosedError,
     PeerConnected,
     SSLConfig,
-    StorageError,
 )
-from snakemq_proto import StorageBatch
 
 pytestmark = pytest.mark.anyio
 
@@ -175,27 +172,30 @@ async def test_storage_given_as_a_path(tmp_path: Path) -> None:
                 assert (await bob.receive())[1].data == b"kept"
 
 
-class _FlakyStorage(MemoryQueuesStorage):
-    """Fails the next ``failures`` applies, like a full disk."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failures = 0
-
-    def apply(self, batch: StorageBatch) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise OSError("disk full")
-        super().apply(batch)
+@pytest.mark.parametrize(
+    "name", ["reconnect_interval", "reconnect_max_interval", "connect_timeout"]
+)
+def test_zero_seconds_are_refused_as_in_the_sync_package(name: str) -> None:
+    # reconnect_interval=0 used to be accepted and would redial without delay
+    with pytest.raises(ValueError, match=name):
+        Messaging("a", **{name: 0})  # type: ignore[arg-type]
 
 
-async def test_storage_failure_raises_and_the_batch_is_retried() -> None:
-    storage = _FlakyStorage()
-    async with Messaging("alice", storage=storage) as alice:
-        storage.failures = 1
-        first = Message(b"first", ttl=None, flags=FLAG_PERSISTENT)
-        with pytest.raises(StorageError, match="disk full"):
-            await alice.send_message("bob", first)
-        # the message is still queued, and the next commit stores both
-        await alice.send_message("bob", Message(b"second", ttl=None, flags=FLAG_PERSISTENT))
-        assert [m.data for m in storage.load().queues["bob"]] == [b"first", b"second"]
+def test_defaults_are_the_shared_ones() -> None:
+    import inspect
+
+    import snakemq_proto
+
+    defaults = {name: p.default for name, p in inspect.signature(Messaging).parameters.items()}
+    assert defaults["keepalive_wait"] == snakemq_proto.DEFAULT_KEEPALIVE_WAIT == 0.5
+    assert defaults["reconnect_interval"] == snakemq_proto.DEFAULT_RECONNECT_INTERVAL
+    assert defaults["reconnect_max_interval"] == snakemq_proto.DEFAULT_RECONNECT_MAX_INTERVAL
+    assert defaults["connect_timeout"] == snakemq_proto.DEFAULT_CONNECT_TIMEOUT
+
+
+async def test_addresses_are_checked_as_in_the_sync_package() -> None:
+    async with Messaging("a") as messaging:
+        with pytest.raises(TypeError, match=r"address\[1\] \(port\)"):
+            await messaging.add_listener(("127.0.0.1", "0"))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"0\.\.65535"):
+            await messaging.add_listener(("127.0.0.1", 70000))

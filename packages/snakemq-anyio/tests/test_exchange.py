@@ -106,3 +106,20 @@ async def test_clean_exit_acknowledges_what_was_taken() -> None:
         with anyio.fail_after(10):
             await receipt.delivered()
         assert bob.queued("alice") == []
+
+
+async def test_peer_connected_event_names_legacy_peer() -> None:
+    async with Messaging("alice") as alice, Messaging("old", legacy=True) as old:
+        with alice.events() as events:
+            _host, port = await alice.add_listener(("127.0.0.1", 0))
+            await old.add_connector(("127.0.0.1", port))
+            with anyio.fail_after(10):
+                event = await events.receive()
+                assert isinstance(event, PeerConnected) and event.legacy
+                # a 1.6 peer sends no acks: delivered() means completely written
+                receipt = await alice.send_message("old", Message(b"to legacy", ttl=5))
+                await receipt.delivered()
+                assert (await old.receive())[1].data == b"to legacy"
+                receipt = await old.send_message("alice", Message(b"from legacy", ttl=5))
+                await receipt.delivered()
+                assert (await alice.receive())[1].data == b"from legacy"

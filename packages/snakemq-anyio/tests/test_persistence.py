@@ -11,7 +11,15 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
-from snakemq_anyio import FLAG_PERSISTENT, Message, Messaging, SqliteQueuesStorage
+from snakemq_anyio import (
+    FLAG_PERSISTENT,
+    MemoryQueuesStorage,
+    Message,
+    Messaging,
+    SqliteQueuesStorage,
+    StorageError,
+)
+from snakemq_proto import StorageBatch
 
 pytestmark = pytest.mark.anyio
 
@@ -136,3 +144,29 @@ async def test_no_loss_when_sender_is_killed_mid_stream(anyio_backend: str, tmp_
                     )
                     await marker.delivered()
     _check_stream(got, reported)
+
+
+class _FlakyStorage(MemoryQueuesStorage):
+    """Fails the next ``failures`` applies, like a full disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    def apply(self, batch: StorageBatch) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk full")
+        super().apply(batch)
+
+
+async def test_storage_failure_raises_and_the_batch_is_retried() -> None:
+    storage = _FlakyStorage()
+    async with Messaging("alice", storage=storage) as alice:
+        storage.failures = 1
+        first = Message(b"first", ttl=None, flags=FLAG_PERSISTENT)
+        with pytest.raises(StorageError, match="disk full"):
+            await alice.send_message("bob", first)
+        # the message is still queued, and the next commit stores both
+        await alice.send_message("bob", Message(b"second", ttl=None, flags=FLAG_PERSISTENT))
+        assert [m.data for m in storage.load().queues["bob"]] == [b"first", b"second"]

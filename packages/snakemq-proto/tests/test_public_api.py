@@ -67,6 +67,16 @@ PUBLIC = [
     "decode_frame",
     "encode_packet",
     "new_uuid",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_KEEPALIVE_WAIT",
+    "DEFAULT_RECONNECT_INTERVAL",
+    "DEFAULT_RECONNECT_MAX_INTERVAL",
+    "JITTER",
+    "Backoff",
+    "RedialHolds",
+    "StorageWriter",
+    "check_address",
+    "check_seconds",
 ]
 
 ENGINE_METHODS = [

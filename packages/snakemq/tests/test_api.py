@@ -14,6 +14,8 @@ import snakemq.storage.sqlite
 import snakemq.throttle
 import snakemq.version
 import snakemq_proto
+from snakemq.message import Message
+from sync_helpers import Peer
 
 
 def test_public_names() -> None:
@@ -58,5 +60,46 @@ def test_messaging_keeps_the_1_6_attributes() -> None:
 
         with pytest.raises(ValueError, match="Messaging"):
             snakemq.messaging.Messaging("other", "", packeter)
+    finally:
+        link.cleanup()
+
+
+def test_bad_arguments_name_the_argument(peers: list[Peer]) -> None:
+    import pytest
+
+    a = Peer("a")
+    peers.append(a)
+    with pytest.raises(TypeError, match="message"):
+        a.messaging.send_message("b", b"raw bytes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ident"):
+        a.messaging.send_message("x" * 51, Message(b"x"))
+    with pytest.raises(TypeError, match="data"):
+        Message("text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ttl"):
+        Message(b"x", ttl=-1)
+    with pytest.raises(ValueError, match="keepalive_interval"):
+        a.messaging.keepalive_interval = 0
+    link = snakemq.link.Link()
+    try:
+        with pytest.raises(ValueError, match="ident"):
+            snakemq.messaging.Messaging("y" * 51, "", snakemq.packeter.Packeter(link))
+    finally:
+        link.cleanup()
+
+
+def test_addresses_are_checked_as_in_the_anyio_package() -> None:
+    import pytest
+    from snakemq.link import Link
+
+    link = Link()
+    try:
+        with pytest.raises(TypeError, match=r"address\[1\] \(port\)"):
+            link.add_listener(("127.0.0.1", "0"))
+        with pytest.raises(ValueError, match=r"0\.\.65535"):
+            link.add_connector(("127.0.0.1", 70000))
+        with pytest.raises(ValueError, match="reconnect_interval"):
+            link.add_connector(("127.0.0.1", 1), reconnect_interval=0)
+        port = link.add_listener(["127.0.0.1", 0])[1]  # type: ignore[arg-type]  # a list, as anyio takes
+        assert port > 0
     finally:
         link.cleanup()

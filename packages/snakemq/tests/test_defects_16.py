@@ -1,4 +1,4 @@
-"""Regression tests for the snakeMQ 1.6 defects listed in DESIGN.md.
+"""Regression tests for the snakeMQ 1.6 defects listed in ARCHITECTURE.md.
 
 Defects covered elsewhere: packet size limit and zero-length packet
 (test_hostile), callback exceptions (test_callbacks), send_message from

@@ -3,6 +3,7 @@ process loses nothing and delivers nothing twice."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -218,3 +219,25 @@ def test_storage_failure_raises_from_send_and_is_retried(peers: list[Peer]) -> N
     storage.fail = False
     m2 = a.send("b", b"y", ttl=None, flags=FLAG_PERSISTENT)  # the failed batch goes too
     assert [x.uuid for x in storage.load().queues["b"]] == [m.uuid, m2.uuid]
+
+
+def test_a_failing_storage_is_logged_once_per_streak(
+    peers: list[Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    # issue 13 item 4: the loop logged a full traceback on every pass while
+    # the disk was full
+    storage = FlakyStorage()
+    a = Peer("a", storage)
+    peers.append(a)
+    storage.fail = True
+    m = Message(b"x", ttl=None, flags=FLAG_PERSISTENT)
+    with pytest.raises(StorageError, match="disk full"):
+        a.messaging.send_message("b", m)
+    caplog.set_level(logging.INFO)
+    a.link.loop(poll_timeout=0.01, runtime=0.3)  # many passes, each retries
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    storage.fail = False
+    a.link.loop(poll_timeout=0.01, runtime=0.05)
+    assert [x.uuid for x in storage.load().queues["b"]] == [m.uuid]
+    assert sum("works again" in r.getMessage() for r in caplog.records) == 1

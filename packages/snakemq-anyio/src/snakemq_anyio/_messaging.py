@@ -3,55 +3,54 @@
 Theory of operation
 -------------------
 
-Every protocol rule lives in ``snakemq_proto.Engine``; this module only moves
-bytes between sockets and the engine, runs its timer and applies its storage
+Every protocol rule lives in ``snakemq_proto``; this package only moves bytes
+between sockets and the engine, runs its timer and applies its storage
 batches.  All engine calls are synchronous and happen on the one event loop,
 so no lock is needed.
 
-Tasks, all inside the task group the ``Messaging`` owns:
+``Messaging`` is a facade: it owns the engine, routes the engine's events
+(``_dispatch``) and keeps the application's side (receipts, send pacing,
+``receive()``).  The work is done by objects that own their state:
 
-* per connection a *reader* (``stream.receive()`` -> ``engine.receive_data``)
-  and a *writer* (``engine.data_to_send`` -> ``stream.send`` ->
-  ``engine.data_sent``), the writer sleeping on a per-connection wake-up event
-  that is set after every engine call that can produce output;
-* one *timer* that sleeps until ``engine.next_deadline()`` (or until woken
-  because a deadline may have moved) and calls ``engine.handle_timeout``;
-* one *flusher* that takes ``engine.take_storage_batch()`` and applies it in a
-  worker thread, one batch at a time, so batches are applied in order and all
-  changes made while one commits go into the next (group commit);
-* one *acker* that calls ``engine.handed()`` for the messages the application
-  took with ``receive()`` since it last ran (acknowledgements are batched);
-* per listener an accept loop, per connector a connect/reconnect loop.
+* ``Dialer`` (``_dialing.py``): per listener an accept loop, per connector a
+  connect/reconnect loop, the TLS handshake of every new stream;
+* ``Connections`` (``_connection.py``): per connection a *reader* and a
+  *writer* task, and the close rules;
+* ``StorageFlusher`` (``_flusher.py``): one task that applies the engine's
+  storage batches in a worker thread, in order, grouped (group commit);
+* ``Inbox`` (``_inbox.py``): received messages waiting for ``receive()``,
+  and the backpressure on readers while it is full.
+
+Two more tasks run here: the *timer*, which sleeps until
+``engine.next_deadline()`` (or until woken because a deadline may have moved)
+and calls ``engine.handle_timeout``, and the *acker*, which calls
+``engine.handed()`` for the messages the application took since it last ran
+(acknowledgements are batched).  Tasks sleep on ``Wakeup``s (``_wakeup.py``).
 
 Time given to the engine is ``time.monotonic()`` throughout; the timer turns
 deadlines into relative sleeps.
-
-Backpressure: received messages wait in one bounded buffer.  A reader that
-finds the buffer over its limit stops reading its socket until the
-application drained it to the low-water mark; the sender's window (messages
-are acknowledged only once taken) and TCP then hold the sender back.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
+import enum
 import logging
 import os
-import random
 import time
-from collections import deque
-from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
-from anyio.abc import ByteStream, SocketAttribute, SocketListener
-from anyio.streams.tls import TLSAttribute, TLSStream
+import anyio.to_thread
 from snakemq_proto import (
+    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_WAIT,
     DEFAULT_MAX_PACKET_SIZE,
+    DEFAULT_RECONNECT_INTERVAL,
+    DEFAULT_RECONNECT_MAX_INTERVAL,
     DEFAULT_WINDOW,
     FLAG_PERSISTENT,
     CloseConnection,
@@ -67,66 +66,38 @@ from snakemq_proto import (
     PeerDisconnected,
     QueuesStorage,
     RedialHeld,
-    RemoteProtocolError,
     SqliteQueuesStorage,
     SSLConfig,
-    StorageBatch,
-    StorageError,
-    cert_idents,
+    check_address,
+    check_seconds,
 )
 
+from ._connection import CLOSE_FLUSH_TIMEOUT, RECEIVE_SIZE, Connection, Connections
+from ._dialing import Dialer, TLSHandshakeError
+from ._flusher import StorageFlusher
+from ._inbox import Inbox
 from ._receipt import DeliveryError, MessageDroppedError, MessagingClosedError, Receipt
-from ._stream import EventStream, MessagingEvent, ReadingPaused, ReadingResumed
+from ._stream import EventStream, MessagingEvent
+from ._wakeup import Wakeup
+
+__all__ = ["CLOSE_FLUSH_TIMEOUT", "RECEIVE_SIZE", "Lifecycle", "Messaging", "TLSHandshakeError"]
 
 log = logging.getLogger("snakemq.anyio")
 _monotonic = time.monotonic
 
-RECEIVE_SIZE = 262144
-"""Bytes asked for per ``stream.receive()``."""
-
-CLOSE_FLUSH_TIMEOUT = 2.0
-"""Seconds a closing connection may spend writing what it still has."""
-
 _T = TypeVar("_T", bound="Messaging")
 
-_NEW, _RUNNING, _CLOSING, _CLOSED = 0, 1, 2, 3
+
+class Lifecycle(enum.Enum):
+    """Where a ``Messaging`` is in its life; it only moves forward."""
+
+    NEW = "new"  # made, not entered
+    RUNNING = "running"  # inside ``async with``
+    CLOSING = "closing"  # leaving: connections write what they have and close
+    CLOSED = "closed"  # left; the storage is closed
 
 
-class TLSHandshakeError(RemoteProtocolError):
-    """The TLS handshake of a connection failed (reported in ``ErrorOccurred``)."""
-
-
-class _Conn:
-    """The I/O side of one connection."""
-
-    __slots__ = (
-        "closing",
-        "conn_id",
-        "held_for",
-        "ident",
-        "identified",
-        "legacy",
-        "scope",
-        "stream",
-        "wakeup",
-    )
-
-    def __init__(self, conn_id: str, stream: ByteStream) -> None:
-        self.conn_id = conn_id
-        self.stream = stream
-        self.scope = anyio.CancelScope()
-        self.ident: str | None = None
-        self.legacy = False
-        self.identified = False
-        self.closing = False
-        self.wakeup: anyio.Event | None = None  # set while the writer sleeps
-        self.held_for: str | None = None  # RedialHeld: its connector waits while this peer is up
-
-    def kick(self) -> None:
-        wakeup = self.wakeup
-        if wakeup is not None:
-            self.wakeup = None
-            wakeup.set()
+_RUNNING = Lifecycle.RUNNING
 
 
 class Messaging:
@@ -146,8 +117,9 @@ class Messaging:
         keepalive_wait: seconds to wait for the answer before closing.
         reconnect_interval: first delay of a connector's reconnect back-off.
         reconnect_max_interval: longest delay of the back-off (it doubles).
-        connect_timeout: seconds a TCP connect (and TLS handshake) may take.
-        handshake_timeout: seconds a new connection may take to identify.
+        connect_timeout: seconds a TCP connect may take.
+        handshake_timeout: seconds a new connection may take to identify
+            (and a TLS handshake may take).
         max_packet_size: the largest packet accepted from a peer.
         window: unacknowledged messages a peer may send us at once.
         max_buffered: received messages waiting for ``receive()`` above which
@@ -171,10 +143,10 @@ class Messaging:
         storage: QueuesStorage | str | os.PathLike[str] | None = None,
         *,
         keepalive_interval: float | None = None,
-        keepalive_wait: float = 5.0,
-        reconnect_interval: float = 1.0,
-        reconnect_max_interval: float = 30.0,
-        connect_timeout: float = 10.0,
+        keepalive_wait: float = DEFAULT_KEEPALIVE_WAIT,
+        reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
+        reconnect_max_interval: float = DEFAULT_RECONNECT_MAX_INTERVAL,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         window: int = DEFAULT_WINDOW,
@@ -190,9 +162,9 @@ class Messaging:
             ("connect_timeout", connect_timeout),
             ("handshake_timeout", handshake_timeout),
         ):
-            _check_seconds(name, value)
+            check_seconds(value, name)
         if keepalive_interval is not None:
-            _check_seconds("keepalive_interval", keepalive_interval)
+            check_seconds(keepalive_interval, "keepalive_interval")
         for name, count in (
             ("max_buffered", max_buffered),
             ("max_buffered_bytes", max_buffered_bytes),
@@ -203,7 +175,7 @@ class Messaging:
             raise TypeError(
                 f"storage must be a QueuesStorage or a path, not {type(storage).__name__}"
             )
-        self._engine = Engine(
+        engine = self._engine = Engine(
             ident,
             persistent=storage is not None,
             keepalive_interval=keepalive_interval,
@@ -214,61 +186,50 @@ class Messaging:
             max_queued=max_queued,
             legacy=legacy,
         )
-        self.ident = self._engine.ident
+        self.ident = engine.ident
         self._storage_arg = storage
-        self._storage: QueuesStorage | None = None
         self._persistent = storage is not None
-        self._reconnect_interval = reconnect_interval
-        self._reconnect_max_interval = max(reconnect_max_interval, reconnect_interval)
-        self._connect_timeout = connect_timeout
-        self._handshake_timeout = handshake_timeout
-        self._state = _NEW
+        self._state = Lifecycle.NEW
         self._tg: anyio.abc.TaskGroup | None = None
-        self._conn_seq = itertools.count(1)
-        self._conns: dict[str, _Conn] = {}
-        self._peers: dict[str, _Conn] = {}  # identified connections by remote ident
-        self._connect_waiters: dict[str, anyio.Event] = {}
-        self._away_waiters: dict[str, anyio.Event] = {}  # held connectors, by remote ident
-        self._conns_changed: anyio.Event | None = None
-        self._listeners: dict[tuple[str, int], tuple[anyio.CancelScope, anyio.Event]] = {}
+        self._flusher: StorageFlusher | None = None  # made when entered
+        self._inbox = Inbox(max_buffered, max_buffered_bytes)
+        self._conns = Connections(
+            engine,
+            self._inbox,
+            dispatch=self._dispatch,
+            publish=self._publish,
+            wake_timer=self._wake_timer,
+            request_flush=self._request_flush if self._persistent else None,
+            is_running=self._is_running,
+        )
+        self._dialer = Dialer(
+            self.ident,
+            self._conns,
+            publish=self._publish,
+            is_running=self._is_running,
+            reconnect_interval=reconnect_interval,
+            reconnect_max_interval=reconnect_max_interval,
+            connect_timeout=connect_timeout,
+            handshake_timeout=handshake_timeout,
+        )
+        self._peers: dict[str, Connection] = {}  # identified connections by remote ident
+        self._connected = Wakeup()  # a peer identified (wait_connected)
         # undelivered receipts per peer, by uuid (their number paces senders)
         self._receipts: dict[str, dict[bytes, Receipt]] = {}
         self._subscribers: list[EventStream] = []
         self._sends = 0
-        # send pacing: undelivered receipts per peer, and senders waiting
+        # send pacing: senders waiting for room in a peer's queue
         self._queue_waiters: dict[str, anyio.Event] = {}
-        self._legacy_conns = 0
-        # receive buffer
-        self._rx: deque[MessageReceived] = deque()
-        self._rx_bytes = 0
-        self._max_buffered = max_buffered
-        self._max_buffered_bytes = max_buffered_bytes
-        self._low_buffered = max_buffered // 2
-        self._low_buffered_bytes = max_buffered_bytes // 2
-        self._rx_event: anyio.Event | None = None
-        self._space_event: anyio.Event | None = None
-        # acknowledgements: messages taken by the application, per connection
-        self._handed: dict[str, int] = {}
-        self._ack_event: anyio.Event | None = None
-        # timer and storage
-        self._timer_event: anyio.Event | None = None
-        self._flush_event: anyio.Event | None = None
-        self._flush_requested = False
-        self._taken = 0  # storage batches taken from the engine
-        self._applied = 0  # ... and applied
-        self._applied_event: anyio.Event | None = None
-        self._failed_batches: dict[int, BaseException] = {}
-        self._carry: StorageBatch | None = None  # a batch that failed, retried first
+        self._timer_wakeup = Wakeup()
 
     # ------------------------------------------------------------- lifecycle
 
     async def __aenter__(self: _T) -> _T:
-        if self._state != _NEW:
+        if self._state is not Lifecycle.NEW:
             raise RuntimeError("a Messaging can be entered only once")
         storage = self._storage_arg
         if isinstance(storage, str | os.PathLike):
             storage = await anyio.to_thread.run_sync(SqliteQueuesStorage, os.fspath(storage))
-        self._storage = storage
         state = None
         if storage is not None:
             try:
@@ -277,16 +238,17 @@ class Messaging:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(storage.close)
                 raise
+            self._flusher = StorageFlusher(storage, self._engine.take_storage_batch)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        self._state = _RUNNING
+        self._state = Lifecycle.RUNNING
         if state is not None:
             self._dispatch(self._engine.load(state.queues, state.seen, time.monotonic()))
         tg.start_soon(self._timer, name="snakemq timer")
         tg.start_soon(self._acker, name="snakemq acker")
-        if storage is not None:
-            tg.start_soon(self._flusher, storage, name="snakemq flusher")
+        if self._flusher is not None:
+            tg.start_soon(self._flusher.run, name="snakemq flusher")
         return self
 
     async def __aexit__(
@@ -313,31 +275,18 @@ class Messaging:
     async def _close_connections(self) -> None:
         """Acknowledge what the application took, then close every connection
         after it wrote what it has (so a clean exit leaves no resends)."""
-        self._state = _CLOSING
+        self._state = Lifecycle.CLOSING
         self._hand_taken()
         engine = self._engine
-        for conn_id in list(self._conns):
+        for conn_id in list(self._conns.by_id):
             self._dispatch(engine.close(conn_id))
-        while self._conns:
-            wakeup = self._conns_changed = anyio.Event()
-            await wakeup.wait()
+        await self._conns.wait_all_closed()
 
     async def _shutdown(self) -> None:
-        self._state = _CLOSED
+        self._state = Lifecycle.CLOSED
         self._hand_taken()
-        storage = self._storage
-        if storage is not None:
-            batch = self._take_batch()
-            self._taken += 1
-            try:
-                if batch is not None:
-                    await anyio.to_thread.run_sync(storage.apply, batch)
-            except Exception as exc:
-                log.exception("could not store the last queue changes")
-                self._failed_batches[self._taken] = exc
-            finally:
-                self._applied = self._taken  # sends waiting for this batch may return
-                await anyio.to_thread.run_sync(storage.close)
+        if self._flusher is not None:
+            await self._flusher.close()
         for receipt in [r for per_peer in self._receipts.values() for r in per_peer.values()]:
             receipt._resolve(
                 MessagingClosedError(
@@ -347,23 +296,21 @@ class Messaging:
                 )
             )
         self._receipts.clear()
-        self._rx.clear()
-        self._wake(self._rx_event)
-        self._rx_event = None
-        for waiter in [
-            *self._connect_waiters.values(),
-            *self._queue_waiters.values(),
-            *self._away_waiters.values(),
-        ]:
+        self._inbox.clear()
+        self._connected.set()
+        for waiter in self._queue_waiters.values():
             waiter.set()
+        self._dialer.release_all()
         for stream in self._subscribers:
             stream._end()
         self._subscribers.clear()
-        self._wake(self._applied_event)
+
+    def _is_running(self) -> bool:
+        return self._state is _RUNNING
 
     def _running(self) -> anyio.abc.TaskGroup:
-        if self._state != _RUNNING or self._tg is None:
-            state = "not started" if self._state == _NEW else "closed"
+        if self._state is not _RUNNING or self._tg is None:
+            state = "not started" if self._state is Lifecycle.NEW else "closed"
             raise RuntimeError(f"Messaging is {state}; use it inside `async with Messaging(...)`")
         return self._tg
 
@@ -382,11 +329,10 @@ class Messaging:
             ValueError: ``ssl_config`` cannot make a server context.
         """
         tg = self._running()
-        host, port = _check_address(address)
+        host, port = check_address(address)
         if ssl_config is not None:
             ssl_config.server_context()  # configuration errors surface here
-        bound: tuple[str, int] = await tg.start(self._listen, host, port, ssl_config)
-        return bound
+        return await self._dialer.add_listener(tg, host, port, ssl_config)
 
     async def remove_listener(self, address: tuple[str, int]) -> None:
         """Stop the listener ``add_listener`` returned ``address`` for; return
@@ -395,12 +341,7 @@ class Messaging:
         Raises:
             KeyError: there is no such listener.
         """
-        entry = self._listeners.pop(_check_address(address), None)
-        if entry is None:
-            raise KeyError(f"no listener on {address!r}")
-        scope, closed = entry
-        scope.cancel()
-        await closed.wait()
+        await self._dialer.remove_listener(check_address(address))
 
     async def add_connector(
         self, address: tuple[str, int], ssl_config: SSLConfig | None = None
@@ -413,233 +354,18 @@ class Messaging:
         the connection.
         """
         tg = self._running()
-        host, port = _check_address(address)
+        host, port = check_address(address)
         if ssl_config is not None:
             ssl_config.client_context()
-        scope: anyio.CancelScope = await tg.start(self._connect_loop, host, port, ssl_config)
-        return scope
-
-    async def _listen(
-        self,
-        host: str,
-        port: int,
-        ssl_config: SSLConfig | None,
-        *,
-        task_status: anyio.abc.TaskStatus[tuple[str, int]],
-    ) -> None:
-        multi = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
-        bound = multi.extra(SocketAttribute.local_address)
-        assert isinstance(bound, tuple)
-        address = (str(bound[0]), int(bound[1]))
-        closed = anyio.Event()
-        with anyio.CancelScope() as scope:
-            self._listeners[address] = (scope, closed)
-            task_status.started(address)
-            log.info("%s listening on %s:%s", self.ident, *address)
-            try:
-                async with multi, anyio.create_task_group() as tg:
-                    for listener in multi.listeners:
-                        assert isinstance(listener, SocketListener)
-                        tg.start_soon(self._accept_loop, listener, ssl_config)
-            finally:
-                if self._listeners.get(address, (None,))[0] is scope:
-                    del self._listeners[address]
-                closed.set()
-
-    async def _accept_loop(self, listener: SocketListener, ssl_config: SSLConfig | None) -> None:
-        tg = self._running()
-        delay = 0.05
-        while True:
-            try:
-                stream = await listener.accept()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-            except OSError as exc:  # e.g. out of file descriptors: back off, go on
-                log.error("accept failed: %s; retrying in %.2f s", exc, delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            delay = 0.05
-            tg.start_soon(self._serve_stream, stream, ssl_config, True, None)
-
-    async def _connect_loop(
-        self,
-        host: str,
-        port: int,
-        ssl_config: SSLConfig | None,
-        *,
-        task_status: anyio.abc.TaskStatus[anyio.CancelScope],
-    ) -> None:
-        base = self._reconnect_interval
-        delay = base
-        with anyio.CancelScope() as scope:
-            task_status.started(scope)
-            while True:
-                stream: ByteStream | None = None
-                try:
-                    with anyio.fail_after(self._connect_timeout):
-                        stream = await anyio.connect_tcp(host, port)
-                except (OSError, TimeoutError) as exc:
-                    log.info("%s: connect to %s:%s failed: %s", self.ident, host, port, exc)
-                conn = None
-                if stream is not None:
-                    conn = await self._serve_stream(stream, ssl_config, False, host)
-                    if conn is not None and conn.identified:
-                        delay = base
-                if self._state != _RUNNING:
-                    return
-                if conn is not None and conn.held_for is not None:
-                    # redundant: the peer is connected over another connection
-                    log.info(
-                        "%s: not redialling %s:%s while %r is connected",
-                        self.ident,
-                        host,
-                        port,
-                        conn.held_for,
-                    )
-                    await self._until_away(conn.held_for)
-                    if self._state != _RUNNING:
-                        return
-                    delay = base
-                    continue  # at once
-                await anyio.sleep(delay * random.uniform(0.75, 1.0))
-                delay = min(delay * 2, self._reconnect_max_interval)
-
-    async def _serve_stream(
-        self,
-        stream: ByteStream,
-        ssl_config: SSLConfig | None,
-        server_side: bool,
-        hostname: str | None,
-    ) -> _Conn | None:
-        """Run one accepted or connected stream to its end; return its
-        connection (``None`` if it never got that far)."""
-        conn_id = f"c{next(self._conn_seq)}"
-        try:
-            names: frozenset[str] | None = None
-            if ssl_config is not None:
-                context = (
-                    ssl_config.server_context() if server_side else ssl_config.client_context()
-                )
-                try:
-                    with anyio.fail_after(self._handshake_timeout):
-                        stream = await TLSStream.wrap(
-                            stream,
-                            server_side=server_side,
-                            hostname=hostname,
-                            ssl_context=context,
-                            standard_compatible=False,
-                        )
-                except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-                    await _close(stream)
-                    error = TLSHandshakeError(f"TLS handshake failed: {exc or type(exc).__name__}")
-                    log.warning("conn=%s %s", conn_id, error)
-                    self._publish(ErrorOccurred(conn_id, None, error))
-                    return None
-                if ssl_config.bind_ident:
-                    names = cert_idents(stream.extra(TLSAttribute.peer_certificate, None))
-            return await self._run_connection(conn_id, stream, names, not server_side)
-        except Exception:
-            log.exception("conn=%s failed unexpectedly; it is closed", conn_id)
-            await _close(stream)
-            return None
-
-    async def _run_connection(
-        self, conn_id: str, stream: ByteStream, names: frozenset[str] | None, outbound: bool
-    ) -> _Conn | None:
-        if self._state != _RUNNING:
-            await _close(stream)
-            return None
-        engine = self._engine
-        conn = _Conn(conn_id, stream)
-        self._conns[conn_id] = conn
-        engine.connection_made(conn_id, time.monotonic(), cert_idents=names, outbound=outbound)
-        self._wake_timer()
-        try:
-            with conn.scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._reader, conn)
-                    tg.start_soon(self._writer, conn)
-        finally:
-            await _close(stream)
-            del self._conns[conn_id]
-            if self._conns_changed is not None:
-                self._conns_changed.set()
-                self._conns_changed = None
-            self._dispatch(engine.connection_lost(conn_id, time.monotonic()))
-            self._wake_timer()
-            self._request_flush()
-        return conn
-
-    # -------------------------------------------------------- per connection
-
-    async def _reader(self, conn: _Conn) -> None:
-        engine = self._engine
-        stream = conn.stream
-        conn_id = conn.conn_id
-        rx = self._rx
-        persistent = self._persistent
-        keepalive = self._engine.keepalive_interval is not None
-        monotonic = time.monotonic
-        try:
-            while True:
-                data = await stream.receive(RECEIVE_SIZE)
-                events = engine.receive_data(conn_id, data, monotonic())
-                if events:
-                    self._dispatch(events)
-                conn.kick()
-                if keepalive:
-                    # an answered ping brings the next ping deadline forward
-                    self._wake_timer()
-                if persistent:
-                    self._request_flush()
-                if conn.closing:
-                    return
-                if len(rx) >= self._max_buffered or self._rx_bytes >= self._max_buffered_bytes:
-                    await self._pause(conn)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-        conn.scope.cancel()
-
-    async def _pause(self, conn: _Conn) -> None:
-        self._publish(ReadingPaused(conn.conn_id, conn.ident))
-        while len(self._rx) > self._low_buffered or self._rx_bytes > self._low_buffered_bytes:
-            if self._space_event is None:
-                self._space_event = anyio.Event()
-            await self._space_event.wait()
-        self._publish(ReadingResumed(conn.conn_id, conn.ident))
-
-    async def _writer(self, conn: _Conn) -> None:
-        engine = self._engine
-        stream = conn.stream
-        conn_id = conn.conn_id
-        persistent = self._persistent
-        try:
-            while True:
-                data = engine.data_to_send(conn_id)
-                if data:
-                    await stream.send(data)
-                    events = engine.data_sent(conn_id, len(data))
-                    if events:
-                        self._dispatch(events)
-                        if persistent:
-                            self._request_flush()
-                    continue
-                if conn.closing:
-                    break
-                wakeup = conn.wakeup = anyio.Event()
-                await wakeup.wait()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-        conn.scope.cancel()
+        return await self._dialer.add_connector(tg, host, port, ssl_config)
 
     # ------------------------------------------------------------ background
 
     async def _timer(self) -> None:
         engine = self._engine
+        wakeup = self._timer_wakeup
         monotonic = time.monotonic
         while True:
-            wakeup = self._timer_event = anyio.Event()
             deadline = engine.next_deadline()
             if deadline is None:
                 await wakeup.wait()
@@ -649,29 +375,24 @@ class Messaging:
                 with anyio.move_on_after(delay):
                     await wakeup.wait()
                 continue
-            self._timer_event = None
             events = engine.handle_timeout(monotonic())
             if events:
                 self._dispatch(events)
-            for conn in self._conns.values():
-                conn.kick()
+            self._conns.kick_all()
             self._request_flush()
             await anyio.lowlevel.checkpoint()
 
     def _wake_timer(self) -> None:
-        wakeup = self._timer_event
-        if wakeup is not None:
-            self._timer_event = None
-            wakeup.set()
+        self._timer_wakeup.set()
 
     async def _acker(self) -> None:
+        taken = self._inbox.taken
         while True:
-            wakeup = self._ack_event = anyio.Event()
-            await wakeup.wait()
+            await taken.wait()
             self._hand_taken()
 
     def _hand_taken(self) -> None:
-        handed = self._handed
+        handed = self._inbox.take_handed()
         if not handed:
             return
         engine = self._engine
@@ -681,75 +402,26 @@ class Messaging:
             conn = conns.get(conn_id)
             if conn is not None:
                 conn.kick()
-        handed.clear()
         self._request_flush()
 
     def _request_flush(self) -> None:
-        if self._persistent and not self._flush_requested:
-            self._flush_requested = True
-            wakeup = self._flush_event
-            if wakeup is not None:
-                self._flush_event = None
-                wakeup.set()
-
-    async def _flusher(self, storage: QueuesStorage) -> None:
-        while True:
-            if not self._flush_requested:
-                wakeup = self._flush_event = anyio.Event()
-                await wakeup.wait()
-            self._flush_requested = False
-            with anyio.CancelScope(shield=True):
-                # taken and applied as one step: a batch is never lost to a cancel
-                batch = self._take_batch()
-                self._taken += 1
-                number = self._taken
-                if batch is not None:
-                    try:
-                        await anyio.to_thread.run_sync(storage.apply, batch)
-                    except Exception as exc:
-                        log.exception("storing queue changes failed; retrying with the next batch")
-                        self._failed_batches[number] = exc
-                        self._carry = batch
-            self._applied = number
-            self._wake(self._applied_event)
-            self._applied_event = None
-
-    def _take_batch(self) -> StorageBatch | None:
-        batch = self._engine.take_storage_batch()
-        carry = self._carry
-        if carry is None:
-            return batch
-        self._carry = None
-        if batch is not None:
-            carry.extend(batch)
-        return carry
-
-    async def _wait_stored(self) -> None:
-        number = self._taken + 1  # the batch that holds what was just queued
-        self._request_flush()
-        while self._applied < number:
-            if self._state == _CLOSED:
-                raise RuntimeError("Messaging closed while a message was being stored")
-            if self._applied_event is None:
-                self._applied_event = anyio.Event()
-            await self._applied_event.wait()
-        error = self._failed_batches.pop(number, None)
-        if error is not None:
-            raise StorageError(f"the message could not be stored: {error}") from error
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.request()
 
     # ---------------------------------------------------------------- events
 
     def _dispatch(self, events: list[Event]) -> None:
         # hot path: classes compared by identity; the narrowing mypy cannot
         # see is spelled out with ignores
-        rx = self._rx
+        inbox = self._inbox
         received = False
+        failed: str | None = None  # the connection of the last ErrorOccurred
         receipts = self._receipts
         for event in events:
             cls = type(event)
             if cls is MessageReceived:
-                rx.append(event)  # type: ignore[arg-type]
-                self._rx_bytes += len(event.message.data)  # type: ignore[union-attr]
+                inbox.push(event)  # type: ignore[arg-type]
                 received = True
                 continue
             if cls is MessageSent:
@@ -776,13 +448,14 @@ class Messaging:
                     ),
                 )
             elif cls is CloseConnection:
-                self._close_conn(event.conn_id)  # type: ignore[union-attr]
+                conn_id = event.conn_id  # type: ignore[union-attr]
+                self._conns.close(conn_id, error=conn_id == failed)
                 continue
+            elif cls is ErrorOccurred:
+                failed = event.conn_id  # type: ignore[union-attr]
             elif cls is RedialHeld:
                 assert isinstance(event, RedialHeld)
-                conn = self._conns.get(event.conn_id)
-                if conn is not None:
-                    conn.held_for = event.ident  # its connect loop reads it
+                self._dialer.hold(event.conn_id, event.ident)
                 continue
             elif cls is PeerConnected:
                 assert isinstance(event, PeerConnected)
@@ -793,10 +466,7 @@ class Messaging:
             if self._subscribers:
                 self._publish(event)  # type: ignore[arg-type]
         if received:
-            wakeup = self._rx_event
-            if wakeup is not None:
-                self._rx_event = None
-                wakeup.set()
+            inbox.arrived.set()
 
     def _resolve(self, ident: str, uuid: bytes, error: DeliveryError | None) -> None:
         per_peer = self._receipts.get(ident)
@@ -818,53 +488,23 @@ class Messaging:
         conn = self._peers.get(event.ident)
         if conn is not None and conn.conn_id == event.conn_id:
             del self._peers[event.ident]
-            if conn.legacy:
-                self._legacy_conns -= 1
-            self._wake(self._away_waiters.pop(event.ident, None))  # held connectors redial
-        waiter = self._queue_waiters.pop(event.ident, None)
-        if waiter is not None:
-            waiter.set()  # a peer that is away does not pace its senders
+        self._dialer.release(event.ident)  # held connectors redial
+        self._release_senders(event.ident)  # a peer that is away does not pace its senders
         self._wake_timer()
 
     def _on_connected(self, event: PeerConnected) -> None:
         conn = self._conns.get(event.conn_id)
         if conn is not None:
             conn.ident = event.ident
-            conn.legacy = event.legacy
             conn.identified = True
             self._peers[event.ident] = conn
-            if event.legacy:
-                self._legacy_conns += 1
             conn.kick()
-        waiter = self._connect_waiters.pop(event.ident, None)
-        if waiter is not None:
-            waiter.set()
+        self._connected.set()
         self._wake_timer()
-
-    async def _until_away(self, ident: str) -> None:
-        """Return once ``ident`` has no identified connection (or on close)."""
-        while ident in self._peers and self._state == _RUNNING:
-            waiter = self._away_waiters.get(ident)
-            if waiter is None:
-                waiter = self._away_waiters[ident] = anyio.Event()
-            await waiter.wait()
-
-    def _close_conn(self, conn_id: str) -> None:
-        conn = self._conns.get(conn_id)
-        if conn is None or conn.closing:
-            return
-        conn.closing = True
-        conn.scope.deadline = min(conn.scope.deadline, anyio.current_time() + CLOSE_FLUSH_TIMEOUT)
-        conn.kick()
 
     def _publish(self, event: MessagingEvent) -> None:
         for stream in self._subscribers:
             stream._push(event)
-
-    @staticmethod
-    def _wake(event: anyio.Event | None) -> None:
-        if event is not None:
-            event.set()
 
     # ----------------------------------------------------------- application
 
@@ -874,16 +514,17 @@ class Messaging:
         Returns once the message is queued and, when it is persistent
         (``FLAG_PERSISTENT``) and this ``Messaging`` has a storage, durably
         stored.  While ``max_queued`` messages to the connected peer are
-        undelivered it first waits for the peer to catch up.  Safe to call from many tasks at once.  If the call is
-        cancelled while waiting for the storage, the message stays queued
-        (it is stored and delivered all the same).
+        undelivered it first waits for the peer to catch up.  Safe to call
+        from many tasks at once.  If the call is cancelled while waiting for
+        the storage, the message stays queued (it is stored and delivered
+        all the same).
 
         Raises:
             TypeError, ValueError: ``ident`` or ``message`` is invalid.
             StorageError: the storage failed to store the message.
             RuntimeError: the ``Messaging`` is not running.
         """
-        if self._state != _RUNNING:
+        if self._state is not _RUNNING:
             self._running()
         sends = self._sends = self._sends + 1
         if not sends & 63:
@@ -901,14 +542,12 @@ class Messaging:
         if events:
             self._dispatch(events)
         if conn is not None:
-            wakeup = conn.wakeup
-            if wakeup is not None:
-                conn.wakeup = None
-                wakeup.set()
+            conn.wakeup.set()
         else:
             self._wake_timer()
-        if self._persistent and message.flags & FLAG_PERSISTENT:
-            await self._wait_stored()
+        flusher = self._flusher
+        if flusher is not None and message.flags & FLAG_PERSISTENT:
+            await flusher.wait_stored()
         return receipt
 
     async def _wait_queue_space(self, ident: str) -> None:
@@ -917,7 +556,7 @@ class Messaging:
             if waiter is None:
                 waiter = self._queue_waiters[ident] = anyio.Event()
             await waiter.wait()
-            if self._state != _RUNNING:
+            if self._state is not _RUNNING:
                 self._running()
 
     async def receive(self) -> tuple[str, Message]:
@@ -929,19 +568,14 @@ class Messaging:
         Raises:
             anyio.ClosedResourceError: the ``Messaging`` is closed.
         """
-        rx = self._rx
-        while not rx:
-            if self._state != _RUNNING:
+        inbox = self._inbox
+        while not inbox.rx:
+            if self._state is not _RUNNING:
                 self._raise_closed()
-            wakeup = self._rx_event
-            if wakeup is None:
-                wakeup = self._rx_event = anyio.Event()
-            await wakeup.wait()
-        if self._state != _RUNNING:
+            await inbox.arrived.wait()
+        if self._state is not _RUNNING:
             self._raise_closed()
-        event = rx.popleft()
-        self._took(event)
-        return event.ident, event.message
+        return inbox.pop()
 
     def receive_nowait(self) -> tuple[str, Message]:
         """The next received message if one is buffered.
@@ -950,66 +584,29 @@ class Messaging:
             anyio.WouldBlock: none is buffered.
             anyio.ClosedResourceError: the ``Messaging`` is closed.
         """
-        if self._state != _RUNNING:
+        if self._state is not _RUNNING:
             self._raise_closed()
-        if not self._rx:
+        if not self._inbox.rx:
             raise anyio.WouldBlock
-        event = self._rx.popleft()
-        self._took(event)
-        return event.ident, event.message
+        return self._inbox.pop()
 
     async def receive_batch(self, max_messages: int = 1024) -> list[tuple[str, Message]]:
         """Wait for at least one message; return up to ``max_messages`` of
         those buffered (the fast way to drain a busy stream)."""
         if max_messages < 1:
             raise ValueError(f"max_messages must be >= 1, got {max_messages!r}")
-        rx = self._rx
-        if not rx or self._state != _RUNNING:
+        inbox = self._inbox
+        if not inbox.rx or self._state is not _RUNNING:
             first = await self.receive()
-            if not rx or max_messages == 1:
+            if not inbox.rx or max_messages == 1:
                 return [first]
-            batch = [first]
-            max_messages -= 1
-        else:
-            batch = []
-        # no await from here on: what leaves the buffer reaches the caller
-        handed = self._handed
-        popleft = rx.popleft
-        nbytes = 0
-        for _ in range(min(max_messages, len(rx))):
-            event = popleft()
-            nbytes += len(event.message.data)
-            conn_id = event.conn_id
-            handed[conn_id] = handed.get(conn_id, 0) + 1
-            batch.append((event.ident, event.message))
-        self._rx_bytes -= nbytes
-        self._after_take()
-        return batch
-
-    def _took(self, event: MessageReceived) -> None:
-        self._rx_bytes -= len(event.message.data)
-        handed = self._handed
-        conn_id = event.conn_id
-        handed[conn_id] = handed.get(conn_id, 0) + 1
-        self._after_take()
-
-    def _after_take(self) -> None:
-        wakeup = self._ack_event
-        if wakeup is not None:
-            self._ack_event = None
-            wakeup.set()
-        wakeup = self._space_event
-        if (
-            wakeup is not None
-            and len(self._rx) <= self._low_buffered
-            and self._rx_bytes <= self._low_buffered_bytes
-        ):
-            self._space_event = None
-            wakeup.set()
+            # no await from here on: what leaves the buffer reaches the caller
+            return [first, *inbox.pop_batch(max_messages - 1)]
+        return inbox.pop_batch(max_messages)
 
     def _raise_closed(self) -> None:
         raise anyio.ClosedResourceError(
-            "Messaging is not started" if self._state == _NEW else "Messaging is closed"
+            "Messaging is not started" if self._state is Lifecycle.NEW else "Messaging is closed"
         )
 
     def __aiter__(self) -> Messaging:
@@ -1024,7 +621,7 @@ class Messaging:
     @property
     def buffered(self) -> int:
         """Received messages waiting for ``receive()``."""
-        return len(self._rx)
+        return len(self._inbox)
 
     async def wait_connected(self, ident: str, timeout: float | None = None) -> None:
         """Wait until the peer ``ident`` is connected and identified.
@@ -1036,11 +633,8 @@ class Messaging:
         self._running()
         with anyio.fail_after(timeout):
             while ident not in self._peers:
-                waiter = self._connect_waiters.get(ident)
-                if waiter is None:
-                    waiter = self._connect_waiters[ident] = anyio.Event()
-                await waiter.wait()
-                if self._state != _RUNNING:
+                await self._connected.wait()
+                if self._state is not _RUNNING:
                     self._raise_closed()
 
     def is_connected(self, ident: str) -> bool:
@@ -1075,33 +669,4 @@ class Messaging:
         return stream
 
     def __repr__(self) -> str:
-        state = ("new", "running", "closing", "closed")[self._state]
-        return f"<Messaging {self.ident!r} {state} peers={sorted(self._peers)}>"
-
-
-async def _close(stream: ByteStream) -> None:
-    with (
-        anyio.CancelScope(shield=True),
-        anyio.move_on_after(CLOSE_FLUSH_TIMEOUT),
-        contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError),
-    ):
-        await stream.aclose()
-
-
-def _check_seconds(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-
-
-def _check_address(address: Sequence[Any]) -> tuple[str, int]:
-    if (
-        not isinstance(address, tuple | list)
-        or len(address) != 2
-        or not isinstance(address[0], str)
-        or isinstance(address[1], bool)
-        or not isinstance(address[1], int)
-    ):
-        raise TypeError(f"address must be a (host: str, port: int) tuple, got {address!r}")
-    if not 0 <= address[1] <= 65535:
-        raise ValueError(f"port must be in 0..65535, got {address[1]}")
-    return address[0], address[1]
+        return f"<Messaging {self.ident!r} {self._state.value} peers={sorted(self._peers)}>"

@@ -41,19 +41,18 @@ from snakemq_proto.rpc import (
     NoMethodError,
     NotConnected,
     PartialCall,
+    PendingCalls,
     Pickler,
     RemoteError,
     RemoteMethodBase,
     ReplyMemory,
     admit_request,
     as_signal,
-    decode_reply,
-    new_call,
-    no_reply_error,
-    reply_result,
+    encode_request,
 )
 
 from ._messaging import Messaging
+from ._wakeup import Wakeup
 
 __all__ = [
     "CallError",
@@ -71,14 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("snakemq.rpc.anyio")
-
-
-class _Waiter:
-    __slots__ = ("event", "reply")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.reply: dict[str, Any] | None = None
 
 
 class RemoteMethod(RemoteMethodBase):
@@ -136,11 +127,11 @@ class Rpc:
         self.pickler: Pickler = pickler if pickler is not None else JsonPickler()
         self.instances: dict[str, Any] = {}
         self._memory = ReplyMemory()
-        self._waiters: dict[str, _Waiter] = {}
-        self._generation: dict[str, int] = {}
+        self._calls = PendingCalls(self.pickler)  # the resend rule lives there
+        self._calls_changed = Wakeup()  # a reply came or a peer (dis)connected
         self._other: deque[tuple[str, Message]] = deque()
-        self._other_event = anyio.Event()
-        self._space = anyio.Event()
+        self._other_arrived = Wakeup()
+        self._space = Wakeup()  # receive() took a message
         self._max_buffered = max_buffered
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -149,7 +140,7 @@ class Rpc:
         await self._tg.__aenter__()
         events = self.messaging.events()
         for ident in self.messaging.connected:
-            self._generation[ident] = 1
+            self._calls.peer_connected(ident)
         self._tg.start_soon(self._watch_connections, events)
         self._tg.start_soon(self._pump)
         return self
@@ -182,8 +173,7 @@ class Rpc:
     async def receive(self) -> tuple[str, Message]:
         """The next message that is not RPC traffic."""
         while not self._other:
-            await self._other_event.wait()
-            self._other_event = anyio.Event()
+            await self._other_arrived.wait()
         item = self._other.popleft()
         self._space.set()
         return item
@@ -195,9 +185,8 @@ class Rpc:
             async for event in events:
                 if isinstance(event, PeerConnected | PeerDisconnected):
                     if isinstance(event, PeerConnected):
-                        self._generation[event.ident] = self._generation.get(event.ident, 0) + 1
-                    for waiter in self._waiters.values():
-                        waiter.event.set()
+                        self._calls.peer_connected(event.ident)
+                    self._calls_changed.set()
 
     async def _pump(self) -> None:
         async for ident, message in self.messaging:
@@ -208,10 +197,9 @@ class Rpc:
                 self._on_reply(ident, data[len(REPLY_PREFIX) :])
             else:
                 while len(self._other) >= self._max_buffered:
-                    self._space = anyio.Event()
                     await self._space.wait()
                 self._other.append((ident, message))
-                self._other_event.set()
+                self._other_arrived.set()
 
     def _on_request(self, ident: str, payload: bytes) -> None:
         try:
@@ -258,41 +246,33 @@ class Rpc:
 
     def _on_reply(self, ident: str, payload: bytes) -> None:
         try:
-            key, reply = decode_reply(self.pickler, payload)
+            call = self._calls.reply_received(payload)
         except ValueError as exc:
             log.error("ident=%s: refused an RPC reply: %s", ident, exc)
             return
-        waiter = self._waiters.get(key)
-        if waiter is not None and waiter.reply is None:
-            waiter.reply = reply
-            waiter.event.set()
+        if call is not None:
+            self._calls_changed.set()
 
     async def _send_request(self, ident: str, params: dict[str, Any], ttl: float) -> None:
-        raw = REQUEST_PREFIX + self.pickler.dumps(params)
+        raw = encode_request(self.pickler, params)
         await self.messaging.send_message(ident, Message(raw, ttl=ttl))
 
     async def _call(self, ident: str, params: dict[str, Any], timeout: float | None) -> Any:
-        key = new_call(self.pickler, params)
-        waiter = self._waiters[key] = _Waiter()
-        sent_on: int | None = None
+        calls = self._calls
+        call = calls.start(ident, params)
         try:
             with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                while waiter.reply is None:
-                    generation = self._generation.get(ident)
-                    if self.messaging.is_connected(ident) and sent_on != generation:
-                        # (re)send after every reconnect; the server runs it at most once
-                        await self._send_request(ident, params, 0)
-                        sent_on = generation
+                while call.reply is None:
+                    request = calls.request_to_send(call, self.messaging.is_connected(ident))
+                    if request is not None:
+                        await self.messaging.send_message(ident, Message(request, ttl=0))
                         continue
-                    await waiter.event.wait()
-                    if waiter.reply is None:
-                        waiter.event = anyio.Event()
+                    await self._calls_changed.wait()
             if scope.cancelled_caught:
-                raise no_reply_error(ident, params, timeout, sent_on is not None)
+                raise calls.timed_out(call, timeout)
+            return calls.finish(call)
         finally:
-            del self._waiters[key]
-        assert waiter.reply is not None
-        return reply_result(waiter.reply)
+            calls.abandon(call)
 
 
 def _call_with(method: Callable[..., Any], args: Any, kwargs: Any) -> Any:

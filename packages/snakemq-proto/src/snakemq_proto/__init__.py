@@ -6,6 +6,15 @@ sockets, threads and clocks.  The sync package ``snakemq`` and the async
 package ``snakemq_anyio`` are I/O shells around ``Engine``.
 """
 
+from ._backoff import JITTER, Backoff
+from ._checks import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEEPALIVE_WAIT,
+    DEFAULT_RECONNECT_INTERVAL,
+    DEFAULT_RECONNECT_MAX_INTERVAL,
+    check_address,
+    check_seconds,
+)
 from ._engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_WINDOW, OUTPUT_HIGH_WATER, ConnState, Engine
 from ._errors import (
     DuplicateIdentError,
@@ -45,6 +54,7 @@ from ._message import (
     check_ttl,
     new_uuid,
 )
+from ._redial import RedialHolds
 from ._sqlite import SqliteQueuesStorage
 from ._storage import MemoryQueuesStorage, QueuesStorage, StorageBatch, StoredState
 from ._tls import SSLConfig, cert_idents
@@ -65,14 +75,20 @@ from ._wire import (
     decode_frame,
     encode_packet,
 )
+from ._writer import StorageWriter
 
 __all__ = [
     "CAP_ACK",
+    "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_KEEPALIVE_WAIT",
     "DEFAULT_MAX_PACKET_SIZE",
+    "DEFAULT_RECONNECT_INTERVAL",
+    "DEFAULT_RECONNECT_MAX_INTERVAL",
     "DEFAULT_WINDOW",
     "FLAG_PERSISTENT",
     "INFINITE_TTL",
+    "JITTER",
     "MAX_IDENT_LENGTH",
     "MAX_TTL",
     "MAX_UUID_LENGTH",
@@ -80,6 +96,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "UUID_LENGTH",
     "Ack",
+    "Backoff",
     "Capabilities",
     "CloseConnection",
     "ConnState",
@@ -112,16 +129,20 @@ __all__ = [
     "ProtocolVersion",
     "QueuesStorage",
     "RedialHeld",
+    "RedialHolds",
     "RemoteProtocolError",
     "SSLConfig",
     "SnakeMQError",
     "SqliteQueuesStorage",
     "StorageBatch",
     "StorageError",
+    "StorageWriter",
     "StoredState",
     "UnexpectedFrameError",
     "cert_idents",
+    "check_address",
     "check_ident",
+    "check_seconds",
     "check_ttl",
     "decode_frame",
     "encode_packet",

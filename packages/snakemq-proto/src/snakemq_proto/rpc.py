@@ -461,3 +461,91 @@ class ReplyMemory:
                 self._replies[key] = reply
                 while len(self._replies) > self._size:
                     self._replies.popitem(last=False)
+
+
+def encode_request(pickler: Pickler, params: Mapping[str, Any]) -> bytes:
+    """The payload of a request message: ``b"rpcreq"`` + serialized ``params``."""
+    return REQUEST_PREFIX + pickler.dumps(dict(params))
+
+
+class PendingCall:
+    """One call a client waits on (made by ``PendingCalls.start``)."""
+
+    __slots__ = ("ident", "key", "params", "reply", "sent_on")
+
+    def __init__(self, ident: str, key: str, params: dict[str, Any]) -> None:
+        self.ident = ident
+        self.key = key
+        self.params = params
+        self.reply: dict[str, Any] | None = None
+        self.sent_on: int | None = None  # the connection to ``ident`` it went out on
+
+
+class PendingCalls:
+    """The client's side of calls: which wait for a reply, and when a request
+    goes out.
+
+    The resend rule: a call is sent on every connection to its peer that it
+    was not yet sent on — so a call whose request or reply was lost with a
+    connection is sent again after the reconnect, and the server's
+    ``ReplyMemory`` runs it at most once.  Connections are counted per peer
+    (``peer_connected``).  Not thread-safe: the sync client calls it under
+    its lock, the async one from its event loop.
+    """
+
+    def __init__(self, pickler: Pickler) -> None:
+        self.pickler = pickler
+        self._calls: dict[str, PendingCall] = {}
+        self._connections: dict[str, int] = {}  # connections seen per ident
+
+    def peer_connected(self, ident: str) -> None:
+        """A new connection to ``ident``: calls waiting for it are resent."""
+        self._connections[ident] = self._connections.get(ident, 0) + 1
+
+    def start(self, ident: str, params: dict[str, Any]) -> PendingCall:
+        """Register a call to ``ident`` (``params`` get a fresh request id)."""
+        call = PendingCall(ident, new_call(self.pickler, params), params)
+        self._calls[call.key] = call
+        return call
+
+    def request_to_send(self, call: PendingCall, connected: bool) -> bytes | None:
+        """The request payload to send now (with TTL 0), or ``None`` when the
+        peer is away or the request already went out on this connection."""
+        connection = self._connections.get(call.ident)
+        if not connected or call.sent_on == connection:
+            return None
+        call.sent_on = connection
+        return encode_request(self.pickler, call.params)
+
+    def reply_received(self, payload: bytes) -> PendingCall | None:
+        """Take a reply payload (after the prefix); return the call it
+        answers (now with ``reply`` set), ``None`` if none waits for it.
+
+        Raises:
+            ValueError: not a well-formed reply.
+        """
+        key, reply = decode_reply(self.pickler, payload)
+        call = self._calls.get(key)
+        if call is None or call.reply is not None:
+            return None
+        call.reply = reply
+        return call
+
+    def finish(self, call: PendingCall) -> Any:
+        """Forget ``call``; return its result or raise its exception
+        (``reply_result``).  Its reply must have come."""
+        self._calls.pop(call.key, None)
+        assert call.reply is not None
+        return reply_result(call.reply)
+
+    def abandon(self, call: PendingCall) -> None:
+        """Forget ``call`` (it timed out or its caller went away)."""
+        self._calls.pop(call.key, None)
+
+    def timed_out(self, call: PendingCall, timeout: float | None) -> CallError:
+        """Forget ``call``; the error its caller raises (``no_reply_error``)."""
+        self.abandon(call)
+        return no_reply_error(call.ident, call.params, timeout, call.sent_on is not None)
+
+    def __len__(self) -> int:
+        return len(self._calls)

@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 
 A ``Link`` owns every socket of a peer: listening sockets, connectors (which
-reconnect with exponential back-off and jitter) and the connections either
-of them produced.  ``loop()`` runs passes; one pass is:
+reconnect with ``snakemq_proto.Backoff``: exponential, with jitter, started
+over when a connection identified) and the connections either of them
+produced.  A dial that has not connected within ``connect_timeout`` is
+abandoned and retried like a refused one.  ``loop()`` runs passes; one pass is:
 
-1. start the connects that are due;
+1. start the connects that are due (and give up those past their timeout);
 2. ``select()`` with a timeout no longer than ``poll_timeout``, the time left
    of ``runtime``, and the earliest deadline any layer above registered with
    ``add_deadline_hook()``;
@@ -45,7 +47,6 @@ import errno
 import heapq
 import itertools
 import logging
-import random
 import selectors
 import socket
 import ssl
@@ -54,7 +55,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from snakemq_proto import SSLConfig
+from snakemq_proto import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RECONNECT_INTERVAL,
+    DEFAULT_RECONNECT_MAX_INTERVAL,
+    Backoff,
+    SSLConfig,
+    check_address,
+    check_seconds,
+)
 
 from .callbacks import Callback
 from .exceptions import NoConnection, SendNotFinished
@@ -72,17 +81,15 @@ __all__ = [
 
 log = logging.getLogger("snakemq.link")
 
-RECONNECT_INTERVAL = 1.0
+RECONNECT_INTERVAL = DEFAULT_RECONNECT_INTERVAL
 """Seconds before the first reconnect attempt of a connector."""
-RECONNECT_MAX_INTERVAL = 30.0
+RECONNECT_MAX_INTERVAL = DEFAULT_RECONNECT_MAX_INTERVAL
 """The reconnect delay doubles after each failed attempt up to this."""
-RECONNECT_JITTER = 0.2
-"""Each reconnect delay is multiplied by a random factor in ``1 ± this``."""
 RECV_BLOCK_SIZE = 1024 * 1024
 POLL_TIMEOUT = 0.2
 TLS_HANDSHAKE_TIMEOUT = 30.0
-STABLE_CONNECTION = 10.0
-"""A connector's back-off starts over once a connection lasted this long."""
+CONNECT_TIMEOUT = DEFAULT_CONNECT_TIMEOUT
+"""Seconds one dial may take before it is abandoned and retried."""
 LISTEN_BACKLOG = 128
 _ACCEPT_BATCH = 64
 
@@ -99,7 +106,6 @@ class LinkSocket:
         "established_at",
         "handshake_deadline",
         "in_handshake",
-        "listener",
         "remote_peer",
         "sock",
         "ssl_config",
@@ -121,7 +127,6 @@ class LinkSocket:
         self.remote_peer = remote_peer
         self.ssl_config = ssl_config
         self.connector = connector
-        self.listener: _Listener | None = None
         self.established = False
         self.established_at = 0.0
         self.in_handshake = False
@@ -165,24 +170,37 @@ class _Connector:
         "addr_index",
         "address",
         "addrs",
+        "backoff",
         "conn",
-        "failures",
+        "dial_deadline",
         "held",
         "interval",
         "planned",
         "ssl_config",
     )
 
-    def __init__(self, address: Address, interval: float, ssl_config: SSLConfig | None) -> None:
+    def __init__(
+        self,
+        address: Address,
+        interval: float | None,
+        backoff: Backoff,
+        ssl_config: SSLConfig | None,
+    ) -> None:
         self.address = address
-        self.interval = interval
+        self.interval = interval  # its own; None: the link's reconnect_interval
+        self.backoff = backoff
         self.held = False  # no redial until release_redial()
         self.ssl_config = ssl_config
-        self.failures = 0
         self.planned: float | None = None  # when the next attempt starts
+        self.dial_deadline = 0.0  # when the attempt in progress is abandoned
         self.addrs: list[tuple[Any, ...]] = []  # getaddrinfo results of this attempt
         self.addr_index = 0
         self.conn: LinkSocket | None = None  # connecting or connected
+
+    @property
+    def failures(self) -> int:
+        """Reconnect waits since the back-off last started over."""
+        return self.backoff.failures
 
 
 class LinkLike(Protocol):
@@ -213,16 +231,7 @@ class LinkLike(Protocol):
 
     def release_redial(self, address: Address) -> None: ...
 
-
-def _check_address(address: object, name: str = "address") -> tuple[str, int]:
-    if not isinstance(address, tuple) or len(address) < 2:
-        raise TypeError(f"{name} must be a (host, port) tuple, not {address!r}")
-    host, port = address[0], address[1]
-    if not isinstance(host, str):
-        raise TypeError(f"{name}[0] (host) must be a str, not {type(host).__name__}")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"{name}[1] (port) must be an int in 0..65535, got {port!r}")
-    return host, port
+    def identified(self, conn_id: str) -> None: ...
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -249,7 +258,11 @@ class Link:
     Attributes:
         reconnect_interval: default seconds before a connector's first
             reconnect attempt; it doubles per failure up to
-            ``reconnect_max_interval``, with random jitter.
+            ``reconnect_max_interval``, each wait times a random factor in
+            [0.75, 1.0]; the back-off starts over once a connection the
+            connector made identified (``identified()``).
+        connect_timeout: seconds one dial (TCP connect, every address of
+            the name) may take before it is abandoned and retried.
         recv_block_size: the most bytes read at once (the size of the
             link's read buffer).
         tls_handshake_timeout: seconds a TLS handshake may take.
@@ -258,6 +271,7 @@ class Link:
     def __init__(self) -> None:
         self.reconnect_interval = RECONNECT_INTERVAL
         self.reconnect_max_interval = RECONNECT_MAX_INTERVAL
+        self.connect_timeout = CONNECT_TIMEOUT
         self.recv_block_size = RECV_BLOCK_SIZE
         self.tls_handshake_timeout = TLS_HANDSHAKE_TIMEOUT
 
@@ -288,6 +302,7 @@ class Link:
         self._plan: list[tuple[float, int, _Connector]] = []
         self._plan_seq = itertools.count()
         self._handshaking: set[LinkSocket] = set()
+        self._dialing: set[_Connector] = set()  # dials not connected yet
         self._ready: list[LinkSocket] = []  # sends written, to report
         self._broken: list[LinkSocket] = []  # sends failed, to close
         self._ready_reads: list[LinkSocket] = []  # TLS bytes decrypted but not read yet
@@ -305,7 +320,7 @@ class Link:
             TypeError, ValueError: a malformed address.
             OSError: the address cannot be bound (e.g. in use).
         """
-        host, port = _check_address(address)
+        host, port = check_address(address)
         if ssl_config is not None:
             ssl_config.server_context()  # fail now on unusable key/cert files
         if host == "" and socket.has_dualstack_ipv6():
@@ -369,19 +384,18 @@ class Link:
             TypeError, ValueError: a malformed address or interval, or a
                 connector to this address already exists.
         """
-        host, port = _check_address(address)
-        if reconnect_interval is not None and (
-            isinstance(reconnect_interval, bool)
-            or not isinstance(reconnect_interval, int | float)
-            or not reconnect_interval > 0
-        ):
-            raise ValueError(f"reconnect_interval must be > 0 seconds, got {reconnect_interval!r}")
+        host, port = check_address(address)
+        if reconnect_interval is not None:
+            check_seconds(reconnect_interval, "reconnect_interval")
         key: Address = (host, port)
         if key in self._connectors:
             raise ValueError(f"connector {key!r} already set")
         if ssl_config is not None:
             ssl_config.client_context()
-        connector = _Connector(key, reconnect_interval or self.reconnect_interval, ssl_config)
+        backoff = Backoff(
+            reconnect_interval or self.reconnect_interval, self.reconnect_max_interval
+        )
+        connector = _Connector(key, reconnect_interval, backoff, ssl_config)
         self._connectors[key] = connector
         self._plan_connect(connector, 0.0)
         return key
@@ -390,6 +404,7 @@ class Link:
         """Remove a connector and close its connection."""
         connector = self._connectors.pop(tuple(address))
         connector.planned = None
+        self._dialing.discard(connector)
         conn = connector.conn
         if conn is not None:
             self._close(conn)
@@ -471,9 +486,16 @@ class Link:
         connector.held = False
         if connector.conn is None:
             log.info("connector %r: redialling (released)", connector.address)
-            connector.failures = 0
+            connector.backoff.reset()
             self._plan_connect(connector, 0.0)
             self.wakeup_poll()  # may be called from outside a loop pass
+
+    def identified(self, conn_id: str) -> None:
+        """``conn_id`` completed the snakemq handshake: the back-off of the
+        connector that dialled it (if any) starts over."""
+        conn = self._conns.get(conn_id)
+        if conn is not None and conn.connector is not None:
+            conn.connector.backoff.reset()
 
     def get_socket_by_conn(self, conn_id: str) -> LinkSocket:
         """The ``LinkSocket`` of ``conn_id`` (1.6 API)."""
@@ -542,6 +564,9 @@ class Link:
                     timeout = max(0.0, self._plan[0][0] - now)
                 if self._handshaking:
                     first = min(c.handshake_deadline for c in self._handshaking)
+                    timeout = max(0.0, min(timeout, first - now))
+                if self._dialing:
+                    first = min(c.dial_deadline for c in self._dialing)
                     timeout = max(0.0, min(timeout, first - now))
                 if self._ready or self._broken or self._ready_reads:
                     timeout = 0.0
@@ -618,14 +643,14 @@ class Link:
     def _retry_later(self, connector: _Connector) -> None:
         if self._connectors.get(connector.address) is not connector:
             return  # deleted
+        self._dialing.discard(connector)
         if connector.held:
             log.info("connector %r: holding the redial (the peer is connected)", connector.address)
             return
-        delay = min(
-            self.reconnect_max_interval, connector.interval * (2 ** min(connector.failures, 30))
-        )
-        delay *= 1.0 + random.uniform(-RECONNECT_JITTER, RECONNECT_JITTER)
-        connector.failures += 1
+        backoff = connector.backoff
+        backoff.interval = connector.interval or self.reconnect_interval  # may have changed
+        backoff.max_interval = self.reconnect_max_interval
+        delay = backoff.next_delay()
         log.debug("connector %r: next attempt in %.2f s", connector.address, delay)
         self._plan_connect(connector, delay)
 
@@ -646,6 +671,8 @@ class Link:
                 self._retry_later(connector)
                 continue
             connector.addr_index = 0
+            connector.dial_deadline = now + self.connect_timeout
+            self._dialing.add(connector)
             self._connect_next(connector)
 
     def _connect_next(self, connector: _Connector) -> None:
@@ -687,6 +714,8 @@ class Link:
 
     def _connected(self, conn: LinkSocket) -> None:
         """TCP is up (either direction): start TLS or report the connection."""
+        if conn.connector is not None:
+            self._dialing.discard(conn.connector)
         if conn.ssl_config is not None:
             cfg = conn.ssl_config
             try:
@@ -766,7 +795,6 @@ class Link:
             sock.setblocking(False)
             _set_nodelay(sock)
             conn = LinkSocket(sock, self._new_id(sock), addr, listener.ssl_config, None)
-            conn.listener = listener
             self._conns[conn.conn_id] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
             log.debug("accept %s %r", conn.conn_id, addr)
@@ -904,6 +932,9 @@ class Link:
             for conn in ready:
                 if self._conns.get(conn.conn_id) is conn:
                     self.on_ready_to_send(conn.conn_id, conn.wlen)
+        if self._dialing:
+            for connector in [c for c in self._dialing if c.dial_deadline <= now]:
+                self._dial_timed_out(connector)
         if self._handshaking:
             for conn in [c for c in self._handshaking if c.handshake_deadline <= now]:
                 log.error(
@@ -913,6 +944,16 @@ class Link:
                     self.tls_handshake_timeout,
                 )
                 self._close(conn)
+
+    def _dial_timed_out(self, connector: _Connector) -> None:
+        log.info(
+            "connector %r: connect timed out after %s s", connector.address, self.connect_timeout
+        )
+        conn = connector.conn
+        if conn is not None:
+            connector.conn = None
+            self._drop(conn)
+        self._retry_later(connector)
 
     def _drop(self, conn: LinkSocket) -> None:
         """Forget and close a socket without any callback."""
@@ -935,6 +976,4 @@ class Link:
         connector = conn.connector
         if connector is not None and connector.conn is conn:
             connector.conn = None
-            if was_ready and time.monotonic() - conn.established_at >= STABLE_CONNECTION:
-                connector.failures = 0
             self._retry_later(connector)

@@ -6,8 +6,8 @@ Theory of operation
 All protocol rules live in one ``snakemq_proto.Engine``; this class moves
 bytes between the engine and the link, runs its timers and calls the user's
 callbacks.  It takes over the raw byte stream of every connection from the
-packeter (``Packeter.set_stream_handler``), so one ``recv`` of up to 256 KiB
-goes to ``engine.receive_data`` at once and one ``engine.data_to_send()``
+packeter (``Packeter.set_stream_handler``), so one ``recv`` of up to
+``Link.recv_block_size`` (1 MiB) goes to ``engine.receive_data`` at once and one ``engine.data_to_send()``
 batch goes out with one ``send``.
 
 Threads: ``send_message`` may be called from any thread.  Every engine call
@@ -15,11 +15,17 @@ happens under ``self._lock``; user callbacks are called *without* the lock,
 so a callback may call ``send_message`` (or block on another thread that
 does) without deadlock.
 
-Storage: every batch of storage changes the engine produces is applied in
-the order taken.  ``send_message`` applies the pending changes before it
-returns (a persistent message is durable then); changes produced by the
-loop are grouped and applied once per pass, and always before new bytes
-are written, so a peer never learns of something not yet on disk.
+Storage: every batch of storage changes the engine produces goes through
+one ``snakemq_proto.StorageWriter`` (order, carry and retry after a failure,
+one log line per failure streak), called inline under the lock.
+``send_message`` applies the pending changes before it returns (a persistent
+message is durable then); changes produced by the loop are grouped and
+applied once per pass, and always before new bytes are written, so a peer
+never learns of something not yet on disk.
+
+Redials: ``RedialHeld`` holds the link's connector in a
+``snakemq_proto.RedialHolds`` until that peer disconnects; ``PeerConnected``
+tells the link (``identified``) so the connector's back-off starts over.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 
 from snakemq_proto import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_WAIT,
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_WINDOW,
     CloseConnection,
@@ -48,8 +55,10 @@ from snakemq_proto import (
     PeerDisconnected,
     QueuesStorage,
     RedialHeld,
-    StorageBatch,
+    RedialHolds,
+    StorageWriter,
     cert_idents,
+    check_seconds,
 )
 
 from .callbacks import Callback
@@ -123,7 +132,7 @@ class Messaging:
             identifier,
             persistent=queues_storage is not None,
             keepalive_interval=None,
-            keepalive_wait=0.5,
+            keepalive_wait=DEFAULT_KEEPALIVE_WAIT,
             handshake_timeout=handshake_timeout,
             max_packet_size=max_packet_size,
             window=window,
@@ -150,18 +159,17 @@ class Messaging:
         self._waiting = 0
         self._loop_thread: int | None = None
         self._outs: dict[str, _Out] = {}
-        self._held: dict[str, list[Any]] = {}  # ident -> connector addresses held for it
+        self._held: RedialHolds[Any] = RedialHolds()  # connector addresses, by peer
         self._dirty = False  # send_message queued something: flush in the next pass
         self._flush_wanted: set[str] = set()  # connections with new output this pass
         self._deferred: list[Event] = []  # events to dispatch from the loop thread
-        self._pending_batch: StorageBatch | None = None  # taken, not yet applied
+        self._writer = None if queues_storage is None else StorageWriter(queues_storage)
 
         if queues_storage is not None:
             state = queues_storage.load()
             events = self._engine.load(state.queues, state.seen, time.monotonic())
             self._deferred.extend(events)
-            self._take_batch()
-            self._apply_pending()
+            self._store(report=False)
 
         packeter.set_stream_handler(self)
         self.link.on_loop_pass.add(self._on_loop_pass)
@@ -176,10 +184,8 @@ class Messaging:
 
     @keepalive_interval.setter
     def keepalive_interval(self, value: float | None) -> None:
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
-        ):
-            raise ValueError(f"keepalive_interval must be > 0 seconds or None, got {value!r}")
+        if value is not None:
+            check_seconds(value, "keepalive_interval")
         with self._lock:
             self._engine.keepalive_interval = value
         self.link.wakeup_poll()
@@ -191,8 +197,7 @@ class Messaging:
 
     @keepalive_wait.setter
     def keepalive_wait(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"keepalive_wait must be > 0 seconds, got {value!r}")
+        check_seconds(value, "keepalive_wait")
         with self._lock:
             self._engine.keepalive_wait = value
 
@@ -229,9 +234,8 @@ class Messaging:
             events = engine.send_message(ident, message, time.monotonic())
             if events:
                 self._deferred.extend(events)
-            if self.storage is not None:
-                self._take_batch()
-                self._apply_pending()
+            if self._writer is not None:
+                self._store(report=False)  # raises: the send fails, its changes are kept
             self._dirty = True
         self.link.wakeup_poll()
 
@@ -247,31 +251,19 @@ class Messaging:
 
     # ------------------------------------------------------------- storage
 
-    def _take_batch(self) -> None:
-        """Move the engine's storage changes to the pending batch (lock held)."""
-        batch = self._engine.take_storage_batch()
-        if batch is None:
+    def _store(self, *, report: bool) -> None:
+        """Apply the engine's storage changes now (lock held).  With
+        ``report`` (the loop) a failure is logged once per streak and
+        swallowed; without (``send_message``) it raises.  Either way the
+        changes are kept and retried first next time."""
+        writer = self._writer
+        if writer is None:
             return
-        if self._pending_batch is None:
-            self._pending_batch = batch
+        writer.add(self._engine.take_storage_batch())
+        if report:
+            writer.apply_or_log()
         else:
-            self._pending_batch.extend(batch)
-
-    def _apply_pending(self) -> None:
-        """Apply the pending storage changes (lock held)."""
-        batch = self._pending_batch
-        if batch is None or self.storage is None:
-            self._pending_batch = None
-            return
-        self.storage.apply(batch)  # on failure the batch stays pending: retried later
-        self._pending_batch = None
-
-    def _apply_in_loop(self) -> None:
-        """``_apply_pending`` for the loop, which must go on if the storage fails."""
-        try:
-            self._apply_pending()
-        except Exception:
-            log.exception("queue storage failed; its changes are retried next pass")
+            writer.apply(report=False)
 
     # ---------------------------------------------------- stream handler
 
@@ -340,9 +332,7 @@ class Messaging:
         outs = self._outs
         batches: list[tuple[str, _Out, bytes]] = []
         with self._lock:
-            if self.storage is not None:
-                self._take_batch()
-                self._apply_in_loop()
+            self._store(report=True)
             data_to_send = self._engine.data_to_send
             for conn_id in conn_ids:
                 out = outs.get(conn_id)
@@ -389,7 +379,7 @@ class Messaging:
         else:
             wanted = self._flush_wanted
             self._flush_wanted = set()
-        if wanted or self._pending_batch is not None or self.storage is not None:
+        if wanted or self._writer is not None:
             self._write_out(wanted)
 
     def _dispatch(self, events: list[Event]) -> None:
@@ -463,10 +453,11 @@ class Messaging:
                     event.ident,
                     " (legacy 1.6 peer)" if event.legacy else "",
                 )
+                self.link.identified(event.conn_id)  # the connector's back-off starts over
                 self._call(self.on_connect, event.conn_id, event.ident)
             elif cls is PeerDisconnected:
                 assert isinstance(event, PeerDisconnected)
-                for address in self._held.pop(event.ident, ()):
+                for address in self._held.release(event.ident):
                     self.link.release_redial(address)
                 self._call(self.on_disconnect, event.conn_id, event.ident)
             elif cls is ErrorOccurred:
@@ -476,7 +467,7 @@ class Messaging:
                 assert isinstance(event, RedialHeld)
                 address = self.link.hold_redial(event.conn_id)
                 if address is not None:
-                    self._held.setdefault(event.ident, []).append(address)
+                    self._held.hold(event.ident, address)
             elif cls is CloseConnection:
                 assert isinstance(event, CloseConnection)
                 if received:
@@ -526,9 +517,7 @@ class Messaging:
         """Flush what the engine still has for ``conn_id`` (best effort), close."""
         with self._lock:
             data = self._engine.data_to_send(conn_id)
-            if self.storage is not None:
-                self._take_batch()
-                self._apply_in_loop()
+            self._store(report=True)
         self.link.close(conn_id, data)
         # the link reports the close through on_disconnect -> stream_disconnect,
         # which calls engine.connection_lost; make sure it happened even if the

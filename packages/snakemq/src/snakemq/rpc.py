@@ -36,6 +36,7 @@ from snakemq_proto.rpc import (
     NoMethodError,
     NotConnected,
     PartialCall,
+    PendingCalls,
     Pickler,
     RemoteError,
     RemoteMethodBase,
@@ -43,10 +44,7 @@ from snakemq_proto.rpc import (
     SignalCallWarning,
     admit_request,
     as_signal,
-    decode_reply,
-    new_call,
-    no_reply_error,
-    reply_result,
+    encode_request,
 )
 
 from snakemq.message import Message
@@ -204,12 +202,10 @@ class RpcClient:
         self.receive_hook = receive_hook
         self.pickler: Pickler = pickler if pickler is not None else JsonPickler()
         self.exception_handler: Callable[[Exception], None] | None = None
-        self.results: dict[str, dict[str, Any]] = {}
-        self.waiting_for_result: set[str] = set()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.connected: dict[str, bool] = {}
-        self._generation: dict[str, int] = {}  # connections seen per ident
+        self._calls = PendingCalls(self.pickler)  # the resend rule lives there
         receive_hook.register(REPLY_PREFIX, self.on_recv)
         receive_hook.messaging.on_connect.add(self.on_connect)
         receive_hook.messaging.on_disconnect.add(self.on_disconnect)
@@ -221,7 +217,7 @@ class RpcClient:
     def on_connect(self, conn_id: str, ident: str) -> None:
         with self.cond:
             self.connected[ident] = True
-            self._generation[ident] = self._generation.get(ident, 0) + 1
+            self._calls.peer_connected(ident)
             self.cond.notify_all()
 
     def on_disconnect(self, conn_id: str, ident: str) -> None:
@@ -230,19 +226,17 @@ class RpcClient:
             self.cond.notify_all()
 
     def on_recv(self, conn_id: str, ident: str, message: Message) -> None:
-        try:
-            key, reply = decode_reply(self.pickler, message.data[len(REPLY_PREFIX) :])
-        except ValueError as exc:
-            log_client.error("ident=%s: refused an RPC reply: %s", ident, exc)
-            return
         with self.cond:
-            if key in self.waiting_for_result:
-                self.waiting_for_result.discard(key)
-                self.results[key] = reply
+            try:
+                call = self._calls.reply_received(message.data[len(REPLY_PREFIX) :])
+            except ValueError as exc:
+                log_client.error("ident=%s: refused an RPC reply: %s", ident, exc)
+                return
+            if call is not None:
                 self.cond.notify_all()
 
     def send_params(self, remote_ident: str, params: dict[str, Any], ttl: float | None) -> None:
-        raw = REQUEST_PREFIX + self.pickler.dumps(params)
+        raw = encode_request(self.pickler, params)
         self.receive_hook.messaging.send_message(remote_ident, Message(raw, ttl=ttl))
 
     def remote_request(
@@ -254,25 +248,20 @@ class RpcClient:
         return None
 
     def call_regular(self, remote_ident: str, method: RemoteMethod, params: dict[str, Any]) -> Any:
-        key = new_call(self.pickler, params)
         deadline = None if method.call_timeout is None else time.monotonic() + method.call_timeout
-        sent_on: int | None = None  # the connection generation the request went out on
+        calls = self._calls
+        messaging = self.receive_hook.messaging
         with self.cond:
-            self.waiting_for_result.add(key)
+            call = calls.start(remote_ident, params)
             try:
-                while key not in self.results:
-                    generation = self._generation.get(remote_ident)
-                    if self.connected.get(remote_ident) and sent_on != generation:
-                        # (re)send after every reconnect; the server runs it at most once
-                        self.send_params(remote_ident, params, 0)
-                        sent_on = generation
+                while call.reply is None:
+                    request = calls.request_to_send(call, bool(self.connected.get(remote_ident)))
+                    if request is not None:
+                        messaging.send_message(remote_ident, Message(request, ttl=0))
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        raise no_reply_error(
-                            remote_ident, params, method.call_timeout, sent_on is not None
-                        )
+                        raise calls.timed_out(call, method.call_timeout)
                     self.cond.wait(remaining)
-                reply = self.results.pop(key)
+                return calls.finish(call)
             finally:
-                self.waiting_for_result.discard(key)
-        return reply_result(reply)
+                calls.abandon(call)

@@ -106,6 +106,9 @@ class Throttle:
     def release_redial(self, address: Address) -> None:
         self.link.release_redial(address)
 
+    def identified(self, conn_id: str) -> None:
+        self.link.identified(conn_id)
+
     # ----------------------------------------------------------- internal
 
     def _try(self, conn_id: str, bucket: _Bucket, view: memoryview, now: float) -> None:

@@ -1,0 +1,124 @@
+"""``StorageFlusher``: the engine's storage batches, applied in a worker thread.
+
+One task takes ``engine.take_storage_batch()`` and applies it through a
+``snakemq_proto.StorageWriter`` in a worker thread, one batch at a time, so
+batches are applied in order and all changes made while one commits go into
+the next (group commit).  Batches are numbered as they are taken; a persistent
+``send_message`` waits until the batch holding its message was applied
+(``wait_stored``) and raises ``StorageError`` if that batch failed.  A failed
+batch is kept by the writer and applied again first, with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+import anyio.to_thread
+from snakemq_proto import QueuesStorage, StorageBatch, StorageError, StorageWriter
+
+from ._wakeup import Wakeup
+
+__all__ = ["StorageFlusher"]
+
+log = logging.getLogger("snakemq.anyio")
+
+
+class StorageFlusher:
+    """Applies one ``Messaging``'s storage batches (see the module docstring).
+
+    Args:
+        storage: the open storage (closed by ``close()``).
+        take_batch: ``engine.take_storage_batch``.
+    """
+
+    __slots__ = (
+        "_applied",
+        "_applied_wakeup",
+        "_closed",
+        "_failed",
+        "_requested",
+        "_take_batch",
+        "_taken",
+        "_wakeup",
+        "_writer",
+    )
+
+    def __init__(
+        self, storage: QueuesStorage, take_batch: Callable[[], StorageBatch | None]
+    ) -> None:
+        self._writer = StorageWriter(storage)
+        self._take_batch = take_batch
+        self._requested = False
+        self._wakeup = Wakeup()
+        self._taken = 0  # batches taken from the engine
+        self._applied = 0  # ... and applied (or failed)
+        self._applied_wakeup = Wakeup()
+        self._failed: dict[int, BaseException] = {}
+        self._closed = False
+
+    def request(self) -> None:
+        """The engine may have new changes: flush them soon."""
+        if not self._requested:
+            self._requested = True
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        """The flusher task (runs until cancelled)."""
+        writer = self._writer
+        while True:
+            if not self._requested:
+                await self._wakeup.wait()
+            self._requested = False
+            with anyio.CancelScope(shield=True):
+                # taken and applied as one step: a batch is never lost to a cancel
+                writer.add(self._take_batch())
+                batch = writer.take()
+                self._taken += 1
+                number = self._taken
+                if batch is not None:
+                    try:
+                        await anyio.to_thread.run_sync(writer.storage.apply, batch)
+                    except Exception as exc:
+                        self._failed[number] = exc
+                        writer.failed(batch, exc)  # logged once per failure streak
+                    else:
+                        writer.succeeded()
+            self._applied = number
+            self._applied_wakeup.set()
+
+    async def wait_stored(self) -> None:
+        """Wait until what the engine queued so far is applied.
+
+        Raises:
+            StorageError: the batch holding it failed.
+            RuntimeError: the flusher closed first.
+        """
+        number = self._taken + 1  # the batch that holds what was just queued
+        self.request()
+        while self._applied < number:
+            if self._closed:
+                raise RuntimeError("Messaging closed while a message was being stored")
+            await self._applied_wakeup.wait()
+        error = self._failed.pop(number, None)
+        if error is not None:
+            raise StorageError(f"the message could not be stored: {error}") from error
+
+    async def close(self) -> None:
+        """Apply the last changes and close the storage (shielded by the caller)."""
+        self._closed = True
+        writer = self._writer
+        writer.add(self._take_batch())
+        batch = writer.take()
+        self._taken += 1
+        try:
+            if batch is not None:
+                await anyio.to_thread.run_sync(writer.storage.apply, batch)
+        except Exception as exc:
+            log.exception("could not store the last queue changes")
+            self._failed[self._taken] = exc
+        finally:
+            self._applied = self._taken  # sends waiting for this batch may return
+            await anyio.to_thread.run_sync(writer.storage.close)
+        self._applied_wakeup.set()
