@@ -28,6 +28,7 @@ def test_request_encoding() -> None:
 def test_sent_once_per_connection_and_again_after_a_reconnect() -> None:
     calls = PendingCalls(JsonPickler())
     call = calls.start("srv", params())
+    assert calls.waiting() == {call.key}
     assert calls.request_to_send(call, connected=False) is None
     calls.peer_connected("srv")
     first = calls.request_to_send(call, connected=True)
@@ -46,6 +47,7 @@ def test_reply_settles_the_call() -> None:
     calls.request_to_send(call, connected=True)
     reply = encode_return(pickler, call.params["req_id"], 3)
     assert calls.reply_received(reply[len(b"rpcrep") :]) is call
+    assert calls.waiting() == set()
     assert calls.reply_received(reply[len(b"rpcrep") :]) is None  # a repeat
     assert calls.finish(call) == 3
     assert len(calls) == 0

@@ -202,3 +202,9 @@ def test_json_pickler_round_trip_and_refusals() -> None:
         p.dumps(object())
     with pytest.raises(p.PickleError):
         p.loads(b"\x80\x04not json")
+
+
+def test_no_call_is_left_waiting_1_6_attribute(rpc_pair: Any) -> None:
+    client = rpc_pair[3]
+    assert client.get_proxy("server", "svc").add(1, 1) == 2
+    assert client.waiting_for_result == set()

@@ -547,5 +547,9 @@ class PendingCalls:
         self.abandon(call)
         return no_reply_error(call.ident, call.params, timeout, call.sent_on is not None)
 
+    def waiting(self) -> set[str]:
+        """The keys of the calls still waiting for their reply."""
+        return {key for key, call in self._calls.items() if call.reply is None}
+
     def __len__(self) -> int:
         return len(self._calls)

@@ -210,6 +210,12 @@ class RpcClient:
         receive_hook.messaging.on_connect.add(self.on_connect)
         receive_hook.messaging.on_disconnect.add(self.on_disconnect)
 
+    @property
+    def waiting_for_result(self) -> set[str]:
+        """Keys of the calls waiting for a reply (snakeMQ 1.6 had this set)."""
+        with self.lock:
+            return self._calls.waiting()
+
     def get_proxy(self, remote_ident: str, name: str) -> RpcInstProxy:
         """A proxy of the object ``name`` registered on peer ``remote_ident``."""
         return RpcInstProxy(self, remote_ident, name)
