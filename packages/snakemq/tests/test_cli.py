@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from snakemq.cli import parse_address
+from snakemq._cli_peer import parse_address
 
 CLI = [sys.executable, "-m", "snakemq"]
 TIMEOUT = 60
