@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+import snakemq_proto
 from snakemq_proto import SnakeMQError, StorageError
 
+import snakemq
 from snakemq._cli_peer import (
     EXIT_FAILED,
     EXIT_OK,
@@ -251,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="snakemq",
         description="Brokerless, reliable messaging between peers: listen, send, inspect, measure.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"snakemq {snakemq.__version__} (snakemq-proto {snakemq_proto.__version__}, "
+        f"Python {sys.version.split()[0]})",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
