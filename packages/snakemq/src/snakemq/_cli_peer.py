@@ -41,7 +41,8 @@ def parse_address(text: str, *, default_host: str = "", what: str = "address") -
     return host, int(port)
 
 
-def _readable(path: str, option: str) -> str:
+def readable_file(path: str, option: str) -> str:
+    """``path`` if it is a readable file, else a ``UsageError`` naming ``option``."""
     if not os.path.isfile(path):
         raise UsageError(f"{option} {path!r}: no such file; check the path")
     if not os.access(path, os.R_OK):
@@ -56,9 +57,9 @@ def ssl_config_from(args: argparse.Namespace) -> snakemq.link.SSLConfig | None:
         raise UsageError("TLS needs --tls-cert (and --tls-key unless the key is in the cert file)")
     import ssl
 
-    cert = _readable(args.tls_cert, "--tls-cert")
-    key = _readable(args.tls_key, "--tls-key") if args.tls_key else None
-    ca = _readable(args.tls_ca, "--tls-ca") if args.tls_ca else None
+    cert = readable_file(args.tls_cert, "--tls-cert")
+    key = readable_file(args.tls_key, "--tls-key") if args.tls_key else None
+    ca = readable_file(args.tls_ca, "--tls-ca") if args.tls_ca else None
     cfg = snakemq.link.SSLConfig(
         key,
         cert,
