@@ -65,6 +65,7 @@ from snakemq_proto import (
     MessageSent,
     PeerConnected,
     PeerDisconnected,
+    PersistentWithoutStorage,
     QueuesStorage,
     RedialHeld,
     RemoteProtocolError,
@@ -72,6 +73,7 @@ from snakemq_proto import (
     SSLConfig,
     StorageBatch,
     StorageError,
+    bind_error,
     cert_idents,
 )
 
@@ -218,6 +220,7 @@ class Messaging:
         self._storage_arg = storage
         self._storage: QueuesStorage | None = None
         self._persistent = storage is not None
+        self._persistent_check = PersistentWithoutStorage(ident, self._persistent, log)
         self._reconnect_interval = reconnect_interval
         self._reconnect_max_interval = max(reconnect_max_interval, reconnect_interval)
         self._connect_timeout = connect_timeout
@@ -427,7 +430,10 @@ class Messaging:
         *,
         task_status: anyio.abc.TaskStatus[tuple[str, int]],
     ) -> None:
-        multi = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
+        try:
+            multi = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
+        except OSError as exc:
+            raise bind_error(exc, (host, port)) from exc
         bound = multi.extra(SocketAttribute.local_address)
         assert isinstance(bound, tuple)
         address = (str(bound[0]), int(bound[1]))
@@ -899,6 +905,7 @@ class Messaging:
         if per_peer is None:
             per_peer = self._receipts[ident] = {}
         events = self._engine.send_message(ident, message, _monotonic())
+        self._persistent_check.check(ident, message)
         uuid = message.uuid
         receipt = per_peer[uuid] = Receipt(ident, uuid)
         if events:

@@ -14,6 +14,7 @@ try:
 except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
     __version__ = "0+unknown"
 
+from ._diagnostics import PersistentWithoutStorage, bind_error
 from ._engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_WINDOW, OUTPUT_HIGH_WATER, ConnState, Engine
 from ._errors import (
     DuplicateIdentError,
@@ -115,6 +116,7 @@ __all__ = [
     "PacketTooLargeError",
     "PeerConnected",
     "PeerDisconnected",
+    "PersistentWithoutStorage",
     "Ping",
     "Pong",
     "ProtocolVersion",
@@ -128,6 +130,7 @@ __all__ = [
     "StorageError",
     "StoredState",
     "UnexpectedFrameError",
+    "bind_error",
     "cert_idents",
     "check_ident",
     "check_ttl",

@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from snakemq_proto import SSLConfig
+from snakemq_proto import SSLConfig, bind_error
 
 from .callbacks import Callback
 from .exceptions import NoConnection, SendNotFinished
@@ -303,31 +303,16 @@ class Link:
 
         Raises:
             TypeError, ValueError: a malformed address.
-            OSError: the address cannot be bound (e.g. in use).
+            OSError: the address cannot be bound (e.g. in use); the text names
+                the address and the fix.
         """
         host, port = _check_address(address)
         if ssl_config is not None:
             ssl_config.server_context()  # fail now on unusable key/cert files
-        if host == "" and socket.has_dualstack_ipv6():
-            sock = socket.create_server(
-                ("", port), family=socket.AF_INET6, backlog=LISTEN_BACKLOG, dualstack_ipv6=True
-            )
-        else:
-            infos = socket.getaddrinfo(
-                host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-            )
-            # a name with both families (localhost) binds IPv4, as 1.6 did;
-            # connectors try every address, so they find it either way
-            infos.sort(key=lambda info: info[0] != socket.AF_INET)
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(sockaddr)
-                sock.listen(LISTEN_BACKLOG)
-            except BaseException:
-                sock.close()
-                raise
+        try:
+            sock = _bind(host, port)
+        except OSError as exc:
+            raise bind_error(exc, (host, port)) from exc
         sock.setblocking(False)
         bound = sock.getsockname()
         key: Address = (bound[0], bound[1])
@@ -938,3 +923,26 @@ class Link:
             if was_ready and time.monotonic() - conn.established_at >= STABLE_CONNECTION:
                 connector.failures = 0
             self._retry_later(connector)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    if host == "" and socket.has_dualstack_ipv6():
+        return socket.create_server(
+            ("", port), family=socket.AF_INET6, backlog=LISTEN_BACKLOG, dualstack_ipv6=True
+        )
+    infos = socket.getaddrinfo(
+        host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    # a name with both families (localhost) binds IPv4, as 1.6 did;
+    # connectors try every address, so they find it either way
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

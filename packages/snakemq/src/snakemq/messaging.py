@@ -46,6 +46,7 @@ from snakemq_proto import (
     MessageSent,
     PeerConnected,
     PeerDisconnected,
+    PersistentWithoutStorage,
     QueuesStorage,
     RedialHeld,
     StorageBatch,
@@ -130,6 +131,9 @@ class Messaging:
         self.packeter = packeter
         self.link = packeter.link
         self.storage = queues_storage
+        self._persistent_check = PersistentWithoutStorage(
+            identifier, queues_storage is not None, log
+        )
 
         self.on_connect: Callback[[str, str]] = Callback()
         self.on_disconnect: Callback[[str, str]] = Callback()
@@ -221,6 +225,7 @@ class Messaging:
                 finally:
                     self._waiting -= 1
             events = engine.send_message(ident, message, time.monotonic())
+            self._persistent_check.check(ident, message)
             if events:
                 self._deferred.extend(events)
             if self.storage is not None:
