@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import ssl
 
 import pytest
 import trustme
-from snakemq_proto import FLAG_PERSISTENT, Message, PersistentWithoutStorage, SSLConfig, bind_error
+from snakemq_proto import (
+    FLAG_PERSISTENT,
+    Engine,
+    Message,
+    PacketDecoder,
+    PacketTooLargeError,
+    PersistentWithoutStorage,
+    SSLConfig,
+    bind_error,
+)
 
 
 def test_bind_error_names_the_address_and_the_fix() -> None:
@@ -77,3 +87,50 @@ def test_cert_without_key(pem: dict[str, str]) -> None:
 def test_key_given_as_ca(pem: dict[str, str]) -> None:
     with pytest.raises(ssl.SSLError, match=r"ca_certs=.* holds no usable PEM certificate"):
         SSLConfig(pem["key"], pem["cert"], ssl.CERT_REQUIRED, ca_certs=pem["key"]).client_context()
+
+
+def _handshake(a: Engine, ca: str, b: Engine, cb: str, a_dials: bool | None) -> None:
+    a.connection_made(ca, 0.0, outbound=a_dials)
+    b.connection_made(cb, 0.0, outbound=None if a_dials is None else not a_dials)
+    for _ in range(3):
+        b.receive_data(cb, a.data_to_send(ca), 0.0)
+        a.receive_data(ca, b.data_to_send(cb), 0.0)
+
+
+def _closings(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int]]:
+    return [(r.getMessage(), r.levelno) for r in caplog.records if "closing" in r.getMessage()]
+
+
+def test_a_crossed_dial_is_routine_not_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    bob, jack = Engine("bob"), Engine("jack")
+    with caplog.at_level(logging.INFO, logger="snakemq.engine"):
+        _handshake(bob, "b1", jack, "j1", a_dials=True)  # bob dialled jack: kept
+        _handshake(jack, "j2", bob, "b2", a_dials=True)  # jack dialled bob too
+    closings = _closings(caplog)
+    assert closings, caplog.records
+    assert all(level == logging.INFO for _, level in closings), closings
+
+
+def test_two_connections_claiming_one_ident_warn(caplog: pytest.LogCaptureFixture) -> None:
+    bob, jack, jack2 = Engine("bob"), Engine("jack"), Engine("jack")
+    with caplog.at_level(logging.INFO, logger="snakemq.engine"):
+        _handshake(jack, "j1", bob, "b1", a_dials=True)  # jack dialled bob
+        _handshake(jack2, "k1", bob, "b2", a_dials=True)  # a second "jack" dials bob
+    closings = _closings(caplog)
+    assert ("conn=b2 ident=None closing: peer 'jack' is already connected", logging.WARNING) in (
+        closings
+    )
+
+
+@pytest.mark.parametrize(
+    ("first_bytes", "hint"),
+    [
+        (b"\x16\x03\x01\x02\x00", "the other side speaks TLS, so give this side an ssl_config"),
+        (b"\x15\x03\x03\x00\x02", "the other side speaks TLS"),
+        (b"GET / HTTP/1.1\r\n", "these bytes are HTTP ('GET '...)"),
+        (b"\x7f\xff\xff\xff", "raise max_packet_size if this peer is trusted"),
+    ],
+)
+def test_too_large_header_says_what_it_looks_like(first_bytes: bytes, hint: str) -> None:
+    with pytest.raises(PacketTooLargeError, match=re.escape(hint)):
+        PacketDecoder(max_packet_size=1 << 20).feed(first_bytes)

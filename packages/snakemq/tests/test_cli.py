@@ -376,3 +376,49 @@ def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0
     assert result.stdout.startswith(f"snakemq {snakemq.__version__} (snakemq-proto ")
+
+
+def test_undelivered_names_the_peer_that_answered_instead(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob")
+    listeners.append(bob)
+    sent = run(
+        "send", "--ident", "alice", "--connect", bob.address, "--to", "bobby", "--timeout", "1", "x"
+    )
+    assert sent.returncode == 2
+    assert f"connected to {bob.address}, which identified as 'bob', not 'bobby'" in sent.stderr
+
+
+def test_undelivered_to_a_tls_listener_suggests_tls(
+    listeners: list[Listener], certs: dict[str, str]
+) -> None:
+    bob = Listener("--ident", "bob", "--tls-cert", certs["bob"])
+    listeners.append(bob)
+    sent = run(
+        "send", "--ident", "alice", "--connect", bob.address, "--to", "bob", "--timeout", "1", "x"
+    )
+    assert sent.returncode == 2
+    assert "closed before the peer identified: if it listens with TLS, give --tls-cert" in (
+        sent.stderr
+    )
+
+
+def test_undelivered_with_nothing_listening() -> None:
+    sent = run(
+        "send",
+        "--ident",
+        "alice",
+        "--connect",
+        "127.0.0.1:9",
+        "--to",
+        "bob",
+        "--timeout",
+        "0.5",
+        "x",
+    )
+    assert "no connection could be made" in sent.stderr
+
+
+def test_send_to_own_identifier_is_a_usage_error() -> None:
+    result = run("send", "--ident", "alice", "--to", "alice", "x")
+    assert result.returncode == 64
+    assert "this peer's own identifier" in result.stderr

@@ -920,7 +920,14 @@ class Engine:
     def _fail(self, conn: _Conn, error: SnakeMQError) -> list[Event]:
         if conn.state is ConnState.CLOSED:
             return []
-        log.warning("conn=%s ident=%s closing: %s", conn.conn_id, conn.ident, error)
+        routine = isinstance(error, DuplicateIdentError) and error.crossed
+        log.log(
+            logging.INFO if routine else logging.WARNING,
+            "conn=%s ident=%s closing: %s",
+            conn.conn_id,
+            conn.ident,
+            error,
+        )
         return [ErrorOccurred(conn.conn_id, conn.ident, error), *self._closing(conn)]
 
     def _emit_ack(self, conn: _Conn) -> None:
@@ -969,12 +976,16 @@ class Engine:
                 if conn.outbound:
                     # our own dial is the redundant one: its connector waits
                     events.append(RedialHeld(conn.conn_id, ident))
-                    raise DuplicateIdentError(
+                    duplicate = DuplicateIdentError(
                         f"peer {ident!r} is already connected over {other.conn_id}; this "
                         "dialled connection is closed and its connector waits until that "
                         "one ends"
                     )
-                raise DuplicateIdentError(f"peer {ident!r} is already connected")
+                else:
+                    duplicate = DuplicateIdentError(f"peer {ident!r} is already connected")
+                both_known = conn.outbound is not None and other.outbound is not None
+                duplicate.crossed = both_known and conn.outbound != other.outbound
+                raise duplicate
             # the two peers dialled each other: both keep the same connection
             log.info(
                 "conn=%s ident=%s: keeping this one of two crossed connections", conn.conn_id, ident

@@ -135,6 +135,61 @@ def cmd_listen(args: argparse.Namespace, out: TextIO) -> int:
         peer.close()
 
 
+class _Sightings:
+    """What a sender saw of the network, to explain an undelivered message."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.lock = threading.Lock()
+        self.opened = 0  # TCP (and TLS) connections made
+        self.identified: dict[str, str] = {}  # ident -> remote address
+        self.errors: list[str] = []
+        self._addresses: dict[str, str] = {}
+        self._link = peer.link
+        peer.link.on_connect.add(self._on_link_connect)
+        peer.messaging.on_connect.add(self._on_identified)
+        peer.messaging.on_error.add(self._on_error)
+
+    def _on_link_connect(self, conn_id: str) -> None:
+        with self.lock:
+            self.opened += 1
+            remote = self._link.remote_address(conn_id)
+            if remote is not None:
+                self._addresses[conn_id] = f"{remote[0]}:{remote[1]}"
+
+    def _on_identified(self, conn_id: str, ident: str) -> None:
+        with self.lock:
+            self.identified[ident] = self._addresses.get(conn_id, conn_id)
+
+    def _on_error(self, conn_id: str, exc: Exception) -> None:
+        with self.lock:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def explain(self, target: str, tls: bool) -> list[str]:
+        """Sentences that say what we know about why ``target`` did not answer."""
+        with self.lock:
+            lines = [
+                f"connected to {address}, which identified as {ident!r}, not {target!r}"
+                for ident, address in sorted(self.identified.items())
+                if ident != target
+            ]
+            if target in self.identified:
+                lines.append(f"{target!r} was connected but did not acknowledge in time")
+            elif self.opened and not self.identified:
+                lines.append(
+                    f"{self.opened} connection(s) opened and closed before the peer identified: "
+                    + (
+                        "does it trust our certificate (--tls-ca), and we its?"
+                        if tls
+                        else "if it listens with TLS, give --tls-cert (and --tls-ca)"
+                    )
+                    + "; or it refused our identifier (see its log)"
+                )
+            elif not self.opened:
+                lines.append("no connection could be made: nothing answered at the address")
+            lines += [f"error reported: {text}" for text in self.errors[-3:]]
+            return lines
+
+
 def _read_file(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -169,6 +224,11 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("give MESSAGE arguments or --file, not both")
     if args.raw and (args.message or args.file):
         raise UsageError("--raw reads standard input: give no MESSAGE and no --file")
+    if args.to == args.ident:
+        raise UsageError(
+            f"--to {args.to!r} is this peer's own identifier (--ident): a message to it is "
+            "never delivered; name the receiving peer"
+        )
     ssl_config = ssl_config_from(args)
     for path in args.file:
         readable_file(path, "--file")
@@ -196,6 +256,7 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
 
     peer.messaging.on_message_delivered.add(on_delivered)
     peer.messaging.on_message_drop.add(on_drop)
+    seen = _Sightings(peer)
     try:
         _start(peer, args, ssl_config)
         flags = FLAG_PERSISTENT if args.persistent else 0
@@ -241,6 +302,8 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
                 + (" They stay queued in the storage." if args.persistent else ""),
                 file=sys.stderr,
             )
+            for line in seen.explain(target, tls=ssl_config is not None):
+                print(f"  {line}", file=sys.stderr)
             return EXIT_TIMEOUT
         print(f"# {total} message(s) acknowledged by {target}", file=sys.stderr)
         return EXIT_OK

@@ -425,6 +425,11 @@ class Link:
             raise NoConnection(f"no open connection {conn_id!r}")
         return conn.getpeercert(binary_form)
 
+    def remote_address(self, conn_id: str) -> Address | None:
+        """The remote ``(host, port)`` of ``conn_id`` (``None`` once it is closed)."""
+        conn = self._conns.get(conn_id)
+        return None if conn is None else conn.remote_peer
+
     def get_ssl_config(self, conn_id: str) -> SSLConfig | None:
         """The ``SSLConfig`` of the listener/connector that made ``conn_id``."""
         conn = self._conns.get(conn_id)
