@@ -234,9 +234,10 @@ class Link:
     """Keeper of listeners, connectors and the connections they make.
 
     Not thread-safe except ``wakeup_poll()`` and ``stop()``; synchronise with the
-    loop through ``wakeup_poll()`` and ``on_loop_pass``.
+    loop through ``wakeup_poll()`` and ``on_loop_pass``.  Each callback is a
+    ``Callback`` object; add functions with ``.add``.
 
-    Callbacks (``Callback`` objects; add functions with ``.add``):
+    Callbacks:
         on_connect(conn_id): a connection is ready (after the TLS handshake).
         on_disconnect(conn_id): a ready connection is closed.
         on_recv(conn_id, data): bytes arrived (``bytes``, yours to keep).
