@@ -422,3 +422,17 @@ def test_send_to_own_identifier_is_a_usage_error() -> None:
     result = run("send", "--ident", "alice", "--to", "alice", "x")
     assert result.returncode == 64
     assert "this peer's own identifier" in result.stderr
+
+
+def test_listen_exits_quietly_when_its_reader_leaves(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob", "--raw")
+    listeners.append(bob)
+    target = ["--ident", "alice", "--connect", bob.address, "--to", "bob"]
+    assert run("send", *target, "first").returncode == 0
+    assert bob.proc.stdout is not None
+    assert bob.proc.stdout.readline() == "first\n"
+    bob.proc.stdout.close()  # as `snakemq listen | head -1` does
+    run("send", *target, "--timeout", "5", "second")
+    assert bob.proc.wait(TIMEOUT) == 0
+    assert bob.proc.stderr is not None
+    assert "Traceback" not in bob.proc.stderr.read()

@@ -106,11 +106,20 @@ def cmd_listen(args: argparse.Namespace, out: TextIO) -> int:
     count = 0
     lock = threading.Lock()
 
+    reader_gone = False
+
     def on_recv(conn_id: str, ident: str, message: Message) -> None:
-        nonlocal count
+        nonlocal count, reader_gone
         with lock:
+            if reader_gone:
+                return
             if not args.quiet:
-                _write_record(args, out, ident, message)
+                try:
+                    _write_record(args, out, ident, message)
+                except BrokenPipeError:  # `snakemq listen | head -1`: the reader left
+                    reader_gone = True
+                    received.set()
+                    return
             count += 1
             if args.count and count >= args.count:
                 received.set()
@@ -128,6 +137,11 @@ def cmd_listen(args: argparse.Namespace, out: TextIO) -> int:
         _start(peer, args, ssl_config)
         if not received.wait(args.timeout):
             return EXIT_TIMEOUT if args.count else EXIT_OK
+        if reader_gone:
+            # nothing more can be written; keep the interpreter's final flush quiet
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
