@@ -134,3 +134,9 @@ def test_two_connections_claiming_one_ident_warn(caplog: pytest.LogCaptureFixtur
 def test_too_large_header_says_what_it_looks_like(first_bytes: bytes, hint: str) -> None:
     with pytest.raises(PacketTooLargeError, match=re.escape(hint)):
         PacketDecoder(max_packet_size=1 << 20).feed(first_bytes)
+
+
+def test_tls_file_errors_read_as_plain_sentences(pem: dict[str, str]) -> None:
+    with pytest.raises(ssl.SSLError) as info:
+        SSLConfig(pem["cert"], pem["key"]).server_context()
+    assert str(info.value).startswith("SSLConfig keyfile=")

@@ -42,8 +42,10 @@ class SSLConfig:
 
     Raises:
         TypeError, ValueError: inconsistent arguments, naming the argument.
-        FileNotFoundError, ssl.SSLError: a key or certificate file is unusable
-            (raised when the context is first built).
+        FileNotFoundError, ssl.SSLError: a key or certificate file is missing
+            or unusable (raised when the context is first built); the text
+            names the argument, the file and, where it can tell, the fix
+            (swapped key and certificate, a certificate without its key).
     """
 
     def __init__(
@@ -137,14 +139,17 @@ class SSLConfig:
             try:
                 ctx.load_cert_chain(self.certfile, self.keyfile)
             except ssl.SSLError as exc:
-                raise ssl.SSLError(_explain_cert_chain(self.certfile, self.keyfile, exc)) from exc
+                raise ssl.SSLError(
+                    exc.errno, _explain_cert_chain(self.certfile, self.keyfile, exc)
+                ) from exc
         if self.ca_certs is not None:
             try:
                 ctx.load_verify_locations(self.ca_certs)
             except ssl.SSLError as exc:
                 raise ssl.SSLError(
+                    exc.errno,
                     f"SSLConfig ca_certs={self.ca_certs!r} holds no usable PEM certificate "
-                    f"of a certificate authority ({exc})"
+                    f"of a certificate authority ({exc})",
                 ) from exc
 
     def __repr__(self) -> str:
