@@ -8,6 +8,8 @@ import inspect
 import snakemq_proto
 
 PUBLIC = [
+    "PersistentWithoutStorage",
+    "bind_error",
     "CAP_ACK",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_MAX_PACKET_SIZE",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from snakemq.cli import parse_address
+from snakemq._cli_peer import parse_address
 
 CLI = [sys.executable, "-m", "snakemq"]
 TIMEOUT = 60
@@ -234,3 +235,204 @@ def test_demo_exits_zero() -> None:
     result = run("demo")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5/5 steps did what they said." in result.stdout
+
+
+def run_bytes(*args: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, timeout=TIMEOUT)
+
+
+def test_send_takes_non_utf8_stdin_and_loses_no_line(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob", "--json", "--count", "3")
+    listeners.append(bob)
+    sent = run_bytes(
+        "send", "--ident", "alice", "--connect", bob.address, "--to", "bob",
+        stdin=b"first\n\xff\xfe latin-1 \xe9\nlast",
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    assert b"3 message(s) acknowledged by bob" in sent.stderr
+    _, out, _ = bob.finish()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records[0]["data"] == "first"
+    assert base64.b64decode(records[1]["data_base64"]) == b"\xff\xfe latin-1 \xe9"
+    assert records[2]["data"] == "last"
+
+
+def test_send_sends_each_stdin_line_as_it_arrives(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob", "--raw")
+    listeners.append(bob)
+    sender = subprocess.Popen(
+        [*CLI, "send", "--ident", "alice", "--connect", bob.address, "--to", "bob"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert sender.stdin is not None and bob.proc.stdout is not None
+        for line in (b"one\n", b"two\n"):
+            sender.stdin.write(line)
+            sender.stdin.flush()
+            # arrives while the sender's standard input is still open
+            assert bob.proc.stdout.readline() == line.decode()
+        sender.stdin.close()
+        assert sender.wait(TIMEOUT) == 0
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+        sender.wait(TIMEOUT)
+        for stream in (sender.stdin, sender.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+
+
+def test_send_file_and_raw_stdin_are_binary_messages(
+    listeners: list[Listener], tmp_path: Path
+) -> None:
+    blob = bytes(range(256)) * 4 + b"\n\n"
+    path = tmp_path / "blob.bin"
+    path.write_bytes(blob)
+    bob = Listener("--ident", "bob", "--json", "--count", "2")
+    listeners.append(bob)
+    target = ["--ident", "alice", "--connect", bob.address, "--to", "bob"]
+    assert run("send", *target, "--file", str(path)).returncode == 0
+    assert run_bytes("send", *target, "--raw", stdin=blob).returncode == 0
+    _, out, _ = bob.finish()
+    assert [base64.b64decode(json.loads(r)["data_base64"]) for r in out.splitlines()] == [blob] * 2
+
+
+def test_send_count_and_interval(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob", "--raw", "--count", "3")
+    listeners.append(bob)
+    sent = run(
+        "send", "--ident", "alice", "--connect", bob.address, "--to", "bob",
+        "--count", "3", "--interval", "0.05", "tick",
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    assert bob.finish()[1] == "tick\ntick\ntick\n"
+
+
+def test_listen_that_dials_and_send_that_listens(listeners: list[Listener]) -> None:
+    alice = subprocess.Popen(
+        [*CLI, "send", "--ident", "alice", "--listen", "127.0.0.1:0", "--to", "bob", "hi"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert alice.stderr is not None
+        line = alice.stderr.readline()
+        assert "alice listening on" in line, line
+        bob = run("listen", "--ident", "bob", "--connect", line.split()[-1], "--count", "1")
+        assert bob.returncode == 0, bob.stderr
+        assert bob.stdout.split(" ", 3)[::3] == ["alice", "hi\n"]
+        assert alice.wait(TIMEOUT) == 0
+    finally:
+        if alice.poll() is None:
+            alice.kill()
+        alice.communicate()
+
+
+def test_verbose_logs_through_the_snakemq_loggers(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob", "--count", "1")
+    listeners.append(bob)
+    sent = run("send", "-v", "--ident", "alice", "--connect", bob.address, "--to", "bob", "x")
+    assert sent.returncode == 0, sent.stderr
+    assert " snakemq.link INFO " in sent.stderr
+
+
+def test_queues_json(tmp_path: Path) -> None:
+    db = str(tmp_path / "alice.db")
+    run(
+        "send", "--ident", "alice", "--connect", "127.0.0.1:9", "--to", "bob", "--ttl", "600",
+        "--persistent", "--storage", db, "--timeout", "0.2", "abc", "de",
+    )  # fmt: skip
+    shown = run("queues", db, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert [json.loads(line) for line in shown.stdout.splitlines()] == [
+        {"peer": "bob", "messages": 2, "bytes": 5, "soonest_ttl": 600.0}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["bench", "--count", "0"], "--count: '0': give 1 or more"),
+        (["bench", "--size", "-1"], "--size: '-1': give 0 or more"),
+        (["send", "--ident", "a"], "required: --to"),
+        (["nosuchcommand"], "invalid choice"),
+        (["listen", "--ident", "a"], "give --listen"),
+        (["send", "--ident", "a", "--to", "b", "--file", "/no/such.bin"], "no such file"),
+    ],
+)
+def test_usage_errors_exit_64_not_the_timeout_code(args: list[str], expected: str) -> None:
+    result = run(*args)
+    assert result.returncode == 64, result.stderr
+    assert expected in result.stderr
+
+
+def test_version() -> None:
+    import snakemq
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"snakemq {snakemq.__version__} (snakemq-proto ")
+
+
+def test_undelivered_names_the_peer_that_answered_instead(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob")
+    listeners.append(bob)
+    sent = run(
+        "send", "--ident", "alice", "--connect", bob.address, "--to", "bobby", "--timeout", "1", "x"
+    )
+    assert sent.returncode == 2
+    assert f"connected to {bob.address}, which identified as 'bob', not 'bobby'" in sent.stderr
+
+
+def test_undelivered_to_a_tls_listener_suggests_tls(
+    listeners: list[Listener], certs: dict[str, str]
+) -> None:
+    bob = Listener("--ident", "bob", "--tls-cert", certs["bob"])
+    listeners.append(bob)
+    sent = run(
+        "send", "--ident", "alice", "--connect", bob.address, "--to", "bob", "--timeout", "1", "x"
+    )
+    assert sent.returncode == 2
+    assert "closed before the peer identified: if it listens with TLS, give --tls-cert" in (
+        sent.stderr
+    )
+
+
+def test_undelivered_with_nothing_listening() -> None:
+    sent = run(
+        "send",
+        "--ident",
+        "alice",
+        "--connect",
+        "127.0.0.1:9",
+        "--to",
+        "bob",
+        "--timeout",
+        "0.5",
+        "x",
+    )
+    assert "no connection could be made" in sent.stderr
+
+
+def test_send_to_own_identifier_is_a_usage_error() -> None:
+    result = run("send", "--ident", "alice", "--to", "alice", "x")
+    assert result.returncode == 64
+    assert "this peer's own identifier" in result.stderr
+
+
+def test_listen_exits_quietly_when_its_reader_leaves(listeners: list[Listener]) -> None:
+    bob = Listener("--ident", "bob", "--raw")
+    listeners.append(bob)
+    target = ["--ident", "alice", "--connect", bob.address, "--to", "bob"]
+    assert run("send", *target, "first").returncode == 0
+    assert bob.proc.stdout is not None
+    assert bob.proc.stdout.readline() == "first\n"
+    bob.proc.stdout.close()  # as `snakemq listen | head -1` does
+    run("send", *target, "--timeout", "5", "second")
+    assert bob.proc.wait(TIMEOUT) == 0
+    assert bob.proc.stderr is not None
+    assert "Traceback" not in bob.proc.stderr.read()

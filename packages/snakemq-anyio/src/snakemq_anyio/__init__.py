@@ -5,6 +5,14 @@ peers, wire protocol, delivery and TTL semantics as the sync ``snakemq``
 package.  Start with ``Messaging``.
 """
 
+import importlib.metadata as _metadata
+
+try:
+    __version__ = _metadata.version("snakemq-anyio")
+    """The installed version of the ``snakemq-anyio`` distribution (the repository's VERSION file)."""
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
+
 from snakemq_proto import (
     FLAG_PERSISTENT,
     DuplicateIdentError,

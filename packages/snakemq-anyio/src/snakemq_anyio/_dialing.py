@@ -25,6 +25,7 @@ from snakemq_proto import (
     RedialHolds,
     RemoteProtocolError,
     SSLConfig,
+    bind_error,
     cert_idents,
 )
 
@@ -101,7 +102,10 @@ class Dialer:
         *,
         task_status: anyio.abc.TaskStatus[tuple[str, int]],
     ) -> None:
-        multi = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
+        try:
+            multi = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
+        except OSError as exc:
+            raise bind_error(exc, (host, port)) from exc
         bound = multi.extra(SocketAttribute.local_address)
         assert isinstance(bound, tuple)
         address = (str(bound[0]), int(bound[1]))

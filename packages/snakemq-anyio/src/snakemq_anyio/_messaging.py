@@ -64,6 +64,7 @@ from snakemq_proto import (
     MessageSent,
     PeerConnected,
     PeerDisconnected,
+    PersistentWithoutStorage,
     QueuesStorage,
     RedialHeld,
     SqliteQueuesStorage,
@@ -190,6 +191,7 @@ class Messaging:
         self._storage_arg = storage
         self._persistent = storage is not None
         self._state = Lifecycle.NEW
+        self._persistent_check = PersistentWithoutStorage(ident, self._persistent, log)
         self._tg: anyio.abc.TaskGroup | None = None
         self._flusher: StorageFlusher | None = None  # made when entered
         self._inbox = Inbox(max_buffered, max_buffered_bytes)
@@ -537,6 +539,7 @@ class Messaging:
         if per_peer is None:
             per_peer = self._receipts[ident] = {}
         events = self._engine.send_message(ident, message, _monotonic())
+        self._persistent_check.check(ident, message)
         uuid = message.uuid
         receipt = per_peer[uuid] = Receipt(ident, uuid)
         if events:

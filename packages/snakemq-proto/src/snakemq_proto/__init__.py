@@ -6,6 +6,14 @@ sockets, threads and clocks.  The sync package ``snakemq`` and the async
 package ``snakemq_anyio`` are I/O shells around ``Engine``.
 """
 
+import importlib.metadata as _metadata
+
+try:
+    __version__ = _metadata.version("snakemq-proto")
+    """The installed version of the ``snakemq-proto`` distribution (the repository's VERSION file)."""
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
+
 from ._backoff import JITTER, Backoff
 from ._checks import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -15,6 +23,7 @@ from ._checks import (
     check_address,
     check_seconds,
 )
+from ._diagnostics import PersistentWithoutStorage, bind_error
 from ._engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_WINDOW, OUTPUT_HIGH_WATER, ConnState, Engine
 from ._errors import (
     DuplicateIdentError,
@@ -124,6 +133,7 @@ __all__ = [
     "PacketTooLargeError",
     "PeerConnected",
     "PeerDisconnected",
+    "PersistentWithoutStorage",
     "Ping",
     "Pong",
     "ProtocolVersion",
@@ -139,6 +149,7 @@ __all__ = [
     "StorageWriter",
     "StoredState",
     "UnexpectedFrameError",
+    "bind_error",
     "cert_idents",
     "check_address",
     "check_ident",

@@ -426,12 +426,16 @@ class Engine:
             if session.outbound:
                 # our own dial is the redundant one: its connector waits
                 events.append(RedialHeld(session.conn_id, ident))
-                raise DuplicateIdentError(
+                duplicate = DuplicateIdentError(
                     f"peer {ident!r} is already connected over {other.conn_id}; this "
                     "dialled connection is closed and its connector waits until that "
                     "one ends"
                 )
-            raise DuplicateIdentError(f"peer {ident!r} is already connected")
+            else:
+                duplicate = DuplicateIdentError(f"peer {ident!r} is already connected")
+            both_known = session.outbound is not None and other.outbound is not None
+            duplicate.crossed = both_known and session.outbound != other.outbound
+            raise duplicate
         # the two peers dialled each other: both keep the same connection
         log.info(
             "conn=%s ident=%s: keeping this one of two crossed connections", session.conn_id, ident

@@ -35,7 +35,14 @@ class IncompatibleProtocolError(RemoteProtocolError):
 
 
 class DuplicateIdentError(RemoteProtocolError):
-    """A peer identified itself with an identifier that is already connected."""
+    """A peer identified itself with an identifier that is already connected.
+
+    ``crossed`` is true when the two peers only dialled each other and this
+    connection is the redundant one of the pair: routine, logged at INFO.
+    Otherwise (two connections that both claim one identifier) it is logged
+    as a warning."""
+
+    crossed: bool = False
 
 
 class IdentityMismatchError(RemoteProtocolError):

@@ -194,7 +194,14 @@ class Session:
         """Report ``error`` and close (nothing if already closed)."""
         if self.state is ConnState.CLOSED:
             return []
-        log.warning("conn=%s ident=%s closing: %s", self.conn_id, self.ident, error)
+        routine = isinstance(error, DuplicateIdentError) and error.crossed
+        log.log(
+            logging.INFO if routine else logging.WARNING,
+            "conn=%s ident=%s closing: %s",
+            self.conn_id,
+            self.ident,
+            error,
+        )
         return [ErrorOccurred(self.conn_id, self.ident, error), *self.closing()]
 
     def detach(self) -> None:

@@ -13,6 +13,9 @@ under another peer's identifier.  It needs ``cert_reqs=ssl.CERT_REQUIRED`` and
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -39,8 +42,10 @@ class SSLConfig:
 
     Raises:
         TypeError, ValueError: inconsistent arguments, naming the argument.
-        FileNotFoundError, ssl.SSLError: a key or certificate file is unusable
-            (raised when the context is first built).
+        FileNotFoundError, ssl.SSLError: a key or certificate file is missing
+            or unusable (raised when the context is first built); the text
+            names the argument, the file and, where it can tell, the fix
+            (swapped key and certificate, a certificate without its key).
     """
 
     def __init__(
@@ -121,10 +126,31 @@ class SSLConfig:
 
     def _load(self, ctx: ssl.SSLContext) -> None:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        for arg, path in (
+            ("certfile", self.certfile),
+            ("keyfile", self.keyfile),
+            ("ca_certs", self.ca_certs),
+        ):
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(
+                    errno.ENOENT, f"SSLConfig {arg}={path!r}: no such file; check the path", path
+                )
         if self.certfile is not None:
-            ctx.load_cert_chain(self.certfile, self.keyfile)
+            try:
+                ctx.load_cert_chain(self.certfile, self.keyfile)
+            except ssl.SSLError as exc:
+                raise ssl.SSLError(
+                    exc.errno, _explain_cert_chain(self.certfile, self.keyfile, exc)
+                ) from exc
         if self.ca_certs is not None:
-            ctx.load_verify_locations(self.ca_certs)
+            try:
+                ctx.load_verify_locations(self.ca_certs)
+            except ssl.SSLError as exc:
+                raise ssl.SSLError(
+                    exc.errno,
+                    f"SSLConfig ca_certs={self.ca_certs!r} holds no usable PEM certificate "
+                    f"of a certificate authority ({exc})",
+                ) from exc
 
     def __repr__(self) -> str:
         return (
@@ -147,3 +173,38 @@ def cert_idents(cert: Mapping[str, Any] | None) -> frozenset[str]:
             if key == "commonName" and isinstance(value, str):
                 names.add(value)
     return frozenset(names)
+
+
+def _pem_blocks(path: str) -> set[str]:
+    """The kinds of PEM blocks in a file ("CERTIFICATE", "PRIVATE KEY", ...)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 20).decode("ascii", "replace")
+    except OSError:
+        return set()
+    return set(re.findall(r"-----BEGIN ([A-Z0-9 ]+)-----", text))
+
+
+def _explain_cert_chain(certfile: str, keyfile: str | None, exc: ssl.SSLError) -> str:
+    """Why ``load_cert_chain(certfile, keyfile)`` failed, in words that name the
+    file and the fix (OpenSSL says only "PEM lib")."""
+    cert_kinds = _pem_blocks(certfile)
+    key_kinds = _pem_blocks(keyfile) if keyfile is not None else cert_kinds
+    has_cert = "CERTIFICATE" in cert_kinds
+    has_key = any(kind.endswith("PRIVATE KEY") for kind in key_kinds)
+    if keyfile is not None and not has_cert and "CERTIFICATE" in _pem_blocks(keyfile):
+        return (
+            f"SSLConfig keyfile={keyfile!r} and certfile={certfile!r} look swapped: the first "
+            "argument is the private key, the second the certificate "
+            f"(SSLConfig(keyfile, certfile)) ({exc})"
+        )
+    if not has_cert:
+        return f"SSLConfig certfile={certfile!r} holds no PEM certificate ({exc})"
+    if not has_key:
+        where = f"keyfile={keyfile!r}" if keyfile is not None else f"certfile={certfile!r}"
+        fix = "" if keyfile is not None else "; pass keyfile, or put the key in the cert file"
+        return f"SSLConfig {where} holds no PEM private key{fix} ({exc})"
+    return (
+        f"SSLConfig certfile={certfile!r} and keyfile={keyfile or certfile!r}: the key does "
+        f"not match the certificate, or is encrypted ({exc})"
+    )

@@ -548,7 +548,7 @@ class PacketDecoder:
                 self._need = 4
                 raise PacketTooLargeError(
                     f"peer announced a packet of {size} bytes; the maximum is {maximum} "
-                    "(raise max_packet_size if this peer is trusted)"
+                    f"({_too_large_hint(size)})"
                 )
             stop = pos + 4 + size
             if stop > end:
@@ -564,3 +564,18 @@ class PacketDecoder:
             self._size = 0
         self._need = need
         return packets
+
+
+def _too_large_hint(header: int) -> str:
+    """What a too-large length header most likely is, and the fix: other
+    protocols' first bytes read as huge lengths."""
+    first, second = header >> 24, (header >> 16) & 0xFF
+    if first in (0x15, 0x16) and second == 0x03:
+        return (
+            "these bytes are a TLS record: the other side speaks TLS, so give this side "
+            "an ssl_config too"
+        )
+    head = header.to_bytes(4, "big")
+    if head in (b"GET ", b"POST", b"HEAD", b"PUT ", b"HTTP"):
+        return f"these bytes are HTTP ({head.decode()!r}...): the other side is no snakemq peer"
+    return "raise max_packet_size if this peer is trusted"

@@ -7,10 +7,15 @@ persistence).  All protocol rules live in ``snakemq_proto``.
 
 from __future__ import annotations
 
+import importlib.metadata as _metadata
 import logging
 from typing import IO
 
-__version__ = "2.0.0.dev0"
+try:
+    __version__ = _metadata.version("snakemq")
+    """The installed version of the ``snakemq`` distribution (the repository's VERSION file)."""
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 __all__ = ["__version__", "init", "init_logging"]
 

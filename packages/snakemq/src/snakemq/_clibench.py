@@ -13,11 +13,11 @@ import threading
 import time
 from typing import TextIO
 
+from snakemq._cli_peer import EXIT_FAILED, EXIT_OK, Peer
 from snakemq.message import Message
 
 
 def run_bench(count: int, size: int, out: TextIO) -> int:
-    from snakemq.cli import EXIT_FAILED, EXIT_OK, Peer
 
     receiver = subprocess.Popen(
         [

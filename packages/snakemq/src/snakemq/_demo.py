@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from snakemq._cli_peer import EXIT_FAILED, EXIT_OK, Peer
 from snakemq.link import SSLConfig
 from snakemq.message import Message
 
@@ -42,7 +43,6 @@ def _free_port() -> int:
 
 
 def run_demo(out: TextIO) -> int:
-    from snakemq.cli import EXIT_FAILED, EXIT_OK, Peer
 
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)

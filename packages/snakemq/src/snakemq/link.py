@@ -61,6 +61,7 @@ from snakemq_proto import (
     DEFAULT_RECONNECT_MAX_INTERVAL,
     Backoff,
     SSLConfig,
+    bind_error,
     check_address,
     check_seconds,
 )
@@ -243,9 +244,10 @@ class Link:
     """Keeper of listeners, connectors and the connections they make.
 
     Not thread-safe except ``wakeup_poll()`` and ``stop()``; synchronise with the
-    loop through ``wakeup_poll()`` and ``on_loop_pass``.
+    loop through ``wakeup_poll()`` and ``on_loop_pass``.  Each callback is a
+    ``Callback`` object; add functions with ``.add``.
 
-    Callbacks (``Callback`` objects; add functions with ``.add``):
+    Callbacks:
         on_connect(conn_id): a connection is ready (after the TLS handshake).
         on_disconnect(conn_id): a ready connection is closed.
         on_recv(conn_id, data): bytes arrived (``bytes``, yours to keep).
@@ -318,31 +320,16 @@ class Link:
 
         Raises:
             TypeError, ValueError: a malformed address.
-            OSError: the address cannot be bound (e.g. in use).
+            OSError: the address cannot be bound (e.g. in use); the text names
+                the address and the fix.
         """
         host, port = check_address(address)
         if ssl_config is not None:
             ssl_config.server_context()  # fail now on unusable key/cert files
-        if host == "" and socket.has_dualstack_ipv6():
-            sock = socket.create_server(
-                ("", port), family=socket.AF_INET6, backlog=LISTEN_BACKLOG, dualstack_ipv6=True
-            )
-        else:
-            infos = socket.getaddrinfo(
-                host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-            )
-            # a name with both families (localhost) binds IPv4, as 1.6 did;
-            # connectors try every address, so they find it either way
-            infos.sort(key=lambda info: info[0] != socket.AF_INET)
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(sockaddr)
-                sock.listen(LISTEN_BACKLOG)
-            except BaseException:
-                sock.close()
-                raise
+        try:
+            sock = _bind(host, port)
+        except OSError as exc:
+            raise bind_error(exc, (host, port)) from exc
         sock.setblocking(False)
         bound = sock.getsockname()
         key: Address = (bound[0], bound[1])
@@ -454,6 +441,11 @@ class Link:
         if conn is None:
             raise NoConnection(f"no open connection {conn_id!r}")
         return conn.getpeercert(binary_form)
+
+    def remote_address(self, conn_id: str) -> Address | None:
+        """The remote ``(host, port)`` of ``conn_id`` (``None`` once it is closed)."""
+        conn = self._conns.get(conn_id)
+        return None if conn is None else conn.remote_peer
 
     def get_ssl_config(self, conn_id: str) -> SSLConfig | None:
         """The ``SSLConfig`` of the listener/connector that made ``conn_id``."""
@@ -977,3 +969,26 @@ class Link:
         if connector is not None and connector.conn is conn:
             connector.conn = None
             self._retry_later(connector)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    if host == "" and socket.has_dualstack_ipv6():
+        return socket.create_server(
+            ("", port), family=socket.AF_INET6, backlog=LISTEN_BACKLOG, dualstack_ipv6=True
+        )
+    infos = socket.getaddrinfo(
+        host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    # a name with both families (localhost) binds IPv4, as 1.6 did;
+    # connectors try every address, so they find it either way
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

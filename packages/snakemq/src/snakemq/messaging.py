@@ -53,6 +53,7 @@ from snakemq_proto import (
     MessageSent,
     PeerConnected,
     PeerDisconnected,
+    PersistentWithoutStorage,
     QueuesStorage,
     RedialHeld,
     RedialHolds,
@@ -144,6 +145,9 @@ class Messaging:
         self.packeter = packeter
         self.link = packeter.link
         self.storage = queues_storage
+        self._persistent_check = PersistentWithoutStorage(
+            identifier, queues_storage is not None, log
+        )
 
         self.on_connect: Callback[[str, str]] = Callback()
         self.on_disconnect: Callback[[str, str]] = Callback()
@@ -232,6 +236,7 @@ class Messaging:
                 finally:
                     self._waiting -= 1
             events = engine.send_message(ident, message, time.monotonic())
+            self._persistent_check.check(ident, message)
             if events:
                 self._deferred.extend(events)
             if self._writer is not None:

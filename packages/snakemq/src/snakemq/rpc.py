@@ -77,7 +77,7 @@ log_client = logging.getLogger("snakemq.rpc.client")
 
 
 class RpcServer:
-    """Serves registered objects to remote ``RpcClient``s.
+    """Serves registered objects to remote ``RpcClient`` objects.
 
     Methods run in a thread of their own (not in the link loop), as in 1.6.
 
@@ -167,7 +167,7 @@ class RemoteMethod(RemoteMethodBase):
 
 
 class RpcInstProxy:
-    """A proxy of a remote object: attribute access gives ``RemoteMethod``s."""
+    """A proxy of a remote object: attribute access gives ``RemoteMethod`` objects."""
 
     def __init__(self, client: RpcClient, remote_ident: str, name: str) -> None:
         self._client = client
@@ -189,7 +189,7 @@ class RpcInstProxy:
 
 
 class RpcClient:
-    """Calls methods of objects registered on remote ``RpcServer``s.
+    """Calls methods of objects registered on remote ``RpcServer`` objects.
 
     Calls block the calling thread (never call from the link loop thread).
 
