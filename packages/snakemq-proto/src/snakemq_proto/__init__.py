@@ -45,8 +45,19 @@ from ._message import (
     check_ttl,
     new_uuid,
 )
+from ._sqla import SqlAlchemyQueuesStorage
 from ._sqlite import SqliteQueuesStorage
-from ._storage import MemoryQueuesStorage, QueuesStorage, StorageBatch, StoredState
+from ._storage import (
+    Lease,
+    LegacyQueuesStorage,
+    LegacyStorageAdapter,
+    MemoryQueuesStorage,
+    QueuesStorage,
+    StorageBatch,
+    StoredState,
+    open_storage,
+    standby,
+)
 from ._tls import SSLConfig, cert_idents
 from ._wire import (
     CAP_ACK,
@@ -94,6 +105,9 @@ __all__ = [
     "IncompatibleProtocol",
     "IncompatibleProtocolError",
     "KeepaliveTimeoutError",
+    "Lease",
+    "LegacyQueuesStorage",
+    "LegacyStorageAdapter",
     "LocalProtocolError",
     "MalformedFrameError",
     "MemoryQueuesStorage",
@@ -115,6 +129,7 @@ __all__ = [
     "RemoteProtocolError",
     "SSLConfig",
     "SnakeMQError",
+    "SqlAlchemyQueuesStorage",
     "SqliteQueuesStorage",
     "StorageBatch",
     "StorageError",
@@ -126,4 +141,6 @@ __all__ = [
     "decode_frame",
     "encode_packet",
     "new_uuid",
+    "open_storage",
+    "standby",
 ]

@@ -185,6 +185,16 @@ class _Connector:
         self.conn: LinkSocket | None = None  # connecting or connected
 
 
+class _Gate:
+    """What a standby link waits for, and the listeners it will open."""
+
+    def __init__(self, gate: Callable[[], bool], interval: float) -> None:
+        self.gate = gate
+        self.interval = interval
+        self.next_try = 0.0
+        self.listeners: list[tuple[Address, SSLConfig | None]] = []
+
+
 class LinkLike(Protocol):
     """What ``Packeter`` and ``Messaging`` need from a link (``Link`` or ``Throttle``)."""
 
@@ -212,6 +222,8 @@ class LinkLike(Protocol):
     def hold_redial(self, conn_id: str) -> Address | None: ...
 
     def release_redial(self, address: Address) -> None: ...
+
+    def set_gate(self, gate: Callable[[], bool], interval: float) -> None: ...
 
 
 def _check_address(address: object, name: str = "address") -> tuple[str, int]:
@@ -293,6 +305,7 @@ class Link:
         self._ready_reads: list[LinkSocket] = []  # TLS bytes decrypted but not read yet
         self._deadline_hooks: list[Callable[[], float | None]] = []
         self._closed = False
+        self._gate: _Gate | None = None
 
     # ------------------------------------------------------------ listeners
 
@@ -308,6 +321,9 @@ class Link:
         host, port = _check_address(address)
         if ssl_config is not None:
             ssl_config.server_context()  # fail now on unusable key/cert files
+        if self._gate is not None:  # a standby: listen once it takes over
+            self._gate.listeners.append(((host, port), ssl_config))
+            return (host, port)
         if host == "" and socket.has_dualstack_ipv6():
             sock = socket.create_server(
                 ("", port), family=socket.AF_INET6, backlog=LISTEN_BACKLOG, dualstack_ipv6=True
@@ -351,6 +367,28 @@ class Link:
                 del self._listener_alias[alias]
         self._selector.unregister(listener.sock)
         listener.sock.close()
+
+    def set_gate(self, gate: Callable[[], bool], interval: float) -> None:
+        """Be a standby until ``gate()`` returns True (asked from ``loop()``
+        every ``interval`` seconds): no listener listens (those added are
+        closed and opened again then) and no connector dials."""
+        self._gate = _Gate(gate, interval)
+        for address, listener in list(self._listeners.items()):
+            self._gate.listeners.append((address, listener.ssl_config))
+            self.del_listener(address)
+
+    def _pass_gate(self, now: float) -> bool:
+        gate = self._gate
+        assert gate is not None
+        if now < gate.next_try:
+            return False
+        gate.next_try = now + gate.interval
+        if not gate.gate():
+            return False
+        self._gate = None
+        for address, ssl_config in gate.listeners:
+            self.add_listener(address, ssl_config)
+        return True
 
     # ----------------------------------------------------------- connectors
 
@@ -525,6 +563,9 @@ class Link:
         try:
             while self._running and (count is None or count > 0):
                 now = monotonic()
+                if self._gate is not None and not self._pass_gate(now):
+                    self._standby_pass(min(poll_timeout, self._gate.next_try - now), end)
+                    continue
                 if self._plan and self._plan[0][0] <= now:
                     self._deal_connects(now)
                 timeout = poll_timeout
@@ -575,6 +616,17 @@ class Link:
                     count -= 1
         finally:
             self._running = False
+
+    def _standby_pass(self, timeout: float, end: float | None) -> None:
+        if end is not None:
+            timeout = min(timeout, end - time.monotonic())
+            if timeout <= 0:
+                self._running = False
+                return
+        for key, _ in self._selector.select(max(0.0, timeout)):
+            if key.data is None:
+                self._drain_bell()
+        self.on_loop_pass()
 
     def stop(self) -> None:
         """Make ``loop()`` return after the current pass (thread-safe)."""

@@ -39,6 +39,7 @@ from snakemq_proto import (
     Engine,
     ErrorOccurred,
     Event,
+    LegacyQueuesStorage,
     Message,
     MessageDelivered,
     MessageDropped,
@@ -49,7 +50,10 @@ from snakemq_proto import (
     QueuesStorage,
     RedialHeld,
     StorageBatch,
+    StorageError,
     cert_idents,
+    open_storage,
+    standby,
 )
 
 from .callbacks import Callback
@@ -77,7 +81,13 @@ class Messaging:
         identifier: this peer's identifier (1-50 characters).
         domain: unused (kept for snakeMQ 1.6 compatibility).
         packeter: the ``Packeter`` whose connections carry the messages.
-        queues_storage: where persistent messages wait (``None``: memory only).
+        queues_storage: where persistent messages wait (``None``: memory only);
+            a snakeMQ 1.6 style storage is adapted.  With a storage shared
+            by processes (``SqlAlchemyQueuesStorage`` on PostgreSQL) this
+            peer is a *standby* while another process serves
+            ``identifier``: its link neither listens nor dials, and it
+            takes over (loads the queues and de-dup window) once it holds
+            the lease.
         max_packet_size: the largest packet accepted from a peer.
         handshake_timeout: seconds a new connection may take to identify.
         window: unacknowledged messages a capable peer may send us in a row.
@@ -106,7 +116,7 @@ class Messaging:
         identifier: str,
         domain: str,
         packeter: Packeter,
-        queues_storage: QueuesStorage | None = None,
+        queues_storage: QueuesStorage | LegacyQueuesStorage | None = None,
         *,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -129,7 +139,10 @@ class Messaging:
         self.domain = domain
         self.packeter = packeter
         self.link = packeter.link
+        if queues_storage is not None:
+            queues_storage = open_storage(queues_storage, identifier)
         self.storage = queues_storage
+        self._standby = standby(queues_storage)
 
         self.on_connect: Callback[[str, str]] = Callback()
         self.on_disconnect: Callback[[str, str]] = Callback()
@@ -150,16 +163,45 @@ class Messaging:
         self._deferred: list[Event] = []  # events to dispatch from the loop thread
         self._pending_batch: StorageBatch | None = None  # taken, not yet applied
 
-        if queues_storage is not None:
-            state = queues_storage.load()
+        if self._standby is not None:
+            self.link.set_gate(self._take_over, self._standby.lease_poll)
+        elif queues_storage is not None:
+            self._load(queues_storage)
+
+        packeter.set_stream_handler(self)
+        self.link.on_loop_pass.add(self._on_loop_pass)
+        self.link.add_deadline_hook(self._next_deadline)
+
+    def _load(self, storage: QueuesStorage) -> None:
+        state = storage.load()
+        with self._lock:
             events = self._engine.load(state.queues, state.seen, time.monotonic())
             self._deferred.extend(events)
             self._take_batch()
             self._apply_pending()
 
-        packeter.set_stream_handler(self)
-        self.link.on_loop_pass.add(self._on_loop_pass)
-        self.link.add_deadline_hook(self._next_deadline)
+    def _take_over(self) -> bool:
+        """The link's gate while a standby: take the lease, load, go on."""
+        lease = self._standby
+        if lease is None:
+            return True
+        try:
+            if not lease.try_acquire():
+                return False
+            assert self.storage is not None
+            self._load(self.storage)
+        except Exception:
+            log.exception("standby %r: cannot take over yet", self.identifier)
+            return False
+        log.warning("standby %r took over: serving it now", self.identifier)
+        self._standby = None
+        return True
+
+    @property
+    def standby(self) -> bool:
+        """True while another process serves this identifier (see
+        ``queues_storage``); ``send_message`` raises ``StorageError`` then."""
+        return self._standby is not None
 
     # ---------------------------------------------------------- attributes
 
@@ -210,7 +252,15 @@ class Messaging:
 
         Raises:
             TypeError, ValueError: ``ident`` or ``message`` is not valid.
+            StorageError: the message could not be stored (it is kept in
+                memory and stored with the next pass), or this peer is a
+                standby.
         """
+        if self._standby is not None:
+            raise StorageError(
+                f"peer {self.identifier!r} is a standby: another process serves it; "
+                "send once it took over (Messaging.standby is False)"
+            )
         with self._lock:
             engine = self._engine
             if threading.get_ident() != self._loop_thread and engine.queue_full(ident):

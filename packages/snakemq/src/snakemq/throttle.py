@@ -106,6 +106,9 @@ class Throttle:
     def release_redial(self, address: Address) -> None:
         self.link.release_redial(address)
 
+    def set_gate(self, gate: Callable[[], bool], interval: float) -> None:
+        self.link.set_gate(gate, interval)
+
     # ----------------------------------------------------------- internal
 
     def _try(self, conn_id: str, bucket: _Bucket, view: memoryview, now: float) -> None:
