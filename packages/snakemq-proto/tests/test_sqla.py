@@ -262,14 +262,12 @@ def test_unbound_storage_and_open_storage(pg_url: str) -> None:
 
 def test_use_from_other_threads(pg_url: str) -> None:
     with SqlAlchemyQueuesStorage(pg_url, ident="alice") as storage:
-        threads = [
-            threading.Thread(
-                target=lambda k=k: [
-                    storage.apply(StorageBatch(push=[("bob", msg(k * 100 + i))])) for i in range(20)
-                ]
-            )
-            for k in range(4)
-        ]
+
+        def push(k: int) -> None:
+            for i in range(20):
+                storage.apply(StorageBatch(push=[("bob", msg(k * 100 + i))]))
+
+        threads = [threading.Thread(target=push, args=(k,)) for k in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -5,6 +5,10 @@ from collections.abc import Iterator
 import pytest
 from sync_helpers import Peer
 
+from snakemq_proto.testing import postgres_fixtures
+
+postgres, pg_url = postgres_fixtures()
+
 
 @pytest.fixture
 def peers() -> Iterator[list[Peer]]:

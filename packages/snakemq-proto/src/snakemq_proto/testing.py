@@ -23,11 +23,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["TestPostgres", "postgres_bin_dir"]
+__all__ = ["TestPostgres", "postgres_bin_dir", "postgres_fixtures"]
 
 PASSWORD = "snakemq-test-pw"
 
@@ -241,3 +242,23 @@ class TestPostgres:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def postgres_fixtures() -> tuple[Any, Any]:
+    """pytest fixtures ``postgres`` (one server per session) and ``pg_url``
+    (a new empty database per test); in a conftest:
+    ``postgres, pg_url = postgres_fixtures()``."""
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPostgres]:
+        """A real PostgreSQL server, started once for the session."""
+        with TestPostgres(tmp_path_factory.mktemp("postgres")) as server:
+            yield server
+
+    @pytest.fixture
+    def pg_url(postgres: TestPostgres) -> str:
+        """The URL of a new, empty database on the session's server."""
+        return postgres.new_database()
+
+    return postgres, pg_url

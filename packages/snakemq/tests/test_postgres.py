@@ -1,0 +1,197 @@
+"""Queues in PostgreSQL (SqlAlchemyQueuesStorage) under Messaging: SIGKILLs of
+the sender, a standby taking over a killed holder, the database server
+restarted mid-stream, and a storage written against 1.6's interface."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from snakemq.exceptions import StorageError
+from snakemq.message import FLAG_PERSISTENT, Message
+from snakemq.storage.sqla import SqlAlchemyQueuesStorage
+from sync_helpers import WAIT, Peer
+from test_persistence import lines_until, run_sender
+
+from snakemq_proto.testing import TestPostgres
+
+
+def _drain(proc: Any) -> list[str]:
+    assert proc.stdout is not None
+    lines = [line.strip() for line in proc.stdout]
+    proc.stdout.close()
+    return lines
+
+
+def _no_duplicates(got: Iterable[bytes]) -> set[bytes]:
+    got = list(got)
+    assert len(got) == len(set(got)), "a message was handed to the application twice"
+    return set(got)
+
+
+def test_sigkill_of_sender_three_times_loses_nothing(
+    peers: list[Peer], tmp_path: Path, pg_url: str
+) -> None:
+    receiver = Peer("receiver")
+    peers.append(receiver)
+    port = receiver.listen()
+    receiver.start()
+    durable: set[bytes] = set()
+    for run, tag in enumerate("abc"):
+        proc = run_sender(tmp_path, port, pg_url, 3000, kill_at=600, tag=tag)
+        try:
+            lines = _drain(proc)
+            assert proc.wait(WAIT) == -signal.SIGKILL
+        finally:
+            proc.kill()
+            proc.wait()
+        # lines of two threads may interleave: the last durable number counts
+        last_durable = max(int(line) for line in lines if line.isdigit())
+        assert last_durable == 600
+        durable |= {b"%s%d" % (tag.encode(), i) for i in range(last_durable + 1)}
+        receiver.rec.wait_count("on_disconnect", run + 1)
+    last = run_sender(tmp_path, port, pg_url, 0)
+    try:
+        lines = lines_until(last, lambda line: line.startswith("queued"))
+        assert int(lines[-1].split()[1]) > 0, "the kills came too late to test anything"
+        lines_until(last, lambda line: line == "empty")
+        assert last.wait(WAIT) == 0
+    finally:
+        last.kill()
+        last.wait()
+        _drain(last)
+    got = _no_duplicates(receiver.received())
+    assert not durable - got, f"{len(durable - got)} durable messages were lost"
+    with SqlAlchemyQueuesStorage(pg_url, ident="sender") as storage:
+        assert storage.load().queues.get("receiver", []) == []
+
+
+def test_standby_takes_over_a_killed_holder_mid_stream(
+    peers: list[Peer], tmp_path: Path, pg_url: str
+) -> None:
+    receiver = Peer("receiver")
+    peers.append(receiver)
+    port = receiver.listen()
+    receiver.start()
+    holder = run_sender(tmp_path, port, pg_url, 4000, kill_at=1500)
+    standby = None
+    try:
+        assert lines_until(holder, lambda line: line.startswith("standby"))[-1] == "standby False"
+        standby = run_sender(tmp_path, port, pg_url, 0)
+        assert lines_until(standby, lambda line: line.startswith("standby"))[-1] == "standby True"
+        lines = _drain(holder)
+        assert holder.wait(WAIT) == -signal.SIGKILL
+        killed = time.monotonic()
+        connects = len(receiver.rec.get("on_connect"))
+        receiver.rec.wait_count("on_connect", connects + 1)  # the standby dialled
+        failover = time.monotonic() - killed
+        print(f"failover: holder killed -> standby connected in {failover:.2f} s")
+        assert failover < 10.0
+        lines_until(standby, lambda line: line == "empty")
+        assert standby.wait(WAIT) == 0
+    finally:
+        for proc in (holder, standby):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+                if proc.stdout is not None and not proc.stdout.closed:
+                    _drain(proc)
+    assert max(int(line) for line in lines if line.isdigit()) == 1500
+    durable = {b"%d" % i for i in range(1501)}
+    got = _no_duplicates(receiver.received())
+    assert not durable - got, f"{len(durable - got)} durable messages were lost"
+
+
+def test_server_restarted_mid_stream(
+    peers: list[Peer], postgres: TestPostgres, pg_url: str
+) -> None:
+    receiver = Peer("receiver")
+    sender = Peer("sender", SqlAlchemyQueuesStorage(pg_url))
+    peers += [receiver, sender]
+    sender.connect(receiver.listen())
+    receiver.start()
+    sender.start()
+    sent = []
+    for i in range(300):
+        if i == 100:
+            postgres.stop()
+            with pytest.raises(StorageError, match=r"cannot write queue storage .*\*\*\*@"):
+                sender.messaging.send_message(
+                    "receiver", Message(b"down", ttl=None, flags=FLAG_PERSISTENT)
+                )
+            postgres.start()
+        message = Message(b"%d" % i, ttl=None, flags=FLAG_PERSISTENT)
+        sender.messaging.send_message("receiver", message)
+        sent.append(message.data)
+    receiver.rec.wait(lambda: set(sent) <= set(receiver.received()), what="every message")
+    got = _no_duplicates(receiver.received())
+    assert set(sent) <= got
+    # the deletes that failed while the server was down were applied later
+    sender.rec.wait(lambda: not sender.messaging.queued("receiver"), what="empty queue")
+    storage = sender.messaging.storage
+    assert isinstance(storage, SqlAlchemyQueuesStorage)
+    deadline = time.monotonic() + WAIT
+    while storage.load().queues.get("receiver") and time.monotonic() < deadline:
+        sender.link.wakeup_poll()
+        time.sleep(0.05)  # the loop applies pending deletes on its next pass
+    assert storage.load().queues.get("receiver", []) == []
+
+
+class DictStorage16:
+    """A storage written against snakeMQ 1.6's QueuesStorageBase."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, list[Any]] = {}
+        self.calls: list[str] = []
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def get_queues(self) -> list[str]:
+        return list(self.queues)
+
+    def get_items(self, queue_name: str) -> list[Any]:
+        return list(self.queues.get(queue_name, []))
+
+    def push(self, queue_name: str, item: Any) -> None:
+        self.calls.append("push")
+        self.queues.setdefault(queue_name, []).append(item)
+
+    def delete_items(self, items: list[Any]) -> None:
+        self.calls.append("delete_items")
+        uuids = {item.uuid for item in items}
+        for queue in self.queues.values():
+            queue[:] = [item for item in queue if item.uuid not in uuids]
+
+    def delete_all(self) -> None:
+        self.queues.clear()
+
+    def update_items_ttl(self, items: list[Any]) -> None:
+        self.calls.append("update_items_ttl")
+
+
+def test_storage_of_16_interface_plugs_in_through_the_adapter(peers: list[Peer]) -> None:
+    legacy = DictStorage16()
+    stored = Message(b"from before", ttl=None, flags=FLAG_PERSISTENT)
+    legacy.queues["receiver"] = [stored]
+    sender = Peer("sender", legacy)  # type: ignore[arg-type]
+    receiver = Peer("receiver")
+    peers += [sender, receiver]
+    assert sender.messaging.queued("receiver") == [stored]
+    sender.send("receiver", b"new", ttl=None, flags=FLAG_PERSISTENT)
+    assert [m.data for m in legacy.queues["receiver"]] == [b"from before", b"new"]
+    sender.connect(receiver.listen())
+    receiver.start()
+    sender.start()
+    receiver.rec.wait(lambda: len(receiver.received()) == 2, what="both messages")
+    assert receiver.received() == [b"from before", b"new"]
+    sender.rec.wait_count("on_message_delivered", 2)
+    deadline = time.monotonic() + WAIT
+    while legacy.queues["receiver"] and time.monotonic() < deadline:
+        time.sleep(0.02)  # the loop applies the deletes on its next pass
+    assert legacy.queues["receiver"] == []
+    assert "delete_items" in legacy.calls
