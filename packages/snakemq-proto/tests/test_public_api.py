@@ -63,6 +63,7 @@ PUBLIC = [
     "LegacyStorageAdapter",
     "open_storage",
     "standby",
+    "storage_at",
     "StorageBatch",
     "StorageError",
     "StoredState",

@@ -3,9 +3,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sync_helpers import Peer
-
 from snakemq_proto.testing import postgres_fixtures
+from sync_helpers import Peer
 
 postgres, pg_url = postgres_fixtures()
 

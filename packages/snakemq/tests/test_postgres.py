@@ -14,10 +14,9 @@ import pytest
 from snakemq.exceptions import StorageError
 from snakemq.message import FLAG_PERSISTENT, Message
 from snakemq.storage.sqla import SqlAlchemyQueuesStorage
+from snakemq_proto.testing import TestPostgres
 from sync_helpers import WAIT, Peer
 from test_persistence import lines_until, run_sender
-
-from snakemq_proto.testing import TestPostgres
 
 
 def _drain(proc: Any) -> list[str]:

@@ -45,7 +45,7 @@ from ._message import (
     check_ttl,
     new_uuid,
 )
-from ._sqla import SqlAlchemyQueuesStorage
+from ._sqla import SqlAlchemyQueuesStorage, storage_at
 from ._sqlite import SqliteQueuesStorage
 from ._storage import (
     Lease,
@@ -143,4 +143,5 @@ __all__ = [
     "new_uuid",
     "open_storage",
     "standby",
+    "storage_at",
 ]

@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -59,12 +60,13 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 from ._errors import StorageError
 from ._message import Message, check_ident
-from ._storage import StorageBatch, StoredState, seen_window_appends
+from ._sqlite import SqliteQueuesStorage
+from ._storage import QueuesStorage, StorageBatch, StoredState, seen_window_appends
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Table
 
-__all__ = ["SCHEMA_VERSION_SQLA", "SqlAlchemyQueuesStorage"]
+__all__ = ["SCHEMA_VERSION_SQLA", "SqlAlchemyQueuesStorage", "storage_at"]
 
 logger = logging.getLogger("snakemq.storage")
 
@@ -693,3 +695,17 @@ class SqlAlchemyQueuesStorage:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("holder" if self.held else "standby")
         return f"<SqlAlchemyQueuesStorage {self.url!r} ident={self._owner!r} {state}>"
+
+
+def storage_at(location: str | os.PathLike[str]) -> QueuesStorage:
+    """Open the storage a command line or configuration names: a database
+    URL (``postgresql://...``) gives ``SqlAlchemyQueuesStorage``, anything
+    else is the path of an SQLite file (``SqliteQueuesStorage``).
+
+    Raises:
+        StorageError: the storage cannot be opened.
+    """
+    text = os.fspath(location)
+    if "://" in text:
+        return SqlAlchemyQueuesStorage(text)
+    return SqliteQueuesStorage(text)

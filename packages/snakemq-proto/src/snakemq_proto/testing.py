@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,10 +252,16 @@ def postgres_fixtures() -> tuple[Any, Any]:
     import pytest
 
     @pytest.fixture(scope="session")
-    def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPostgres]:
+    def postgres() -> Iterator[TestPostgres]:
         """A real PostgreSQL server, started once for the session."""
-        with TestPostgres(tmp_path_factory.mktemp("postgres")) as server:
-            yield server
+        # not under pytest's basetemp: another pytest session resets its
+        # parent to mode 0700, which would lock the server's user out
+        directory = tempfile.mkdtemp(prefix="snakemq-pg-")
+        try:
+            with TestPostgres(directory) as server:
+                yield server
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
     @pytest.fixture
     def pg_url(postgres: TestPostgres) -> str:
