@@ -109,8 +109,19 @@ def test_server_restarted_mid_stream(
     peers: list[Peer], postgres: TestPostgres, pg_url: str
 ) -> None:
     receiver = Peer("receiver")
-    sender = Peer("sender", SqlAlchemyQueuesStorage(pg_url))
+    storage = SqlAlchemyQueuesStorage(pg_url)
+    sender = Peer("sender", storage)
     peers += [receiver, sender]
+    try:
+        _restart_mid_stream(postgres, receiver, sender, storage)
+    finally:
+        sender.stop()
+        storage.close()
+
+
+def _restart_mid_stream(
+    postgres: TestPostgres, receiver: Peer, sender: Peer, storage: SqlAlchemyQueuesStorage
+) -> None:
     sender.connect(receiver.listen())
     receiver.start()
     sender.start()
@@ -131,8 +142,6 @@ def test_server_restarted_mid_stream(
     assert set(sent) <= got
     # the deletes that failed while the server was down were applied later
     sender.rec.wait(lambda: not sender.messaging.queued("receiver"), what="empty queue")
-    storage = sender.messaging.storage
-    assert isinstance(storage, SqlAlchemyQueuesStorage)
     deadline = time.monotonic() + WAIT
     while storage.load().queues.get("receiver") and time.monotonic() < deadline:
         sender.link.wakeup_poll()
@@ -194,3 +203,43 @@ def test_storage_of_16_interface_plugs_in_through_the_adapter(peers: list[Peer])
         time.sleep(0.02)  # the loop applies the deletes on its next pass
     assert legacy.queues["receiver"] == []
     assert "delete_items" in legacy.calls
+
+
+def test_standby_neither_listens_nor_dials_until_it_takes_over(
+    peers: list[Peer], pg_url: str
+) -> None:
+    import socket
+
+    other = Peer("other")
+    peers.append(other)
+    other_port = other.listen()
+    other.start()
+    holder_storage = SqlAlchemyQueuesStorage(pg_url, lease_poll=0.1)
+    holder = Peer("me", holder_storage)
+    standby_storage = SqlAlchemyQueuesStorage(pg_url, lease_poll=0.1)
+    standby = Peer("me", standby_storage)
+    peers += [holder, standby]
+    try:
+        assert not holder.messaging.standby and standby.messaging.standby
+        with socket.socket() as probe:  # a standby binds nothing: give it a port
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        assert standby.link.add_listener(("127.0.0.1", port)) == ("127.0.0.1", port)
+        standby.connect(other_port)
+        standby.start()
+        with pytest.raises(StorageError, match="standby"):
+            standby.messaging.send_message("other", Message(b"x", ttl=None))
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+        holder.send("other", b"queued by the holder", ttl=None, flags=FLAG_PERSISTENT)
+        assert other.rec.get("on_connect") == []  # nobody dialled as "me"
+        holder.stop()
+        holder_storage.close()  # as the server does when the holder dies
+        other.rec.wait_count("on_connect", 1)  # the standby took over and dialled
+        assert not standby.messaging.standby
+        other.rec.wait(lambda: other.received() == [b"queued by the holder"], what="message")
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()  # listening now
+    finally:
+        standby.stop()
+        standby_storage.close()
+        holder_storage.close()

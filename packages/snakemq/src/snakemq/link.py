@@ -618,11 +618,18 @@ class Link:
             self._running = False
 
     def _standby_pass(self, timeout: float, end: float | None) -> None:
+        """A loop pass of a standby: wait for a wake-up, a deadline or the
+        next look at the gate; no socket I/O."""
+        now = time.monotonic()
         if end is not None:
-            timeout = min(timeout, end - time.monotonic())
+            timeout = min(timeout, end - now)
             if timeout <= 0:
                 self._running = False
                 return
+        for hook in self._deadline_hooks:
+            deadline = hook()
+            if deadline is not None:
+                timeout = min(timeout, deadline - now)
         for key, _ in self._selector.select(max(0.0, timeout)):
             if key.data is None:
                 self._drain_bell()
