@@ -243,3 +243,34 @@ def test_standby_neither_listens_nor_dials_until_it_takes_over(
         standby.stop()
         standby_storage.close()
         holder_storage.close()
+
+
+def test_cli_takes_a_database_url_wherever_it_takes_a_file(pg_url: str) -> None:
+    from test_cli import Listener, run
+
+    sent = run(
+        "send", "--ident", "alice", "--connect", "127.0.0.1:9", "--to", "bob", "--ttl", "600",
+        "--persistent", "--storage", pg_url, "--timeout", "0.3", "kept", "also kept",
+    )  # fmt: skip
+    assert sent.returncode == 2, sent.stderr
+    assert "needs --ident" not in sent.stderr
+    assert "give --ident" in run("queues", pg_url).stderr
+    shown = run("queues", pg_url, "--ident", "alice")
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("bob"))
+    assert row.split()[1:3] == ["2", str(len("kept") + len("also kept"))]
+    assert "no queued messages" in run("queues", pg_url, "--ident", "carol").stdout
+    bob = Listener("--ident", "bob", "--count", "2", "--storage", pg_url)
+    try:
+        flushed = run(
+            "send", "--ident", "alice", "--connect", bob.address, "--to", "bob", "--storage", pg_url
+        )
+        assert flushed.returncode == 0, flushed.stderr
+        _, out, _ = bob.finish()
+    finally:
+        bob.kill()
+    assert [line.split(" ", 3)[3] for line in out.splitlines()] == ["kept", "also kept"]
+    assert "no queued messages" in run("queues", pg_url, "--ident", "alice").stdout
+    bad = run("queues", pg_url.replace("snakemq-test-pw", "wrong"), "--ident", "alice")
+    assert bad.returncode != 0 and "user name or password" in bad.stderr
+    assert "wrong" not in bad.stderr
