@@ -83,6 +83,7 @@ class System:
     legacy: bool = False
     tls: bool = True
     persistent: bool = True
+    postgres: bool = True  # SqlAlchemyQueuesStorage (snakeMQ 1.6's needs SQLAlchemy 1)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Workload:
     unit: str  # what the table shows: "msg/s", "MB/s", "us" or "MiB"
     tls: bool = False
     persistent: bool = False
+    postgres: bool = False  # the sender's queues in PostgreSQL (a server the harness starts)
     warmup: int = 0
     quick_warmup: int = 0
     #: noread: seconds the sender may push before the memory is read.
@@ -134,6 +136,7 @@ SYSTEMS: dict[str, System] = {
             "legacy16_driver.py",
             probe="import snakemq.version\nassert snakemq.version.VERSION == '1.6', snakemq.version.VERSION",
             legacy=True,
+            postgres=False,
         ),
         System(
             "zmq-pushpull",
@@ -172,6 +175,17 @@ WORKLOADS: dict[str, Workload] = {
             200,
             "msg/s",
             persistent=True,
+        ),
+        Workload(
+            "100B-persistent-pg",
+            "100 B persistent PostgreSQL",
+            "throughput",
+            100,
+            10_000,
+            200,
+            "msg/s",
+            persistent=True,
+            postgres=True,
         ),
         Workload(
             "latency",
@@ -432,7 +446,11 @@ def make_certificates(directory: Path) -> dict[str, str]:
 
 def supports(system: System, workload: Workload) -> bool:
     """Whether the system has the feature the workload needs (pyzmq: no TLS, no storage)."""
-    return (system.tls or not workload.tls) and (system.persistent or not workload.persistent)
+    return (
+        (system.tls or not workload.tls)
+        and (system.persistent or not workload.persistent)
+        and (system.postgres or not workload.postgres)
+    )
 
 
 def run_once(
@@ -444,6 +462,7 @@ def run_once(
     workdir: Path,
     certificates: dict[str, str] | None,
     profile_dir: Path | None = None,
+    database: Any = None,
 ) -> dict[str, Any]:
     """Run one workload against one system; return its measurements (raises RunError).
 
@@ -487,7 +506,9 @@ def run_once(
             "READY", min(deadline, time.monotonic() + READY_TIMEOUT), "receiver READY"
         )
         send_config = {**config, **where, **profile("send"), "role": "send"}
-        if workload.persistent:
+        if workload.postgres:  # a fresh database of the run's server
+            send_config["storage"] = database.new_database()
+        elif workload.persistent:
             send_config["storage"] = str(workdir / "sender.db")
         send = DriverProcess(
             [python, driver, json.dumps(send_config)], workdir / "send.stderr", env
@@ -668,7 +689,13 @@ def run(
         certificates = None
         if any(WORKLOADS[w].tls for w in chosen_workloads):
             certificates = make_certificates(tmpdir)
+        database = None
         try:
+            if any(WORKLOADS[w].postgres for w in chosen_workloads):
+                from snakemq_proto.testing import TestPostgres
+
+                database = TestPostgres(tmpdir / "postgres")
+                database.start()
             for rep in range(repeat):
                 for wname in chosen_workloads:
                     workload = WORKLOADS[wname]
@@ -687,6 +714,7 @@ def run(
                                 workdir=workdir,
                                 certificates=certificates,
                                 profile_dir=profile_dir,
+                                database=database,
                             )
                         except RunError as exc:
                             outcome = {"ok": False, "error": str(exc)}
@@ -697,6 +725,8 @@ def run(
                         )
         finally:
             DriverProcess.kill_all()
+            if database is not None:
+                database.stop()
 
     report = _report(chosen_systems, chosen_workloads, runs, unavailable, quick, repeat, timeout)
     report["profiled"] = profile
