@@ -16,14 +16,26 @@ import os
 import anyio
 import anyio.to_thread
 from snakemq_proto import (
+    Lease,
     LegacyQueuesStorage,
     QueuesStorage,
+    StorageError,
     open_storage,
     standby,
     storage_at,
 )
 
 log = logging.getLogger("snakemq_anyio")
+
+
+async def _try(lease: Lease) -> bool:
+    """One attempt to take over; a server that cannot be reached is a reason
+    to keep waiting, not to give up (it is logged)."""
+    try:
+        return await anyio.to_thread.run_sync(lease.try_acquire)
+    except StorageError as exc:
+        log.warning("standby: %s; trying again", exc)
+        return False
 
 
 async def open_for(
@@ -38,7 +50,7 @@ async def open_for(
         lease = standby(opened)
         if lease is not None:
             log.info("%r is a standby: another process serves it", ident)
-            while not await anyio.to_thread.run_sync(lease.try_acquire):
+            while not await _try(lease):
                 await anyio.sleep(lease.lease_poll)
             log.warning("%r took over: serving it now", ident)
     except BaseException:
