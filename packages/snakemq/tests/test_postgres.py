@@ -281,3 +281,41 @@ def test_cli_takes_a_database_url_wherever_it_takes_a_file(pg_url: str) -> None:
     bad = run("queues", pg_url.replace("snakemq-test-pw", "wrong"), "--ident", "alice")
     assert bad.returncode != 0 and "user name or password" in bad.stderr
     assert "wrong" not in bad.stderr
+
+
+def test_holder_that_lost_its_lease_steps_down(peers: list[Peer], pg_url: str) -> None:
+    import psycopg
+
+    receiver = Peer("receiver")
+    storage = SqlAlchemyQueuesStorage(pg_url)
+    holder = Peer("sender", storage)
+    peers += [receiver, holder]
+    holder.connect(receiver.listen())
+    receiver.start()
+    holder.start()
+    successor = None
+    try:
+        holder.send("receiver", b"before", ttl=None, flags=FLAG_PERSISTENT)
+        receiver.rec.wait(lambda: receiver.received() == [b"before"], what="first message")
+        # the holder's session dies (a network cut); another process takes the lease
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+            )
+        successor = SqlAlchemyQueuesStorage(pg_url, ident="sender")
+        assert successor.held
+        # the holder learns it at its next write, and stops serving "sender"
+        with pytest.raises(StorageError, match="taken over"):
+            holder.send("receiver", b"after", ttl=None, flags=FLAG_PERSISTENT)
+        holder.link.wakeup_poll()
+        receiver.rec.wait_count("on_disconnect", 1)
+        assert holder._thread is not None
+        holder._thread.join(WAIT)
+        assert not holder._thread.is_alive(), "the holder's loop goes on"
+        assert storage.lost
+    finally:
+        holder.stop()
+        storage.close()
+        if successor is not None:
+            successor.close()

@@ -450,6 +450,12 @@ class SqlAlchemyQueuesStorage:
         there is no lease)."""
         return self._owner is not None and (self._held or not self._lease)
 
+    @property
+    def lost(self) -> bool:
+        """True once another process took the ident over while this one's
+        connection to the server was broken: every call raises then."""
+        return self._lost
+
     def try_acquire(self) -> bool:
         """Try once to take the ident's lease; return ``held``.  Once held,
         a 1.6 table is migrated into the owner's queues.

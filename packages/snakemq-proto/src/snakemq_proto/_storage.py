@@ -274,5 +274,11 @@ class Lease(Protocol):
         """Try once to take the identity over; return ``held``."""
         ...
 
+    @property
+    def lost(self) -> bool:
+        """True once another process took the identity over from this one
+        (this process must stop serving it)."""
+        ...
+
 
 _LEGACY_METHODS = ("get_queues", "get_items", "push", "delete_items", "update_items_ttl", "close")

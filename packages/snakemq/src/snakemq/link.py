@@ -225,6 +225,8 @@ class LinkLike(Protocol):
 
     def set_gate(self, gate: Callable[[], bool], interval: float) -> None: ...
 
+    def stop(self) -> None: ...
+
 
 def _check_address(address: object, name: str = "address") -> tuple[str, int]:
     if not isinstance(address, tuple) or len(address) < 2:

@@ -39,6 +39,7 @@ from snakemq_proto import (
     Engine,
     ErrorOccurred,
     Event,
+    Lease,
     LegacyQueuesStorage,
     Message,
     MessageDelivered,
@@ -162,6 +163,7 @@ class Messaging:
         self._flush_wanted: set[str] = set()  # connections with new output this pass
         self._deferred: list[Event] = []  # events to dispatch from the loop thread
         self._pending_batch: StorageBatch | None = None  # taken, not yet applied
+        self._lease_lost = False  # another process serves our identifier now
 
         if self._standby is not None:
             self.link.set_gate(self._take_over, self._standby.lease_poll)
@@ -315,7 +317,25 @@ class Messaging:
         try:
             self._apply_pending()
         except Exception:
+            storage = self.storage
+            if isinstance(storage, Lease) and storage.lost:
+                self._lease_lost = True  # acted on after the pass, without the lock
+                return
             log.exception("queue storage failed; its changes are retried next pass")
+
+    def _step_down(self) -> None:
+        """Another process serves this identifier now: stop serving it (close
+        every connection, stop the loop); what this one still holds is in
+        the database, which the new holder loaded."""
+        log.critical(
+            "%r was taken over by another process (lease lost): closing every connection "
+            "and stopping the loop",
+            self.identifier,
+        )
+        self._lease_lost = False
+        for conn_id in list(self._outs):
+            self._close(conn_id)
+        self.link.stop()
 
     # ---------------------------------------------------- stream handler
 
@@ -434,6 +454,8 @@ class Messaging:
             self._flush_wanted = set()
         if wanted or self._pending_batch is not None or self.storage is not None:
             self._write_out(wanted)
+        if self._lease_lost:
+            self._step_down()
 
     def _dispatch(self, events: list[Event]) -> None:
         """Call the user's callbacks for ``events`` (lock not held).
