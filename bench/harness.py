@@ -85,6 +85,7 @@ class System:
     persistent: bool = True
     #: The workload modes it can run (pyzmq REQ/REP: only round trips).
     modes: tuple[str, ...] = ("throughput", "latency", "rpc", "noread")
+    postgres: bool = True  # SqlAlchemyQueuesStorage (snakeMQ 1.6's needs SQLAlchemy 1)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Workload:
     unit: str  # what the table shows: "msg/s", "MB/s", "us" or "MiB"
     tls: bool = False
     persistent: bool = False
+    postgres: bool = False  # the sender's queues in PostgreSQL (a server the harness starts)
     warmup: int = 0
     quick_warmup: int = 0
     #: noread: seconds the sender may push before the memory is read.
@@ -144,6 +146,7 @@ SYSTEMS: dict[str, System] = {
             "legacy16_driver.py",
             probe="import snakemq.version\nassert snakemq.version.VERSION == '1.6', snakemq.version.VERSION",
             legacy=True,
+            postgres=False,
         ),
         System(
             "zmq-pushpull",
@@ -192,6 +195,17 @@ WORKLOADS: dict[str, Workload] = {
             200,
             "msg/s",
             persistent=True,
+        ),
+        Workload(
+            "100B-persistent-pg",
+            "100 B persistent PostgreSQL",
+            "throughput",
+            100,
+            10_000,
+            200,
+            "msg/s",
+            persistent=True,
+            postgres=True,
         ),
         Workload(
             "latency",
@@ -483,6 +497,7 @@ def supports(system: System, workload: Workload) -> bool:
         workload.mode in system.modes
         and (system.tls or not workload.tls)
         and (system.persistent or not workload.persistent)
+        and (system.postgres or not workload.postgres)
     )
 
 
@@ -495,6 +510,7 @@ def run_once(
     workdir: Path,
     certificates: dict[str, str] | None,
     profile_dir: Path | None = None,
+    database: Any = None,
 ) -> dict[str, Any]:
     """Run one workload against one system; return its measurements (raises RunError).
 
@@ -539,7 +555,9 @@ def run_once(
             "READY", min(deadline, time.monotonic() + READY_TIMEOUT), "receiver READY"
         )
         send_config = {**config, **where, **profile("send"), "role": "send"}
-        if workload.persistent:
+        if workload.postgres:  # a fresh database of the run's server
+            send_config["storage"] = database.new_database()
+        elif workload.persistent:
             send_config["storage"] = str(workdir / "sender.db")
         send = DriverProcess(
             [python, driver, json.dumps(send_config)], workdir / "send.stderr", env
@@ -722,7 +740,13 @@ def run(
         certificates = None
         if any(WORKLOADS[w].tls for w in chosen_workloads):
             certificates = make_certificates(tmpdir)
+        database = None
         try:
+            if any(WORKLOADS[w].postgres for w in chosen_workloads):
+                from snakemq_proto.testing import TestPostgres
+
+                database = TestPostgres(tmpdir / "postgres")
+                database.start()
             for rep in range(repeat):
                 for wname in chosen_workloads:
                     workload = WORKLOADS[wname]
@@ -741,6 +765,7 @@ def run(
                                 workdir=workdir,
                                 certificates=certificates,
                                 profile_dir=profile_dir,
+                                database=database,
                             )
                         except RunError as exc:
                             outcome = {"ok": False, "error": str(exc)}
@@ -751,6 +776,8 @@ def run(
                         )
         finally:
             DriverProcess.kill_all()
+            if database is not None:
+                database.stop()
 
     report = _report(chosen_systems, chosen_workloads, runs, unavailable, quick, repeat, timeout)
     report["profiled"] = profile

@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 from _harness import RESULTS, Certs, PeerLauncher, Row, RowResult, render_matrix, write_json
+from snakemq_proto.testing import postgres_fixtures
+
+postgres, pg_url = postgres_fixtures()
 
 _RESULTS_KEY = pytest.StashKey[list[RowResult]]()
 

@@ -108,6 +108,14 @@ def covering_rows(scenario: str, transports: Sequence[str] = TRANSPORTS) -> list
     return params([Row(scenario, a, b, t) for a, b in pairs for t in transports])
 
 
+def pg_rows(scenario: str) -> list[Any]:
+    """Rows with A's queues in PostgreSQL: our implementations in a cycle, so
+    sync and anyio are each on both sides (TCP: the storage is the subject)."""
+    ours = [impl for impl in IMPLS if impl in OURS]
+    pairs = [(ours[i], ours[(i + 1) % len(ours)]) for i in range(len(ours))]
+    return params([Row(scenario, a, b, "tcp") for a, b in pairs])
+
+
 # ------------------------------------------------------------------------ helpers
 
 
@@ -304,7 +312,20 @@ def test_persistence(
     row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], storage_dir: Path
 ) -> None:
     """5,000 persistent messages queued for an absent B survive a SIGKILL of A."""
-    db = str(storage_dir / "a-queues.db")
+    _persistence(row, launch, certs, details, str(storage_dir / "a-queues.db"))
+
+
+@pytest.mark.parametrize("row", pg_rows("4pg"))
+def test_persistence_postgres(
+    row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], pg_url: str
+) -> None:
+    """Scenario 4 with A's queues in PostgreSQL."""
+    _persistence(row, launch, certs, details, pg_url)
+
+
+def _persistence(
+    row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], db: str
+) -> None:
     count = 5000
     sizes = [(0, 1, 100, 1000)[i % 4] for i in range(count)]
     a = launch(row.a, "A").start(A_IDENT, storage=db)
@@ -331,7 +352,69 @@ def test_crash_mid_stream(
     row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], storage_dir: Path
 ) -> None:
     """A is SIGKILLed three times while delivering persistent messages to B."""
-    db = str(storage_dir / "a-queues.db")
+    _crash_mid_stream(row, launch, certs, details, str(storage_dir / "a-queues.db"))
+
+
+@pytest.mark.parametrize("row", pg_rows("5pg"))
+def test_crash_mid_stream_postgres(
+    row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], pg_url: str
+) -> None:
+    """Scenario 5 with A's queues in PostgreSQL."""
+    _crash_mid_stream(row, launch, certs, details, pg_url)
+
+
+@pytest.mark.parametrize("row", pg_rows("f"))
+def test_failover(
+    row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], pg_url: str
+) -> None:
+    """A serves its ident from PostgreSQL with a standby A' (same ident, same
+    database); A is SIGKILLed mid-stream; A' takes over and delivers the rest:
+    B receives every message exactly once."""
+    count = 600
+    sizes = [32 * KIB if i % 2 else 100 for i in range(count)]
+    b = launch(row.b, "B").start(B_IDENT)
+    port = b.listen(tls_for(row, certs, B_IDENT))
+    a = launch(row.a, "A").start(A_IDENT, storage=pg_url, reconnect_interval=RECONNECT)
+    a.send(B_IDENT, sizes, seed=row.id, ttl=None, persistent=True)
+    sent = stream(a.report(), "sent", B_IDENT)
+    # the standby's start answers at once (sync) or once it took over (anyio)
+    standby = launch(row.a, "A-standby")
+    standby.ident = A_IDENT
+    standby.request("start", ident=A_IDENT, storage=pg_url, reconnect_interval=RECONNECT)
+    while _sessions(pg_url) < 2:  # the standby is connected to the database, waiting
+        time.sleep(0.05)  # polling the server: no event to wait on
+    a.connect(port, tls_for(row, certs, A_IDENT))
+    b.wait("received", A_IDENT, count // 3, timeout=60)
+    a.kill()
+    killed = time.monotonic()
+    details["received_at_kill"] = b.count("received", A_IDENT)
+    standby.answer(60)
+    standby.connect(port, tls_for(row, certs, A_IDENT))
+    b.wait("connected", A_IDENT, 2, timeout=60)
+    details["failover_seconds"] = round(time.monotonic() - killed, 2)
+    wait_all_unique(b, A_IDENT, sent)
+    marker_sync(standby, b, row.id)
+    got = without_marker(standby, b)
+    details.update(check_set(sent, got, exactly_once=True))
+    assert_healthy(standby, b)
+
+
+def _sessions(url: str) -> int:
+    """Sessions open on the database of ``url`` (this one not counted)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _crash_mid_stream(
+    row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], db: str
+) -> None:
     count = 600
     sizes = [32 * KIB if i % 2 else 100 for i in range(count)]
     b = launch(row.b, "B").start(B_IDENT)

@@ -38,8 +38,12 @@ def _peer(ident: str, config: dict[str, Any]) -> tuple[Any, Any]:
         snakemq.init()
     link = snakemq.link.Link()
     packeter = snakemq.packeter.Packeter(link)
-    storage = None
-    if config.get("storage"):
+    storage: Any = None
+    if config.get("storage") and "://" in config["storage"]:  # a database URL
+        from snakemq.storage.sqla import SqlAlchemyQueuesStorage
+
+        storage = SqlAlchemyQueuesStorage(config["storage"])
+    elif config.get("storage"):
         from snakemq.storage.sqlite import SqliteQueuesStorage
 
         storage = SqliteQueuesStorage(config["storage"])

@@ -32,6 +32,8 @@ def _ssl_config(config: dict[str, Any]) -> Any:
 def _storage(config: dict[str, Any]) -> Any:
     if not config.get("storage"):
         return None
+    if "://" in config["storage"]:  # a database URL: Messaging opens it in a worker thread
+        return config["storage"]
     return snakemq_anyio.SqliteQueuesStorage(config["storage"])
 
 

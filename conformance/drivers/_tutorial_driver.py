@@ -231,8 +231,12 @@ class TutorialDriver:
         self.link.reconnect_interval = self.reconnect_interval
         packeter = self.api["packeter"].Packeter(self.link)
         if cmd.get("storage"):
-            sqlite_mod = importlib.import_module("snakemq.storage.sqlite")
-            self.storage = sqlite_mod.SqliteQueuesStorage(cmd["storage"])
+            if "://" in cmd["storage"]:  # a database URL (ours: PostgreSQL)
+                sqla_mod = importlib.import_module("snakemq.storage.sqla")
+                self.storage = sqla_mod.SqlAlchemyQueuesStorage(cmd["storage"])
+            else:
+                sqlite_mod = importlib.import_module("snakemq.storage.sqlite")
+                self.storage = sqlite_mod.SqliteQueuesStorage(cmd["storage"])
             self.messaging = self.api["messaging"].Messaging(self.ident, "", packeter, self.storage)
         else:
             self.messaging = self.api["messaging"].Messaging(self.ident, "", packeter)

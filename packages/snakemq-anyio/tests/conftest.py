@@ -9,3 +9,8 @@ import pytest
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     backend: str = request.param
     return backend
+
+
+from snakemq_proto.testing import postgres_fixtures  # noqa: E402
+
+postgres, pg_url = postgres_fixtures()

@@ -3,7 +3,8 @@
 Usage: python persistent_sender.py BACKEND DB PORT COUNT
 
 Sends COUNT persistent messages b"0", b"1", ... to "receiver" (connecting to
-127.0.0.1:PORT unless PORT is 0) and prints each index once its
+127.0.0.1:PORT unless PORT is 0; DB is an SQLite file or a database URL)
+and prints each index once its
 ``send_message`` returned, i.e. once the message is durable; then "done".
 """
 
@@ -16,7 +17,10 @@ from snakemq_anyio import FLAG_PERSISTENT, Message, Messaging, SqliteQueuesStora
 
 
 async def main(db: str, port: int, count: int) -> None:
-    async with Messaging("sender", storage=SqliteQueuesStorage(db)) as messaging:
+    # a database URL is opened by Messaging, which waits there as a standby
+    # while another process serves "sender"
+    storage = db if "://" in db else SqliteQueuesStorage(db)
+    async with Messaging("sender", storage=storage) as messaging:
         if port:
             await messaging.add_connector(("127.0.0.1", port))
         for i in range(count):

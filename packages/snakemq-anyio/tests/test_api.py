@@ -51,6 +51,7 @@ def test_public_surface() -> None:
         "RemoteProtocolError",
         "SSLConfig",
         "SnakeMQError",
+        "SqlAlchemyQueuesStorage",
         "SqliteQueuesStorage",
         "StorageError",
         "TLSHandshakeError",

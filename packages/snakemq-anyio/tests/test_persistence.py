@@ -28,7 +28,7 @@ SENDER = Path(__file__).with_name("persistent_sender.py")
 
 @asynccontextmanager
 async def _sender(
-    backend: str, db: Path, port: int, count: int
+    backend: str, db: Path | str, port: int, count: int
 ) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream]]:
     process = await anyio.open_process(
         [sys.executable, str(SENDER), backend, str(db), str(port), str(count)]

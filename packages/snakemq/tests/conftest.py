@@ -3,7 +3,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from snakemq_proto.testing import postgres_fixtures
 from sync_helpers import Peer
+
+postgres, pg_url = postgres_fixtures()
 
 
 @pytest.fixture

@@ -25,13 +25,20 @@ SENDER = textwrap.dedent(
     import snakemq.link, snakemq.packeter, snakemq.messaging
     from snakemq.message import Message, FLAG_PERSISTENT
     from snakemq.storage.sqlite import SqliteQueuesStorage
+    from snakemq.storage.sqla import SqlAlchemyQueuesStorage
 
     port, db, count, kill_at = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    tag = sys.argv[5].encode() if len(sys.argv) > 5 else b""
+    if "://" in db:  # a database URL; a standby until it holds the lease
+        storage = SqlAlchemyQueuesStorage(db, lease_poll=0.1)
+    else:
+        storage = SqliteQueuesStorage(db)
     link = snakemq.link.Link()
     link.reconnect_interval = 0.05
     messaging = snakemq.messaging.Messaging(
-        "sender", "", snakemq.packeter.Packeter(link), SqliteQueuesStorage(db)
+        "sender", "", snakemq.packeter.Packeter(link), storage
     )
+    print("standby", messaging.standby, flush=True)
 
     def delivered(ident, uuid):
         if not messaging.queued("receiver"):
@@ -44,7 +51,7 @@ SENDER = textwrap.dedent(
     def produce():
         for i in range(count):
             messaging.send_message(
-                "receiver", Message(b"%d" % i, ttl=None, flags=FLAG_PERSISTENT)
+                "receiver", Message(b"%s%d" % (tag, i), ttl=None, flags=FLAG_PERSISTENT)
             )
             print(i, flush=True)  # durable now
             if i == kill_at:  # crash with messages in flight and unacknowledged
@@ -59,12 +66,12 @@ SENDER = textwrap.dedent(
 
 
 def run_sender(
-    tmp_path: Path, port: int, db: Path, count: int, kill_at: int = -1
+    tmp_path: Path, port: int, db: Path | str, count: int, kill_at: int = -1, tag: str = ""
 ) -> subprocess.Popen[str]:
     script = tmp_path / "sender.py"
     script.write_text(SENDER)
     return subprocess.Popen(
-        [sys.executable, str(script), str(port), str(db), str(count), str(kill_at)],
+        [sys.executable, str(script), str(port), str(db), str(count), str(kill_at), tag],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},

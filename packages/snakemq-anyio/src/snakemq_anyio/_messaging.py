@@ -57,6 +57,7 @@ from snakemq_proto import (
     Engine,
     ErrorOccurred,
     Event,
+    LegacyQueuesStorage,
     Message,
     MessageDelivered,
     MessageDropped,
@@ -67,7 +68,6 @@ from snakemq_proto import (
     PersistentWithoutStorage,
     QueuesStorage,
     RedialHeld,
-    SqliteQueuesStorage,
     SSLConfig,
     check_address,
     check_seconds,
@@ -78,6 +78,7 @@ from ._dialing import Dialer, TLSHandshakeError
 from ._flusher import StorageFlusher
 from ._inbox import Inbox
 from ._receipt import DeliveryError, MessageDroppedError, MessagingClosedError, Receipt
+from ._standby import open_for
 from ._stream import EventStream, MessagingEvent
 from ._wakeup import Wakeup
 
@@ -111,8 +112,11 @@ class Messaging:
 
     Args:
         ident: this peer's identifier (at most 50 characters).
-        storage: a ``QueuesStorage`` for persistent messages, or the path of
-            an SQLite file (opened in a worker thread).
+        storage: a ``QueuesStorage`` for persistent messages (a snakeMQ 1.6
+            style storage is adapted), or the path of an SQLite file or a
+            database URL (opened in a worker thread).  With a storage shared
+            by processes (PostgreSQL) entering waits, as a standby, while
+            another process serves ``ident``.
         keepalive_interval: seconds of silence before a connection is pinged;
             ``None`` disables keepalive.
         keepalive_wait: seconds to wait for the answer before closing.
@@ -141,7 +145,7 @@ class Messaging:
     def __init__(
         self,
         ident: str,
-        storage: QueuesStorage | str | os.PathLike[str] | None = None,
+        storage: QueuesStorage | LegacyQueuesStorage | str | os.PathLike[str] | None = None,
         *,
         keepalive_interval: float | None = None,
         keepalive_wait: float = DEFAULT_KEEPALIVE_WAIT,
@@ -172,7 +176,11 @@ class Messaging:
         ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {count!r}")
-        if storage is not None and not isinstance(storage, str | os.PathLike | QueuesStorage):
+        if (
+            storage is not None
+            and not isinstance(storage, str | os.PathLike | QueuesStorage)
+            and not callable(getattr(storage, "get_queues", None))  # 1.6's interface: adapted
+        ):
             raise TypeError(
                 f"storage must be a QueuesStorage or a path, not {type(storage).__name__}"
             )
@@ -230,8 +238,8 @@ class Messaging:
         if self._state is not Lifecycle.NEW:
             raise RuntimeError("a Messaging can be entered only once")
         storage = self._storage_arg
-        if isinstance(storage, str | os.PathLike):
-            storage = await anyio.to_thread.run_sync(SqliteQueuesStorage, os.fspath(storage))
+        if storage is not None:  # a standby waits here until it serves its ident
+            storage = await open_for(self.ident, storage)
         state = None
         if storage is not None:
             try:

@@ -64,8 +64,19 @@ from ._message import (
     new_uuid,
 )
 from ._redial import RedialHolds
+from ._sqla import SqlAlchemyQueuesStorage, storage_at
 from ._sqlite import SqliteQueuesStorage
-from ._storage import MemoryQueuesStorage, QueuesStorage, StorageBatch, StoredState
+from ._storage import (
+    Lease,
+    LegacyQueuesStorage,
+    LegacyStorageAdapter,
+    MemoryQueuesStorage,
+    QueuesStorage,
+    StorageBatch,
+    StoredState,
+    open_storage,
+    standby,
+)
 from ._tls import SSLConfig, cert_idents
 from ._wire import (
     CAP_ACK,
@@ -120,6 +131,9 @@ __all__ = [
     "IncompatibleProtocol",
     "IncompatibleProtocolError",
     "KeepaliveTimeoutError",
+    "Lease",
+    "LegacyQueuesStorage",
+    "LegacyStorageAdapter",
     "LocalProtocolError",
     "MalformedFrameError",
     "MemoryQueuesStorage",
@@ -143,6 +157,7 @@ __all__ = [
     "RemoteProtocolError",
     "SSLConfig",
     "SnakeMQError",
+    "SqlAlchemyQueuesStorage",
     "SqliteQueuesStorage",
     "StorageBatch",
     "StorageError",
@@ -158,4 +173,7 @@ __all__ = [
     "decode_frame",
     "encode_packet",
     "new_uuid",
+    "open_storage",
+    "standby",
+    "storage_at",
 ]

@@ -51,7 +51,7 @@ from typing import Final, NoReturn
 
 from ._errors import StorageError
 from ._message import Message
-from ._storage import StorageBatch, StoredState
+from ._storage import StorageBatch, StoredState, seen_window_appends
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteQueuesStorage"]
 
@@ -432,16 +432,7 @@ class SqliteQueuesStorage:
                         (ident, *chunk),
                     ).fetchall()
                 )
-            # The window is always [low, high) of the appends; simulate them.
-            appended: dict[bytes, int] = {}
-            for uuid in uuids:
-                at = position.get(uuid)
-                if at is None or at < low:
-                    position[uuid] = appended[uuid] = high
-                    high += 1
-                # pruned after every entry, present or not, as the memory storage does
-                if keep and high - low > keep:
-                    low = high - keep
+            appended, low = seen_window_appends(uuids, position, low, high, keep)
             rows = [(ident, uuid, at) for uuid, at in appended.items() if at >= low]
             if rows:
                 conn.executemany(_SEEN_INSERT, rows)

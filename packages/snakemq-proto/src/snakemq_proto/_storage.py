@@ -11,8 +11,8 @@ before it returns.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -139,3 +139,146 @@ class MemoryQueuesStorage:
 
     def close(self) -> None:
         pass
+
+
+def seen_window_appends(
+    uuids: Sequence[bytes], position: dict[bytes, int], low: int, high: int, keep: int
+) -> tuple[dict[bytes, int], int]:
+    """Replay appends to a stored de-duplication window without loading it.
+
+    A stored window of one ident holds ``seq`` numbers ``[low, high)`` (the
+    next append gets ``high``); ``position`` maps the uuids of ``uuids``
+    already stored to their ``seq`` (it is updated).  Each uuid absent from
+    the window is appended, then the window is pruned to ``keep`` entries
+    (``0``: unbounded), exactly as the memory storage does.
+
+    Returns ``({uuid: seq} to insert or replace, new low)``: rows with a
+    ``seq`` below the new low are to be deleted.
+    """
+    appended: dict[bytes, int] = {}
+    for uuid in uuids:
+        at = position.get(uuid)
+        if at is None or at < low:
+            position[uuid] = appended[uuid] = high
+            high += 1
+        # pruned after every entry, present or not, as the memory storage does
+        if keep and high - low > keep:
+            low = high - keep
+    return appended, low
+
+
+class LegacyQueuesStorage(Protocol):
+    """A storage written against snakeMQ 1.6's ``QueuesStorageBase``.
+
+    Items are message objects with ``uuid``, ``data``, ``ttl`` and ``flags``.
+    """
+
+    def get_queues(self) -> Iterable[str]: ...
+    def get_items(self, queue_name: str) -> Iterable[Any]: ...
+    def push(self, queue_name: str, item: Any) -> None: ...
+    def delete_items(self, items: list[Any]) -> None: ...
+    def delete_all(self) -> None: ...
+    def update_items_ttl(self, items: list[Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class LegacyStorageAdapter:
+    """Plugs a snakeMQ 1.6 style storage (``get_queues``, ``get_items``,
+    ``push``, ``delete_items``, ``delete_all``, ``update_items_ttl``) into
+    the engine's batch interface.
+
+    What 1.6's interface cannot give: a batch is several calls, not one
+    transaction (a crash between two leaves some applied); the
+    de-duplication window is kept in memory only; per-queue deletes and TTL
+    updates of a message sent to several peers wait for its last copy.
+    """
+
+    def __init__(self, legacy: LegacyQueuesStorage) -> None:
+        self.legacy = legacy
+        self._items: dict[bytes, Message] = {}  # stored messages by uuid
+
+    def load(self) -> StoredState:
+        queues: dict[str, list[Message]] = {}
+        for name in list(self.legacy.get_queues()):
+            queue = queues[name] = []
+            for item in self.legacy.get_items(name):
+                message = Message(bytes(item.data), item.ttl, item.flags, bytes(item.uuid))
+                self._items[message.uuid] = message
+                queue.append(message)
+        return StoredState(queues={k: v for k, v in queues.items() if v}, seen={})
+
+    def apply(self, batch: StorageBatch) -> None:
+        items = self._items
+        gone = set(batch.delete)
+        for ident, message in batch.push:
+            if message.uuid not in gone:
+                items[message.uuid] = message
+                self.legacy.push(ident, message)
+        updated = []
+        for uuid, ttl in batch.update_ttl:
+            if uuid in items and uuid not in gone:
+                items[uuid] = items[uuid].with_ttl(ttl)
+                updated.append(items[uuid])
+        if updated:
+            self.legacy.update_items_ttl(updated)
+        deleted = [items.pop(uuid) for uuid in dict.fromkeys(batch.delete) if uuid in items]
+        if deleted:
+            self.legacy.delete_items(deleted)
+
+    def close(self) -> None:
+        self.legacy.close()
+
+
+def open_storage(storage: QueuesStorage | LegacyQueuesStorage, ident: str) -> QueuesStorage:
+    """The storage ``Messaging`` of peer ``ident`` works with: a 1.6 style
+    storage is wrapped in ``LegacyStorageAdapter``; a storage shared by
+    peers (``SqlAlchemyQueuesStorage``) is bound to ``ident``.
+
+    Raises:
+        TypeError: ``storage`` is neither kind.
+    """
+    if not isinstance(storage, QueuesStorage):
+        if all(callable(getattr(storage, name, None)) for name in _LEGACY_METHODS):
+            return LegacyStorageAdapter(storage)
+        raise TypeError(
+            "queues_storage must have load/apply/close (QueuesStorage) or snakeMQ 1.6's "
+            f"get_queues/get_items/push/delete_items/update_items_ttl, not {storage!r}"
+        )
+    bind = getattr(storage, "bind", None)
+    if callable(bind):
+        bind(ident)
+    return storage
+
+
+def standby(storage: QueuesStorage | None) -> Lease | None:
+    """``storage`` as a ``Lease`` when this process does not serve its ident
+    yet (a standby), else ``None``."""
+    if storage is None or not isinstance(storage, Lease):
+        return None
+    return None if storage.held else storage
+
+
+@runtime_checkable
+class Lease(Protocol):
+    """A storage that lets one process at a time serve an identity."""
+
+    lease_poll: float
+    """Seconds between a standby's attempts to take over."""
+
+    @property
+    def held(self) -> bool:
+        """True when this process serves the identity."""
+        ...
+
+    def try_acquire(self) -> bool:
+        """Try once to take the identity over; return ``held``."""
+        ...
+
+    @property
+    def lost(self) -> bool:
+        """True once another process took the identity over from this one
+        (this process must stop serving it)."""
+        ...
+
+
+_LEGACY_METHODS = ("get_queues", "get_items", "push", "delete_items", "update_items_ttl", "close")

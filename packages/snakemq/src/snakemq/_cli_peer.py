@@ -81,10 +81,10 @@ class Peer:
     def __init__(self, ident: str, storage_path: str | None = None) -> None:
         self.storage: Any = None
         if storage_path is not None:
-            from snakemq.storage.sqlite import SqliteQueuesStorage
+            from snakemq_proto import storage_at
 
-            try:
-                self.storage = SqliteQueuesStorage(storage_path)
+            try:  # an SQLite file or a database URL
+                self.storage = storage_at(storage_path)
             except StorageError as exc:
                 raise UsageError(str(exc)) from None
         self.link = snakemq.link.Link()

@@ -330,12 +330,22 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_queues(args: argparse.Namespace, out: TextIO) -> int:
     from snakemq_proto import StorageBatch
 
+    from snakemq.storage.sqla import SqlAlchemyQueuesStorage
     from snakemq.storage.sqlite import SqliteQueuesStorage
 
-    if not os.path.isfile(args.file):
-        raise UsageError(f"storage file {args.file!r} does not exist")
+    storage: SqliteQueuesStorage | SqlAlchemyQueuesStorage
     try:
-        storage = SqliteQueuesStorage(args.file)
+        if "://" in args.file:  # a database shared by peers: one peer's queues
+            if not args.ident:
+                raise UsageError("a database URL holds the queues of several peers: give --ident")
+            # only purging needs the peer stopped (its lease); showing does not
+            storage = SqlAlchemyQueuesStorage(
+                args.file, ident=args.ident, lease=args.purge is not None
+            )
+        elif not os.path.isfile(args.file):
+            raise UsageError(f"storage file {args.file!r} does not exist")
+        else:
+            storage = SqliteQueuesStorage(args.file)
     except StorageError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -503,7 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ident", required=True, help="this peer's identifier")
     p.add_argument("--listen", metavar="[HOST:]PORT", help="address to listen on")
     p.add_argument("--connect", action="append", default=[], metavar="HOST:PORT", help="also dial")
-    p.add_argument("--storage", metavar="FILE", help="SQLite storage for queues and de-duplication")
+    p.add_argument(
+        "--storage",
+        metavar="FILE",
+        help="SQLite file or database URL for queues and de-duplication",
+    )
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="one JSON object per line and message")
     shown.add_argument("--raw", action="store_true", help="the payload only, then a newline")
@@ -525,7 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl", type=float, default=60.0, help="seconds a message may wait; -1 = forever"
     )
     p.add_argument("--persistent", action="store_true", help="store messages until acknowledged")
-    p.add_argument("--storage", metavar="FILE", help="SQLite storage file (needed by --persistent)")
+    p.add_argument(
+        "--storage", metavar="FILE", help="SQLite file or database URL (needed by --persistent)"
+    )
     p.add_argument(
         "--timeout", type=_seconds, default=30.0, help="seconds to wait for acknowledgements"
     )
@@ -545,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls_options(p)
 
     p = add("queues", "show (or purge) the queues of a storage file", cmd_queues)
-    p.add_argument("file", help="SQLite storage file")
+    p.add_argument("file", help="SQLite storage file or database URL")
+    p.add_argument("--ident", help="whose queues, in a database URL")
     p.add_argument("--purge", metavar="PEER", help="delete every message queued for PEER")
     p.add_argument("--json", action="store_true", help="one JSON object per line and peer")
 

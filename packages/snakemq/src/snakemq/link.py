@@ -204,6 +204,16 @@ class _Connector:
         return self.backoff.failures
 
 
+class _Gate:
+    """What a standby link waits for, and the listeners it will open."""
+
+    def __init__(self, gate: Callable[[], bool], interval: float) -> None:
+        self.gate = gate
+        self.interval = interval
+        self.next_try = 0.0
+        self.listeners: list[tuple[Address, SSLConfig | None]] = []
+
+
 class LinkLike(Protocol):
     """What ``Packeter`` and ``Messaging`` need from a link (``Link`` or ``Throttle``)."""
 
@@ -233,6 +243,10 @@ class LinkLike(Protocol):
     def release_redial(self, address: Address) -> None: ...
 
     def identified(self, conn_id: str) -> None: ...
+
+    def set_gate(self, gate: Callable[[], bool], interval: float) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -310,6 +324,7 @@ class Link:
         self._ready_reads: list[LinkSocket] = []  # TLS bytes decrypted but not read yet
         self._deadline_hooks: list[Callable[[], float | None]] = []
         self._closed = False
+        self._gate: _Gate | None = None
 
     # ------------------------------------------------------------ listeners
 
@@ -326,6 +341,9 @@ class Link:
         host, port = check_address(address)
         if ssl_config is not None:
             ssl_config.server_context()  # fail now on unusable key/cert files
+        if self._gate is not None:  # a standby: listen once it takes over
+            self._gate.listeners.append(((host, port), ssl_config))
+            return (host, port)
         try:
             sock = _bind(host, port)
         except OSError as exc:
@@ -353,6 +371,28 @@ class Link:
                 del self._listener_alias[alias]
         self._selector.unregister(listener.sock)
         listener.sock.close()
+
+    def set_gate(self, gate: Callable[[], bool], interval: float) -> None:
+        """Be a standby until ``gate()`` returns True (asked from ``loop()``
+        every ``interval`` seconds): no listener listens (those added are
+        closed and opened again then) and no connector dials."""
+        self._gate = _Gate(gate, interval)
+        for address, listener in list(self._listeners.items()):
+            self._gate.listeners.append((address, listener.ssl_config))
+            self.del_listener(address)
+
+    def _pass_gate(self, now: float) -> bool:
+        gate = self._gate
+        assert gate is not None
+        if now < gate.next_try:
+            return False
+        gate.next_try = now + gate.interval
+        if not gate.gate():
+            return False
+        self._gate = None
+        for address, ssl_config in gate.listeners:
+            self.add_listener(address, ssl_config)
+        return True
 
     # ----------------------------------------------------------- connectors
 
@@ -539,6 +579,9 @@ class Link:
         try:
             while self._running and (count is None or count > 0):
                 now = monotonic()
+                if self._gate is not None and not self._pass_gate(now):
+                    self._standby_pass(min(poll_timeout, self._gate.next_try - now), end)
+                    continue
                 if self._plan and self._plan[0][0] <= now:
                     self._deal_connects(now)
                 timeout = poll_timeout
@@ -592,6 +635,24 @@ class Link:
                     count -= 1
         finally:
             self._running = False
+
+    def _standby_pass(self, timeout: float, end: float | None) -> None:
+        """A loop pass of a standby: wait for a wake-up, a deadline or the
+        next look at the gate; no socket I/O."""
+        now = time.monotonic()
+        if end is not None:
+            timeout = min(timeout, end - now)
+            if timeout <= 0:
+                self._running = False
+                return
+        for hook in self._deadline_hooks:
+            deadline = hook()
+            if deadline is not None:
+                timeout = min(timeout, deadline - now)
+        for key, _ in self._selector.select(max(0.0, timeout)):
+            if key.data is None:
+                self._drain_bell()
+        self.on_loop_pass()
 
     def stop(self) -> None:
         """Make ``loop()`` return after the current pass (thread-safe)."""

@@ -46,6 +46,8 @@ from snakemq_proto import (
     Engine,
     ErrorOccurred,
     Event,
+    Lease,
+    LegacyQueuesStorage,
     Message,
     MessageDelivered,
     MessageDropped,
@@ -57,9 +59,12 @@ from snakemq_proto import (
     QueuesStorage,
     RedialHeld,
     RedialHolds,
+    StorageError,
     StorageWriter,
     cert_idents,
     check_seconds,
+    open_storage,
+    standby,
 )
 
 from .callbacks import Callback
@@ -87,7 +92,13 @@ class Messaging:
         identifier: this peer's identifier (1-50 characters).
         domain: unused (kept for snakeMQ 1.6 compatibility).
         packeter: the ``Packeter`` whose connections carry the messages.
-        queues_storage: where persistent messages wait (``None``: memory only).
+        queues_storage: where persistent messages wait (``None``: memory only);
+            a snakeMQ 1.6 style storage is adapted.  With a storage shared
+            by processes (``SqlAlchemyQueuesStorage`` on PostgreSQL) this
+            peer is a *standby* while another process serves
+            ``identifier``: its link neither listens nor dials, and it
+            takes over (loads the queues and de-dup window) once it holds
+            the lease.
         max_packet_size: the largest packet accepted from a peer.
         handshake_timeout: seconds a new connection may take to identify.
         window: unacknowledged messages a capable peer may send us in a row.
@@ -121,7 +132,7 @@ class Messaging:
         identifier: str,
         domain: str,
         packeter: Packeter,
-        queues_storage: QueuesStorage | None = None,
+        queues_storage: QueuesStorage | LegacyQueuesStorage | None = None,
         *,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -144,10 +155,13 @@ class Messaging:
         self.domain = domain
         self.packeter = packeter
         self.link = packeter.link
+        if queues_storage is not None:
+            queues_storage = open_storage(queues_storage, identifier)
         self.storage = queues_storage
         self._persistent_check = PersistentWithoutStorage(
             identifier, queues_storage is not None, log
         )
+        self._standby = standby(queues_storage)
 
         self.on_connect: Callback[[str, str]] = Callback()
         self.on_disconnect: Callback[[str, str]] = Callback()
@@ -168,16 +182,46 @@ class Messaging:
         self._flush_wanted: set[str] = set()  # connections with new output this pass
         self._deferred: list[Event] = []  # events to dispatch from the loop thread
         self._writer = None if queues_storage is None else StorageWriter(queues_storage)
+        self._lease_lost = False  # another process serves our identifier now
 
-        if queues_storage is not None:
-            state = queues_storage.load()
-            events = self._engine.load(state.queues, state.seen, time.monotonic())
-            self._deferred.extend(events)
-            self._store(report=False)
+        if self._standby is not None:
+            self.link.set_gate(self._take_over, self._standby.lease_poll)
+        elif queues_storage is not None:
+            self._load(queues_storage)
 
         packeter.set_stream_handler(self)
         self.link.on_loop_pass.add(self._on_loop_pass)
         self.link.add_deadline_hook(self._next_deadline)
+
+    def _load(self, storage: QueuesStorage) -> None:
+        state = storage.load()
+        with self._lock:
+            events = self._engine.load(state.queues, state.seen, time.monotonic())
+            self._deferred.extend(events)
+            self._store(report=False)
+
+    def _take_over(self) -> bool:
+        """The link's gate while a standby: take the lease, load, go on."""
+        lease = self._standby
+        if lease is None:
+            return True
+        try:
+            if not lease.try_acquire():
+                return False
+            assert self.storage is not None
+            self._load(self.storage)
+        except Exception:
+            log.exception("standby %r: cannot take over yet", self.identifier)
+            return False
+        log.warning("standby %r took over: serving it now", self.identifier)
+        self._standby = None
+        return True
+
+    @property
+    def standby(self) -> bool:
+        """True while another process serves this identifier (see
+        ``queues_storage``); ``send_message`` raises ``StorageError`` then."""
+        return self._standby is not None
 
     # ---------------------------------------------------------- attributes
 
@@ -225,7 +269,15 @@ class Messaging:
 
         Raises:
             TypeError, ValueError: ``ident`` or ``message`` is not valid.
+            StorageError: the message could not be stored (it is kept in
+                memory and stored with the next pass), or this peer is a
+                standby.
         """
+        if self._standby is not None:
+            raise StorageError(
+                f"peer {self.identifier!r} is a standby: another process serves it; "
+                "send once it took over (Messaging.standby is False)"
+            )
         with self._lock:
             engine = self._engine
             if threading.get_ident() != self._loop_thread and engine.queue_full(ident):
@@ -265,10 +317,28 @@ class Messaging:
         if writer is None:
             return
         writer.add(self._engine.take_storage_batch())
-        if report:
-            writer.apply_or_log()
-        else:
+        if not report:
             writer.apply(report=False)
+            return
+        if writer.apply_or_log():
+            return
+        storage = self.storage
+        if isinstance(storage, Lease) and storage.lost:
+            self._lease_lost = True  # acted on after the pass, without the lock
+
+    def _step_down(self) -> None:
+        """Another process serves this identifier now: stop serving it (close
+        every connection, stop the loop); what this one still holds is in
+        the database, which the new holder loaded."""
+        log.critical(
+            "%r was taken over by another process (lease lost): closing every connection "
+            "and stopping the loop",
+            self.identifier,
+        )
+        self._lease_lost = False
+        for conn_id in list(self._outs):
+            self._close(conn_id)
+        self.link.stop()
 
     # ---------------------------------------------------- stream handler
 
@@ -386,6 +456,8 @@ class Messaging:
             self._flush_wanted = set()
         if wanted or self._writer is not None:
             self._write_out(wanted)
+        if self._lease_lost:
+            self._step_down()
 
     def _dispatch(self, events: list[Event]) -> None:
         """Call the user's callbacks for ``events`` (lock not held).

@@ -109,6 +109,12 @@ class Throttle:
     def identified(self, conn_id: str) -> None:
         self.link.identified(conn_id)
 
+    def set_gate(self, gate: Callable[[], bool], interval: float) -> None:
+        self.link.set_gate(gate, interval)
+
+    def stop(self) -> None:
+        self.link.stop()
+
     # ----------------------------------------------------------- internal
 
     def _try(self, conn_id: str, bucket: _Bucket, view: memoryview, now: float) -> None:

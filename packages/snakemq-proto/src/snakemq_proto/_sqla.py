@@ -1,0 +1,717 @@
+"""Queues in a database server, through SQLAlchemy 2 Core (PostgreSQL).
+
+Theory of operation
+-------------------
+
+The same contract as ``SqliteQueuesStorage``: the I/O layer calls
+``apply(batch)`` with the engine's batches in order; each batch is one
+transaction, committed before ``apply`` returns (PostgreSQL's default
+``synchronous_commit = on``: the commit is in the server's WAL, on disk).
+
+Several peers share one database.  The storage is opened *per identifier*
+(the ``owner``, this peer's ident, given as ``ident=`` or bound by
+``Messaging`` with ``bind(ident)``): every row carries its owner and every
+statement is restricted to it, so one peer never reads, deletes or ages
+another's rows.
+
+Schema (``SCHEMA_VERSION`` in ``snakemq_meta``):
+
+``snakemq_meta(key, value)``
+    ``application = snakemq``, ``schema_version``.
+``snakemq_queue(seq, owner, ident, uuid, data, ttl, flags)``
+    one row per stored message of ``owner`` waiting for ``ident``; ``seq``
+    is the insertion order.
+``snakemq_seen(owner, ident, uuid, seq)``
+    the de-duplication window, kept contiguous per ``(owner, ident)`` as in
+    the SQLite storage (``seen_window_appends``).
+
+A database written by snakeMQ 1.6's ``SqlAlchemyQueuesStorage`` (one table,
+``snakemq_items``, with no owner: 1.6 gave each peer its own database) is
+migrated when a peer first opens it: its rows move, in order, into
+``snakemq_queue`` under that peer's ident, and the old table is renamed
+``snakemq_items_16`` (kept, never dropped) — all in one transaction.
+
+One identity, one holder (PostgreSQL): the storage takes a *session
+advisory lock* keyed by its owner on its own connection.  The server
+releases it when that connection dies (the process was killed, the machine
+lost), so a standby polling ``try_acquire()`` takes over.  ``load`` and
+``apply`` refuse to run without the lock.  If the connection breaks (the
+server restarted), the next call reconnects and takes the lock again; if a
+standby took it meanwhile, the call raises ``StorageError`` and the storage
+stays unusable: this process is no longer the holder.
+
+Connection loss: a call that fails because the connection broke is retried
+once on a new connection (its transaction was rolled back, and every batch
+is idempotent); if that fails too, ``StorageError`` is raised and the
+caller keeps the batch to retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
+
+from ._errors import StorageError
+from ._message import Message, check_ident
+from ._sqlite import SqliteQueuesStorage
+from ._storage import QueuesStorage, StorageBatch, StoredState, seen_window_appends
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Table
+
+__all__ = ["SCHEMA_VERSION_SQLA", "SqlAlchemyQueuesStorage", "storage_at"]
+
+logger = logging.getLogger("snakemq.storage")
+
+SCHEMA_VERSION_SQLA: Final = 1
+"""The schema version this code writes and reads in ``snakemq_meta``."""
+
+_APPLICATION: Final = "snakemq"
+_DIALECTS: Final = ("postgresql", "sqlite")
+_IN_CHUNK: Final = 500
+_SCHEMA_LOCK: Final = 0x534E4D51_00000001  # advisory lock serialising schema creation
+_T = TypeVar("_T")
+
+
+def lease_key(ident: str) -> int:
+    """The 64-bit advisory lock key of ``ident`` (the same in every process)."""
+    digest = hashlib.blake2b(b"snakemq ident\0" + ident.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _mask(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for unparsable URLs)."""
+    return re.sub(r":[^:@/]*@", ":***@", url)
+
+
+class _Tables:
+    """The schema, built when sqlalchemy is imported (it is optional)."""
+
+    def __init__(self, sa: Any) -> None:
+        self.metadata = md = sa.MetaData()
+        big = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # rowid alias on SQLite
+        self.meta = sa.Table(
+            "snakemq_meta",
+            md,
+            sa.Column("key", sa.String(64), primary_key=True),
+            sa.Column("value", sa.String(256), nullable=False),
+        )
+        self.queue = sa.Table(
+            "snakemq_queue",
+            md,
+            sa.Column("seq", big, primary_key=True, autoincrement=True),
+            sa.Column("owner", sa.String(50), nullable=False),
+            sa.Column("ident", sa.String(50), nullable=False),
+            sa.Column("uuid", sa.LargeBinary(16), nullable=False),
+            sa.Column("data", sa.LargeBinary(), nullable=False),
+            sa.Column("ttl", sa.Double(), nullable=True),
+            sa.Column("flags", sa.BigInteger(), nullable=False),
+            sa.UniqueConstraint("owner", "uuid", "ident", name="snakemq_queue_key"),
+        )
+        self.seen = sa.Table(
+            "snakemq_seen",
+            md,
+            sa.Column("owner", sa.String(50), primary_key=True),
+            sa.Column("ident", sa.String(50), primary_key=True),
+            sa.Column("uuid", sa.LargeBinary(16), primary_key=True),
+            sa.Column("seq", sa.BigInteger(), nullable=False),
+        )
+        sa.Index("snakemq_seen_order", self.seen.c.owner, self.seen.c.ident, self.seen.c.seq)
+        self.legacy = sa.Table(  # snakeMQ 1.6's table
+            "snakemq_items",
+            sa.MetaData(),
+            sa.Column("id_", sa.Integer, primary_key=True),
+            sa.Column("queue_name", sa.String(50)),
+            sa.Column("uuid", sa.String(32), unique=True),
+            sa.Column("data", sa.LargeBinary),
+            sa.Column("flags", sa.Integer),
+            sa.Column("ttl", sa.Float),
+        )
+
+
+class SqlAlchemyQueuesStorage:
+    """Persistent queues in a database server (PostgreSQL) shared by peers.
+
+    ``pip install "snakemq-proto[postgresql]"`` brings SQLAlchemy 2 and
+    psycopg 3.  A ``postgresql://`` URL uses psycopg 3.  SQLite URLs work too
+    (without the lease), mostly for tests.
+
+    Args:
+        *args, **kwargs: passed to ``sqlalchemy.create_engine`` (as in
+            snakeMQ 1.6), e.g. ``"postgresql://user:password@host/db"``.
+        ident: the peer that owns the queues (``Messaging`` binds it when
+            omitted).
+        lease: hold the identity's advisory lock (PostgreSQL) so only one
+            process serves ``ident``; ``False`` turns it off.
+        lease_poll: seconds between a standby's attempts to take the lock.
+        connect_timeout: seconds to wait for the server when connecting.
+
+    Raises:
+        TypeError, ValueError: a wrong argument.
+        StorageError: the URL is malformed or its driver missing, the server
+            is unreachable, the credentials are refused, or the database
+            holds a foreign or newer snakemq schema.  The message names the
+            URL (password masked) and what to do.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        ident: str | None = None,
+        lease: bool = True,
+        lease_poll: float = 1.0,
+        connect_timeout: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            import sqlalchemy as sa
+        except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+            raise StorageError(
+                'SqlAlchemyQueuesStorage needs SQLAlchemy 2: pip install "snakemq[postgresql]"'
+            ) from exc
+        if isinstance(lease_poll, bool) or not isinstance(lease_poll, int | float):
+            raise TypeError(f"lease_poll must be a number of seconds, got {lease_poll!r}")
+        if not lease_poll > 0:
+            raise ValueError(f"lease_poll must be > 0 seconds, got {lease_poll!r}")
+        self._sa = sa
+        self._t = _Tables(sa)
+        self._lock = threading.RLock()
+        self._conn: Connection | None = None
+        self._closed = False
+        self._owner: str | None = None
+        self._held = False
+        self._lost = False
+        self.lease_poll = float(lease_poll)
+        shown = _mask(str(args[0])) if args else _mask(str(kwargs.get("url", "")))
+        self.url = shown
+        try:
+            url = sa.make_url(args[0] if args else kwargs.pop("url"))
+        except (sa.exc.ArgumentError, KeyError, IndexError, ValueError, TypeError) as exc:
+            raise StorageError(
+                f"queue storage URL {shown!r} is not a database URL ({exc}); write it as "
+                "postgresql://user:password@host:port/database"
+            ) from exc
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")
+        self.url = url.render_as_string(hide_password=True)
+        self.dialect = url.get_backend_name()
+        if self.dialect not in _DIALECTS:
+            raise StorageError(
+                f"queue storage {self.url!r}: database {self.dialect!r} is not supported; "
+                "use PostgreSQL (postgresql://...) or an SQLite file with SqliteQueuesStorage"
+            )
+        if self.dialect == "postgresql":
+            connect_args = kwargs.setdefault("connect_args", {})
+            connect_args.setdefault("connect_timeout", max(1, round(connect_timeout)))
+        self._lease = lease and self.dialect == "postgresql"
+        try:
+            self._engine = sa.create_engine(url, *args[1:], **kwargs)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise StorageError(
+                f"queue storage {self.url!r}: cannot use this URL ({exc}); for PostgreSQL "
+                'install the driver with pip install "snakemq[postgresql]"'
+            ) from exc
+        try:
+            self._run("open", self._check_schema, lease=False)
+            if ident is not None:
+                self.bind(ident)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ connection
+
+    def _fail(self, exc: BaseException, doing: str) -> NoReturn:
+        text = str(getattr(exc, "orig", None) or exc)
+        low = text.lower()
+        url = self.url
+        if "password authentication failed" in low or "authentication failed" in low:
+            hint = "the server refused the user name or password; check them in the URL"
+        elif "does not exist" in low and "database" in low:
+            hint = "the database does not exist; create it (CREATE DATABASE) or fix the URL"
+        elif any(
+            word in low
+            for word in (
+                "connection refused",
+                "could not connect",
+                "timeout",
+                "timed out",
+                "resolve host",
+            )
+        ):
+            hint = "the server cannot be reached; start it or fix host and port in the URL"
+        elif "server closed the connection" in low or "terminating connection" in low:
+            hint = "the connection to the server was lost; the next call reconnects"
+        else:
+            hint = "see the database's message"
+        text = text.strip().replace("\n", " ")
+        raise StorageError(f"cannot {doing} queue storage {url!r}: {hint} ({text})") from exc
+
+    def _connection(self) -> Connection:
+        if self._closed:
+            raise StorageError(f"queue storage {self.url!r} is closed")
+        if self._lost:
+            raise StorageError(
+                f"queue storage {self.url!r}: ident {self._owner!r} was taken over by another "
+                "process while the connection to the server was lost; this process no longer "
+                "serves it (stop it, or restart it as a standby)"
+            )
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._engine.connect()
+            if self._held:  # reconnected: the server released the lock with the old session
+                with conn.begin():
+                    kept = self._try_lock(conn)
+                if not kept:
+                    self._held = False
+                    self._lost = True
+                    logger.error(
+                        "queue storage %s: lost ident %r to another process", self.url, self._owner
+                    )
+                    return self._connection()
+                logger.warning("queue storage %s: reconnected, lease kept", self.url)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:  # pragma: no cover - already broken
+                pass
+
+    def _run(self, doing: str, work: Callable[[Connection], _T], *, lease: bool = True) -> _T:
+        """Run ``work`` in one transaction, retried once on a new connection
+        when the connection broke (the transaction was rolled back)."""
+        sa = self._sa
+        with self._lock:
+            if self._closed:
+                raise StorageError(f"queue storage {self.url!r} is closed")
+            if lease and self._lease and not self._held:
+                raise StorageError(
+                    f"queue storage {self.url!r}: this process does not hold ident "
+                    f"{self._owner!r} (it is a standby); wait for try_acquire() to succeed"
+                )
+            for attempt in (0, 1):
+                was_connected = self._conn is not None
+                try:
+                    conn = self._connection()
+                    with conn.begin():
+                        return work(conn)
+                except sa.exc.DBAPIError as exc:
+                    broken = exc.connection_invalidated or isinstance(
+                        exc, sa.exc.OperationalError | sa.exc.InterfaceError
+                    )
+                    if broken:
+                        self._drop_connection()
+                        if attempt == 0 and was_connected and not self._lost:
+                            logger.warning(
+                                "queue storage %s: connection lost (%s); reconnecting",
+                                self.url,
+                                str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
+                            )
+                            continue
+                    self._fail(exc, doing)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---------------------------------------------------------------- schema
+
+    def _check_schema(self, conn: Connection) -> None:
+        sa, t = self._sa, self._t
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+        tables = set(sa.inspect(conn).get_table_names())
+        if "snakemq_meta" not in tables:
+            ours = {"snakemq_queue", "snakemq_seen"} & tables
+            if ours:
+                raise StorageError(
+                    f"queue storage {self.url!r} has tables {', '.join(sorted(ours))} but no "
+                    "snakemq_meta: they are not a snakemq schema; left untouched — use another "
+                    "database or schema"
+                )
+            t.metadata.create_all(conn)
+            conn.execute(
+                sa.insert(t.meta),
+                [
+                    {"key": "application", "value": _APPLICATION},
+                    {"key": "schema_version", "value": str(SCHEMA_VERSION_SQLA)},
+                ],
+            )
+            logger.info("created queue storage schema in %s", self.url)
+            return
+        meta = {key: value for key, value in conn.execute(sa.select(t.meta.c.key, t.meta.c.value))}
+        if meta.get("application") != _APPLICATION:
+            raise StorageError(
+                f"queue storage {self.url!r}: its snakemq_meta table is not snakemq's "
+                f"(application {meta.get('application')!r}); left untouched — use another "
+                "database or schema"
+            )
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError:
+            version = -1
+        if version > SCHEMA_VERSION_SQLA:
+            raise StorageError(
+                f"queue storage {self.url!r} has schema version {version}, written by a newer "
+                f"snakemq; this version reads up to {SCHEMA_VERSION_SQLA}. Upgrade snakemq-proto "
+                "(the database was left untouched)"
+            )
+        missing = {"snakemq_queue", "snakemq_seen"} - tables
+        if version != SCHEMA_VERSION_SQLA or missing:
+            raise StorageError(
+                f"queue storage {self.url!r} is damaged (schema version {version}, missing "
+                f"tables: {', '.join(sorted(missing)) or 'none'}); restore it from a backup"
+            )
+
+    def _migrate_16(self, conn: Connection, owner: str) -> None:
+        """Move a snakeMQ 1.6 ``snakemq_items`` table into ``owner``'s queues."""
+        sa, t = self._sa, self._t
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+        if "snakemq_items" not in set(sa.inspect(conn).get_table_names()):
+            return
+        legacy = t.legacy
+        rows = []
+        for row in conn.execute(sa.select(legacy).order_by(legacy.c.id_)):
+            try:
+                uuid = bytes.fromhex(row.uuid)
+                message = Message(bytes(row.data), row.ttl, row.flags or 0, uuid)
+                ident = check_ident(row.queue_name, "queue_name")
+            except (TypeError, ValueError) as exc:
+                raise StorageError(
+                    f"queue storage {self.url!r}: snakeMQ 1.6 table snakemq_items has a row "
+                    f"that is not a valid message (id_ {row.id_}: {exc}); nothing was migrated "
+                    "— repair or delete that row"
+                ) from exc
+            rows.append(
+                {
+                    "owner": owner,
+                    "ident": ident,
+                    "uuid": message.uuid,
+                    "data": message.data,
+                    "ttl": message.ttl,
+                    "flags": message.flags,
+                }
+            )
+        if rows:
+            conn.execute(sa.insert(t.queue), rows)
+        conn.execute(sa.text("ALTER TABLE snakemq_items RENAME TO snakemq_items_16"))
+        logger.warning(
+            "queue storage %s: migrated %d message(s) of snakeMQ 1.6 (table snakemq_items, kept "
+            "as snakemq_items_16) into the queues of %r",
+            self.url,
+            len(rows),
+            owner,
+        )
+
+    # ----------------------------------------------------------------- lease
+
+    def bind(self, ident: str) -> None:
+        """Make ``ident`` the owner of this storage's rows and try to take its
+        lease (see ``held``).  ``Messaging`` calls this with its identifier.
+
+        Raises:
+            ValueError: already bound to another ident.
+            StorageError: the server cannot be used.
+        """
+        ident = check_ident(ident)
+        with self._lock:
+            if self._owner is not None:
+                if self._owner != ident:
+                    raise ValueError(
+                        f"queue storage {self.url!r} belongs to ident {self._owner!r}, "
+                        f"not {ident!r}; open one storage per peer"
+                    )
+                return
+            self._owner = ident
+        self.try_acquire()
+
+    @property
+    def ident(self) -> str | None:
+        """The peer that owns this storage's rows (``None`` until bound)."""
+        return self._owner
+
+    @property
+    def leased(self) -> bool:
+        """True when this storage guards its ident with a lease (PostgreSQL)."""
+        return self._lease
+
+    @property
+    def held(self) -> bool:
+        """True when this process serves the ident (it holds the lease, or
+        there is no lease)."""
+        return self._owner is not None and (self._held or not self._lease)
+
+    @property
+    def lost(self) -> bool:
+        """True once another process took the ident over while this one's
+        connection to the server was broken: every call raises then."""
+        return self._lost
+
+    def try_acquire(self) -> bool:
+        """Try once to take the ident's lease; return ``held``.  Once held,
+        a 1.6 table is migrated into the owner's queues.
+
+        Raises:
+            StorageError: the server cannot be used.
+        """
+        owner = self._owner
+        if owner is None:
+            raise StorageError(f"queue storage {self.url!r} is not bound to an ident yet")
+        with self._lock:
+            if self.held:
+                return True
+
+            def take(conn: Connection) -> bool:
+                if self._lease and not self._try_lock(conn):
+                    return False
+                self._held = True
+                return True
+
+            if not self._run("lock", take, lease=False):
+                return False
+            try:
+                self._run("migrate", lambda conn: self._migrate_16(conn, owner))
+            except BaseException:
+                self.release()
+                raise
+            logger.info("queue storage %s: serving ident %r", self.url, owner)
+            return True
+
+    def _try_lock(self, conn: Connection) -> bool:
+        # session lock, taken outside any transaction's lifetime: it survives
+        # the commit and is released by the server when the session ends
+        got = conn.execute(
+            self._sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": lease_key(str(self._owner))}
+        ).scalar()
+        return bool(got)
+
+    def release(self) -> None:
+        """Give the lease up (a standby can take over); idempotent."""
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+            if self._lease and self._conn is not None:
+                try:
+                    with self._conn.begin():
+                        self._conn.execute(
+                            self._sa.text("SELECT pg_advisory_unlock(:k)"),
+                            {"k": lease_key(str(self._owner))},
+                        )
+                except self._sa.exc.DBAPIError:
+                    self._drop_connection()  # a dead session holds no lock
+
+    # ------------------------------------------------------------------- API
+
+    def load(self) -> StoredState:
+        """Return the owner's stored queues (oldest first) and de-dup windows.
+
+        Raises:
+            StorageError: not the holder, or the server cannot be used.
+        """
+        sa, t = self._sa, self._t
+        owner = self._owner_or_fail()
+        q, s = t.queue.c, t.seen.c
+
+        def read(conn: Connection) -> StoredState:
+            queues: dict[str, list[Message]] = {}
+            for ident, uuid, data, ttl, flags in conn.execute(
+                sa.select(q.ident, q.uuid, q.data, q.ttl, q.flags)
+                .where(q.owner == owner)
+                .order_by(q.seq)
+            ):
+                # validated: a shared database may hold rows written by anyone
+                queues.setdefault(ident, []).append(Message(bytes(data), ttl, flags, bytes(uuid)))
+            seen: dict[str, list[bytes]] = {}
+            for ident, uuid in conn.execute(
+                sa.select(s.ident, s.uuid).where(s.owner == owner).order_by(s.ident, s.seq)
+            ):
+                seen.setdefault(ident, []).append(bytes(uuid))
+            return StoredState(queues=queues, seen=seen)
+
+        return self._run("read", read)
+
+    def apply(self, batch: StorageBatch) -> None:
+        """Apply ``batch`` in one transaction, committed when this returns.
+
+        Raises:
+            StorageError: not the holder, or the write failed (rolled back:
+                nothing of the batch is kept; apply it again later).
+        """
+        owner = self._owner_or_fail()
+        if not batch:
+            return
+        self._run("write", lambda conn: self._write(conn, owner, batch))
+
+    def _write(self, conn: Connection, owner: str, batch: StorageBatch) -> None:
+        sa, t = self._sa, self._t
+        q = t.queue.c
+        gone = set(batch.delete)
+        push = [
+            {
+                "owner": owner,
+                "ident": ident,
+                "uuid": m.uuid,
+                "data": m.data,
+                "ttl": m.ttl,
+                "flags": m.flags,
+            }
+            for ident, m in batch.push
+            if m.uuid not in gone
+        ]
+        if push:
+            insert = self._insert(t.queue)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[q.owner, q.uuid, q.ident],
+                    set_={
+                        "data": insert.excluded.data,
+                        "ttl": insert.excluded.ttl,
+                        "flags": insert.excluded.flags,
+                    },
+                ),
+                push,
+            )
+        bp = sa.bindparam
+        update = [
+            {"o": owner, "u": uuid, "t": ttl} for uuid, ttl in batch.update_ttl if uuid not in gone
+        ]
+        if update:
+            conn.execute(
+                sa.update(t.queue).where(q.owner == bp("o"), q.uuid == bp("u")).values(ttl=bp("t")),
+                update,
+            )
+        if batch.update_ttl_in:
+            conn.execute(
+                sa.update(t.queue)
+                .where(q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u"))
+                .values(ttl=bp("t")),
+                [{"o": owner, "i": i, "u": u, "t": ttl} for i, u, ttl in batch.update_ttl_in],
+            )
+        delete = list(dict.fromkeys(batch.delete))
+        for start in range(0, len(delete), _IN_CHUNK):
+            conn.execute(
+                sa.delete(t.queue).where(
+                    q.owner == owner, q.uuid.in_(delete[start : start + _IN_CHUNK])
+                )
+            )
+        if batch.delete_from:
+            conn.execute(
+                sa.delete(t.queue).where(q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u")),
+                [{"o": owner, "i": i, "u": u} for i, u in batch.delete_from],
+            )
+        if batch.seen:
+            self._apply_seen(conn, owner, batch.seen, batch.seen_keep)
+
+    def _insert(self, table: Table) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
+
+    def _apply_seen(
+        self, conn: Connection, owner: str, seen: Iterable[tuple[str, bytes]], keep: int
+    ) -> None:
+        sa, t = self._sa, self._t
+        s = t.seen.c
+        by_ident: dict[str, list[bytes]] = {}
+        for ident, uuid in seen:
+            by_ident.setdefault(ident, []).append(uuid)
+        for ident, uuids in by_ident.items():
+            mine = (s.owner == owner, s.ident == ident)
+            low, high = conn.execute(
+                sa.select(sa.func.min(s.seq), sa.func.max(s.seq)).where(*mine)
+            ).one()
+            if low is None:
+                low = high = 0
+            else:
+                high += 1
+            position: dict[bytes, int] = {}
+            distinct = list(dict.fromkeys(uuids))
+            for start in range(0, len(distinct), _IN_CHUNK):
+                chunk = distinct[start : start + _IN_CHUNK]
+                for uuid, at in conn.execute(
+                    sa.select(s.uuid, s.seq).where(*mine, s.uuid.in_(chunk))
+                ):
+                    position[bytes(uuid)] = at
+            appended, low = seen_window_appends(uuids, position, low, high, keep)
+            rows = [
+                {"owner": owner, "ident": ident, "uuid": uuid, "seq": at}
+                for uuid, at in appended.items()
+                if at >= low
+            ]
+            # stale copies first: a re-appended uuid gets a new seq
+            conn.execute(sa.delete(t.seen).where(*mine, s.seq < low))
+            if rows:
+                conn.execute(sa.delete(t.seen).where(*mine, s.uuid.in_([r["uuid"] for r in rows])))
+                conn.execute(sa.insert(t.seen), rows)
+
+    def _owner_or_fail(self) -> str:
+        owner = self._owner
+        if owner is None:
+            raise StorageError(
+                f"queue storage {self.url!r} is not bound to an ident: pass ident=... or give "
+                "it to Messaging, which binds it"
+            )
+        return owner
+
+    def close(self) -> None:
+        """Release the lease and close the connection (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self.release()
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):  # a broken connection
+                    conn.close()
+            engine = getattr(self, "_engine", None)
+            if engine is not None:
+                engine.dispose()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    def __enter__(self) -> SqlAlchemyQueuesStorage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("holder" if self.held else "standby")
+        return f"<SqlAlchemyQueuesStorage {self.url!r} ident={self._owner!r} {state}>"
+
+
+def storage_at(location: str | os.PathLike[str]) -> QueuesStorage:
+    """Open the storage a command line or configuration names: a database
+    URL (``postgresql://...``) gives ``SqlAlchemyQueuesStorage``, anything
+    else is the path of an SQLite file (``SqliteQueuesStorage``).
+
+    Raises:
+        StorageError: the storage cannot be opened.
+    """
+    text = os.fspath(location)
+    if "://" in text:
+        return SqlAlchemyQueuesStorage(text)
+    return SqliteQueuesStorage(text)

@@ -1,0 +1,271 @@
+"""A throwaway PostgreSQL server for tests (yours and ours).
+
+``TestPostgres(directory)`` runs a real PostgreSQL on 127.0.0.1 with a
+password (``scram-sha-256``), so URLs with wrong credentials are refused as
+in production.  Binaries come from the ``pgserver`` wheel (CPython
+3.10-3.12: ``pip install pgserver``), else from a PostgreSQL installed on
+the machine (``pg_config`` on PATH, or ``/usr/lib/postgresql/*/bin``).
+As root the server runs as the user ``nobody`` (PostgreSQL refuses root).
+
+``fsync`` is off: the server is never power-cut in a test, and commits stay
+synchronous (a committed transaction survives the server's restart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = ["TestPostgres", "postgres_bin_dir", "postgres_fixtures"]
+
+PASSWORD = "snakemq-test-pw"
+
+
+def postgres_bin_dir() -> Path:
+    """The directory of the ``postgres`` and ``initdb`` binaries to use.
+
+    Raises:
+        RuntimeError: none was found (says how to get one).
+    """
+    # found, not imported: importing pgserver starts its own machinery
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "pginstall" / "bin"
+        if (path / "postgres").exists():
+            return path
+    config = shutil.which("pg_config")
+    if config:
+        out = subprocess.run([config, "--bindir"], capture_output=True, text=True, check=False)
+        path = Path(out.stdout.strip())
+        if (path / "initdb").exists():
+            return path
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.exists(os.path.join(candidate, "initdb")):
+            return Path(candidate)
+    raise RuntimeError(
+        "no PostgreSQL binaries: pip install pgserver (CPython 3.10-3.12) or install "
+        "PostgreSQL (apt-get install postgresql)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TestPostgres:
+    """A PostgreSQL server in ``directory`` (created), started by ``start()``."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.data = self.directory / "data"
+        self.sockets = self.directory / "sock"
+        self.bin = postgres_bin_dir()
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._user: dict[str, Any] = {}
+        self._databases = 0
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            self._user = {"user": nobody.pw_uid, "group": nobody.pw_gid}
+            self._allow_bin()
+        self._init()
+
+    def _allow_bin(self) -> None:
+        # pgserver's binaries in a venv under /root: let the server's user run them
+        if str(self.bin).startswith("/usr/"):
+            return
+        install = self.bin.parent
+        for parent in install.parents:
+            with contextlib.suppress(OSError):
+                parent.chmod(parent.stat().st_mode | 0o001)
+        for root, dirs, files in os.walk(install):
+            for name in dirs:
+                path = os.path.join(root, name)
+                os.chmod(path, os.stat(path).st_mode | 0o005)
+            for name in files:
+                path = os.path.join(root, name)
+                os.chmod(path, os.stat(path).st_mode | 0o004)
+
+    def _own(self, path: Path) -> None:
+        if self._user:
+            os.chown(path, self._user["user"], self._user["group"])
+
+    def _init(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o755)
+        for parent in self.directory.parents:  # the server's user must reach its data
+            if parent == Path("/"):
+                break
+            with contextlib.suppress(OSError):
+                parent.chmod(parent.stat().st_mode | 0o001)
+        self.sockets.mkdir(exist_ok=True)
+        self._own(self.sockets)
+        pwfile = self.directory / "pw"
+        pwfile.write_text(PASSWORD + "\n")
+        self._own(pwfile)
+        self.data.mkdir(mode=0o700, exist_ok=True)
+        self._own(self.data)
+        subprocess.run(
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=self.directory,
+            **self._user,
+        )
+
+    def url(
+        self, *, user: str = "postgres", password: str = PASSWORD, database: str = "postgres"
+    ) -> str:
+        """A ``postgresql://`` URL of this server."""
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """Create an empty database; return its URL."""
+        import psycopg
+
+        self._databases += 1
+        name = f"test_{self._databases}"
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres password={PASSWORD} dbname=postgres",
+            autocommit=True,
+        ) as conn:
+            conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type,unused-ignore]
+        return self.url(database=name)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server and wait until it accepts connections.
+
+        Raises:
+            RuntimeError: it exited or did not get ready in ``timeout`` s.
+        """
+        log = open(self.directory / "log", "ab")  # noqa: SIM115 - closed below
+        try:
+            self.process = subprocess.Popen(
+                [
+                    str(self.bin / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.sockets),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
+                ],
+                stdout=log,
+                stderr=log,
+                cwd=self.directory,
+                **self._user,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"PostgreSQL exited with {self.process.returncode}: "
+                    + (self.directory / "log").read_text(errors="replace")[-2000:]
+                )
+            ready = subprocess.run(
+                [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                capture_output=True,
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL not ready on port {self.port} in {timeout} s")
+            time.sleep(0.05)  # polling a server that has no event to wait on
+
+    def stop(self, *, fast: bool = True, timeout: float = 30.0) -> None:
+        """Stop the server: fast shutdown (disconnects every client), or
+        SIGKILL with ``fast=False``."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT if fast else signal.SIGKILL)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if not fast:  # the killed postmaster's children go away on their own
+            pid = self.data / "postmaster.pid"
+            with contextlib.suppress(FileNotFoundError):
+                pid.unlink()
+
+    def restart(self) -> None:
+        """Fast shutdown, then start again on the same port."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> TestPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def postgres_fixtures() -> tuple[Any, Any]:
+    """pytest fixtures ``postgres`` (one server per session) and ``pg_url``
+    (a new empty database per test); in a conftest:
+    ``postgres, pg_url = postgres_fixtures()``."""
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def postgres() -> Iterator[TestPostgres]:
+        """A real PostgreSQL server, started once for the session."""
+        # not under pytest's basetemp: another pytest session resets its
+        # parent to mode 0700, which would lock the server's user out
+        directory = tempfile.mkdtemp(prefix="snakemq-pg-")
+        try:
+            with TestPostgres(directory) as server:
+                yield server
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    @pytest.fixture
+    def pg_url(postgres: TestPostgres) -> str:
+        """The URL of a new, empty database on the session's server."""
+        return postgres.new_database()
+
+    return postgres, pg_url
