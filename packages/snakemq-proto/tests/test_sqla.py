@@ -105,8 +105,9 @@ def test_killed_holder_session_releases_the_lease(pg_url: str) -> None:
         # the holder's process dies: the server ends its session
         sql(
             pg_url,
-            "SELECT pg_terminate_backend(pid) FROM pg_locks "
-            "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d "
+            "ON d.oid = l.database WHERE l.locktype = 'advisory' "
+            "AND d.datname = current_database() AND l.pid <> pg_backend_pid()",
         )
         assert second.try_acquire()
         # the old holder notices on its next call and refuses to go on

@@ -297,11 +297,16 @@ def test_holder_that_lost_its_lease_steps_down(peers: list[Peer], pg_url: str) -
     try:
         holder.send("receiver", b"before", ttl=None, flags=FLAG_PERSISTENT)
         receiver.rec.wait(lambda: receiver.received() == [b"before"], what="first message")
-        # the holder's session dies (a network cut); another process takes the lease
         with psycopg.connect(pg_url, autocommit=True) as conn:
+            deadline = time.monotonic() + WAIT
+            while conn.execute("SELECT count(*) FROM snakemq_queue").fetchone() != (0,):
+                assert time.monotonic() < deadline, "the delivered message was not deleted"
+                time.sleep(0.02)  # the holder's loop deletes it: then it is idle
+            # the holder's session dies (a network cut); another process takes the lease
             conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d "
+                "ON d.oid = l.database WHERE l.locktype = 'advisory' "
+                "AND d.datname = current_database() AND l.pid <> pg_backend_pid()"
             )
         successor = SqlAlchemyQueuesStorage(pg_url, ident="sender")
         assert successor.held
