@@ -81,7 +81,7 @@ def test_an_unknown_frame_type_is_ignored_in_every_state(state: str) -> None:
     e = engine_in(state)
     assert e.receive_data("c", packets(b"\x7fwhatever"), 0.0) == []
     # and the connection goes on as if it had not come
-    after = {"await-version": ProtocolVersion(), "await-ident": Ping(), "active": Ping()}[state]
+    after: Frame = ProtocolVersion() if state == "await-version" else Ping()
     assert [
         x for x in e.receive_data("c", packets(after), 0.0) if isinstance(x, ErrorOccurred)
     ] == []
