@@ -386,7 +386,7 @@ class Engine:
         if not rx.unhanded():
             self._closed_rx.pop(conn_id, None)
         live = self._by_ident.get(ident)
-        if live is not None and live is not session and live.rx is not None and live.rx.unready:
+        if live is not None and live is not session and live.rx is not None:
             # resent copies of what was just handed may be waiting there
             live.acks_ready()
 

@@ -15,8 +15,10 @@ manner: ``(state, frame type) -> (handler, next state)``::
 
 The receive loop looks the pair up, runs the handler and enters the next
 state; handlers never assign a state.  A handler that refuses its frame
-raises a ``RemoteProtocolError``, which closes the session (``fail()``: the
-only way into CLOSED besides the socket going away).  A frame type with no
+raises a ``RemoteProtocolError``, which closes the session (``fail()``).
+CLOSED is entered in two places only: ``closing()`` (an error, a timeout or
+the application; ``CloseConnection`` asks the I/O layer to close the socket)
+and ``detach()`` (the socket is gone).  A frame type with no
 entry for the current state is an ``UnexpectedFrameError``; a frame type
 this version does not know is ignored (that is how 1.6 treats ours).
 
