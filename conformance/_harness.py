@@ -447,6 +447,7 @@ SCENARIOS: dict[str, str] = {
     "2": "both directions at once",
     "3": "TTL while the peer is away",
     "4": "persistence across SIGKILL (5,000 queued)",
+    "4m": "a snakeMQ 1.6 queue file opened after the upgrade",
     "5": "SIGKILL of the sender mid-stream",
     "6": "listener restarts, traffic resumes",
     "7": "duplicate identifier refused",

@@ -326,6 +326,33 @@ def test_persistence(
     assert_healthy(a2, b)
 
 
+# A is the upgraded sender (ours), B the receiver: a cycle through IMPLS.
+UPGRADE_ROWS = [Row("4m", a, IMPLS[(i + 1) % len(IMPLS)], "tcp") for i, a in enumerate(IMPLS[:3])]
+
+
+@pytest.mark.parametrize("row", params(UPGRADE_ROWS))
+def test_a_16_queue_file_after_the_upgrade(
+    row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], storage_dir: Path
+) -> None:
+    """snakeMQ 1.6 queues persistent messages for an absent B in its SQLite file
+    and is SIGKILLed; A, upgraded, opens that file and delivers every one."""
+    db = str(storage_dir / "a-queues-16.db")
+    count = 300
+    sizes = [(0, 1, 100, 5000)[i % 4] for i in range(count)]
+    old = launch(LEGACY, "A-1.6").start(A_IDENT, storage=db)
+    old.send(B_IDENT, sizes, seed=row.id, ttl=None, persistent=True)
+    sent = stream(old.report(), "sent", B_IDENT)
+    old.kill()
+    a = launch(row.a, "A").start(A_IDENT, storage=db)
+    port = a.listen(tls_for(row, certs, A_IDENT))
+    b = launch(row.b, "B").start(B_IDENT)
+    b.connect(port, tls_for(row, certs, B_IDENT))
+    wait_all_unique(b, A_IDENT, sent)
+    marker_sync(a, b, row.id)
+    details.update(check_set(sent, without_marker(a, b), exactly_once=row.b in OURS))
+    assert_healthy(a, b)
+
+
 @pytest.mark.parametrize("row", covering_rows("5"))
 def test_crash_mid_stream(
     row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], storage_dir: Path

@@ -33,6 +33,12 @@ survives a crash or ``kill -9`` of the process; it is fsynced at the next
 checkpoint.  ``synchronous="FULL"`` fsyncs every commit, which also survives
 a power loss or a kernel crash, at the cost of one fsync per ``apply``.
 
+A snakeMQ 1.6 queue file (one table ``items(queue_name, uuid, data, ttl,
+flags)``, uuids as hex) is migrated in place when it is opened: its rows are
+copied into this schema in their order and the 1.6 table dropped, all in the
+one transaction that opens the file, so the original stays as it was until
+that transaction commits.  Stored TTLs are remaining TTLs in both versions.
+
 Locking: by default the file is opened in SQLite's exclusive locking mode,
 so one storage file belongs to one process at a time (two peers sharing a
 queue file would deliver every message twice).  A second opener, in this
@@ -127,6 +133,32 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
         or "not a database" in text
         or "malformed" in text
     )
+
+
+def _unwritable(path: str) -> str | None:
+    """Why an existing storage file cannot be written, or None: SQLite itself
+    reports a read-only mount as a mere "disk I/O error"."""
+    if not os.path.exists(path):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except OSError:
+        pass
+    if not os.access(path, os.W_OK):
+        return "the file is read-only"
+    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        return "its directory is read-only"
+    return None
+
+
+_LEGACY_16_COLUMNS: Final = ("queue_name", "uuid", "data", "ttl", "flags")
+
+
+def _is_legacy_16(conn: sqlite3.Connection) -> bool:
+    """True for the one table snakeMQ 1.6's ``SqliteQueuesStorage`` creates."""
+    columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(items)"))
+    return columns == _LEGACY_16_COLUMNS
 
 
 class SqliteQueuesStorage:
@@ -257,11 +289,11 @@ class SqliteQueuesStorage:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         if not tables and version == 0 and app_id == 0:
-            # one statement at a time: executescript() would COMMIT first
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            self._create_schema(conn)
             return True
+        if tables == {"items"} and version == 0 and app_id == 0 and _is_legacy_16(conn):
+            self._migrate_16(conn)
+            return False
         application = None
         if "snakemq_meta" in tables:
             row = conn.execute(
@@ -290,6 +322,51 @@ class SqliteQueuesStorage:
             )
         return False
 
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        # one statement at a time: executescript() would COMMIT first
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    def _migrate_16(self, conn: sqlite3.Connection) -> None:
+        """Turn a snakeMQ 1.6 queue file into ours, inside the caller's
+        transaction: until it commits the 1.6 table is untouched, so a crash
+        or an error leaves the original file as it was."""
+        rows = []
+        for rowid, ident, hex_uuid, data, ttl, flags in conn.execute(
+            "SELECT rowid, queue_name, uuid, data, ttl, flags FROM items ORDER BY rowid"
+        ):
+            try:
+                if isinstance(hex_uuid, bytes):  # 1.6 on Python 3 stored b2a_hex() bytes
+                    hex_uuid = hex_uuid.decode("ascii")
+                uuid = bytes.fromhex(hex_uuid)
+                if len(uuid) != 16 or not isinstance(ident, str):
+                    raise ValueError(f"uuid {hex_uuid!r}, queue {ident!r}")
+                if isinstance(data, str):
+                    data = data.encode()
+                if not isinstance(data, bytes):
+                    raise ValueError(f"data of type {type(data).__name__}")
+                if ttl is not None:
+                    ttl = max(0.0, float(ttl))  # an expired 1.6 message is dropped at load
+                flags = int(flags or 0) & 0xFFFFFFFF
+            except (TypeError, ValueError, UnicodeDecodeError) as exc:
+                raise StorageError(
+                    f"queue storage {self.path!r} is a snakeMQ 1.6 queue file, but its row "
+                    f"{rowid} cannot be read ({exc}); it was left untouched — fix or delete "
+                    "that row with the sqlite3 shell, then open it again"
+                ) from exc
+            rows.append((ident, uuid, data, ttl, flags))
+        self._create_schema(conn)
+        conn.executemany(_PUSH, rows)
+        conn.execute("DROP TABLE items")
+        logger.warning(
+            "migrated snakeMQ 1.6 queue storage %r to schema %d: %d queued message(s) kept",
+            self.path,
+            SCHEMA_VERSION,
+            len(rows),
+        )
+
     def _fail(self, exc: sqlite3.Error, doing: str) -> NoReturn:
         path = self.path
         if _is_locked(exc):
@@ -304,6 +381,14 @@ class SqliteQueuesStorage:
                 "restore it from a backup, or move it away to start with empty queues"
             ) from exc
         text = str(exc).lower()
+        unwritable = _unwritable(path)
+        if unwritable:
+            raise StorageError(
+                f"cannot {doing} queue storage {path!r}: the location is not writable "
+                f"({unwritable}; SQLite said: {exc}); the queues need a writable file, "
+                "-wal/-shm files and directory: remount it read-write, fix the permissions "
+                "or choose another path"
+            ) from exc
         if "readonly" in text or "unable to open" in text or "read-only" in text:
             raise StorageError(
                 f"cannot {doing} queue storage {path!r}: the location is not writable "
