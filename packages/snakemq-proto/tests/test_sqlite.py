@@ -614,7 +614,7 @@ def test_a_16_migration_that_fails_half_way_leaves_the_original(
     real_connect = sqlite3.connect
 
     def capped_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        capped = real_connect(*args, **kwargs)
+        capped: sqlite3.Connection = real_connect(*args, **kwargs)
         capped.execute(f"PRAGMA max_page_count = {pages + 2}")
         return capped
 
