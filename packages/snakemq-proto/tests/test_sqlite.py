@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import select
@@ -631,7 +632,7 @@ def test_a_16_migration_that_fails_half_way_leaves_the_original(
 
 
 def test_an_existing_file_on_a_read_only_mount_is_named_not_writable() -> None:
-    with small_fs("1m") as where:
+    with small_fs("2m") as where:
         path = where / "queues.sqlite"
         with SqliteQueuesStorage(path) as s:
             s.apply(StorageBatch(push=[("bob", message(1))]))
@@ -650,3 +651,74 @@ def test_an_existing_read_only_file_is_named_not_writable(db: pathlib.Path) -> N
             SqliteQueuesStorage(db)
     finally:
         subprocess.run(["chattr", "-i", str(db)], check=False, capture_output=True)
+
+
+def _fill(storage: SqliteQueuesStorage, size: int = 4000) -> tuple[list[Message], Message]:
+    """Push ``size``-byte messages until the disk is full: (stored, refused)."""
+    stored: list[Message] = []
+    for i in range(10_000):
+        m = Message(os.urandom(size), ttl=None, flags=FLAG_PERSISTENT, uuid=i.to_bytes(16, "big"))
+        try:
+            storage.apply(StorageBatch(push=[("bob", m)]))
+        except StorageError as exc:
+            assert "disk is full" in str(exc) and "could not be stored" in str(exc)
+            return stored, m
+        stored.append(m)
+    raise AssertionError("the file system never filled up")
+
+
+def test_on_a_full_disk_deletes_commit_pushes_are_refused_and_space_comes_back() -> None:
+    with small_fs("3m") as where:
+        path = where / "queues.sqlite"
+        storage = SqliteQueuesStorage(path)
+        try:
+            stored, refused = _fill(storage)
+            assert len(stored) > 50
+            # while full, a batch of deletes alone commits (no reserve needed left)
+            storage.apply(StorageBatch(delete=[m.uuid for m in stored[:10]]))
+            # the I/O layer carries the refused push into the next batch, with
+            # the deletes of the messages the peer acknowledged meanwhile
+            carried = StorageBatch(push=[("bob", refused)], delete=[m.uuid for m in stored])
+            with contextlib.suppress(StorageError):
+                storage.apply(carried)
+            assert {m.uuid for m in storage.load().queues.get("bob", [])} <= {refused.uuid}
+            storage.apply(carried)  # applied again (as a retry does): space is back now
+            assert storage.load().queues == {"bob": [refused]}
+        finally:
+            storage.close()
+        assert not os.path.exists(str(path) + "-reserve")
+        with SqliteQueuesStorage(path) as again:  # a delivered message never comes back
+            assert again.load().queues == {"bob": [refused]}
+            more = [
+                Message(b"m%d" % i, ttl=None, uuid=(50_000 + i).to_bytes(16, "big"))
+                for i in range(50)
+            ]
+            again.apply(StorageBatch(push=[("bob", m) for m in more]))
+            assert again.load().queues == {"bob": [refused, *more]}
+
+
+def test_a_full_disk_with_nothing_to_delete_keeps_refusing_then_recovers() -> None:
+    with small_fs("3m") as where:
+        filler = where / "filler"
+        filler.write_bytes(b"f" * 1024 * 1024)
+        path = where / "queues.sqlite"
+        with SqliteQueuesStorage(path) as storage:
+            stored: list[Message] = []
+            refusals = 0
+            for i in range(10_000):  # until refused three times in a row
+                m = Message(b"%d" % i * 1000, ttl=None, uuid=i.to_bytes(16, "big"))
+                try:
+                    storage.apply(StorageBatch(push=[("bob", m)]))
+                except StorageError as exc:
+                    assert "disk is full" in str(exc)
+                    refusals += 1
+                    if refusals == 3:
+                        break
+                else:
+                    stored.append(m)
+                    refusals = 0
+            assert refusals == 3 and not os.path.exists(storage.reserve_path)
+            filler.unlink()  # space added from outside
+            storage.apply(StorageBatch(push=[("bob", m)]))
+            assert storage.load().queues == {"bob": [*stored, m]}
+            assert os.path.getsize(storage.reserve_path) == storage.reserve_bytes
