@@ -127,11 +127,22 @@ class Rpc:
             ``pickle`` interoperates with snakeMQ 1.6 RPC (trusted peers only).
         max_buffered: non-RPC messages kept for ``receive()`` before the
             pump stops taking messages from the messaging (backpressure).
+        max_threads: worker threads running synchronous methods at once;
+            further calls wait in order.  The limiter is this server's own, so
+            slow methods never starve the storage's worker threads.
     """
 
     def __init__(
-        self, messaging: Messaging, pickler: Pickler | None = None, *, max_buffered: int = 10_000
+        self,
+        messaging: Messaging,
+        pickler: Pickler | None = None,
+        *,
+        max_buffered: int = 10_000,
+        max_threads: int = 16,
     ) -> None:
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
+            raise ValueError(f"max_threads must be an int >= 1, got {max_threads!r}")
+        self._threads = anyio.CapacityLimiter(max_threads)
         self.messaging = messaging
         self.pickler: Pickler = pickler if pickler is not None else JsonPickler()
         self.instances: dict[str, Any] = {}
@@ -237,7 +248,7 @@ class Rpc:
                     result = await method(*call.args, **call.kwargs)
                 else:
                     result = await anyio.to_thread.run_sync(
-                        _call_with, method, call.args, call.kwargs
+                        _call_with, method, call.args, call.kwargs, limiter=self._threads
                     )
             except Exception as exc:
                 reply = call.failed(exc)
