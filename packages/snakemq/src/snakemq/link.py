@@ -83,8 +83,11 @@ POLL_TIMEOUT = 0.2
 TLS_HANDSHAKE_TIMEOUT = 30.0
 STABLE_CONNECTION = 10.0
 """A connector's back-off starts over once a connection lasted this long."""
-LISTEN_BACKLOG = 128
-_ACCEPT_BATCH = 64
+LISTEN_BACKLOG = 65535
+"""Asked of ``listen()``; the kernel caps it (``net.core.somaxconn``, 4096 on
+current Linux), as anyio does.  128 overflowed under connection churn: the
+kernel then drops SYNs and the client waits a 1 s retransmit."""
+_ACCEPT_BATCH = 256
 
 Address = tuple[Any, ...]
 
