@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 import anyio
 import pytest
@@ -23,6 +24,8 @@ from snakemq_anyio import (
     UnexpectedFrameError,
 )
 from snakemq_proto import (
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_WAIT,
     Identification,
     MessageFrame,
     PacketDecoder,
@@ -332,3 +335,18 @@ async def test_crossed_dials_settle_and_the_losing_connector_waits() -> None:
                 await jack.send_message("bob", Message(b"after the redial", ttl=None))
                 assert (await bob.receive())[1].data == b"after the redial"
             tg.cancel_scope.cancel()
+
+
+async def test_keepalive_is_on_by_default() -> None:
+    # a dead peer must be noticed by a program that never set keepalive
+    async with Messaging("alice") as alice:
+        assert alice._engine.keepalive_interval == DEFAULT_KEEPALIVE_INTERVAL == 60.0
+        assert alice._engine.keepalive_wait == DEFAULT_KEEPALIVE_WAIT == 10.0
+        host, port = await alice.add_listener(("127.0.0.1", 0))
+        async with await anyio.connect_tcp(host, port) as silent:
+            await silent.send(_hello("silent"))  # identifies, then never answers
+            with anyio.fail_after(10):
+                await alice.wait_connected("silent")
+            deadline = alice._engine.next_deadline()
+            assert deadline is not None  # the ping is scheduled
+            assert 0 < deadline - time.monotonic() <= DEFAULT_KEEPALIVE_INTERVAL

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import snakemq.link
 import snakemq.messaging
 import snakemq.packeter
 from snakemq.exceptions import KeepaliveTimeoutError
 from snakemq.message import Message
+from snakemq_proto import DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_WAIT
 from sync_helpers import WAIT, Peer
 
 VERSION = struct.pack("!IBI", 5, 0, 1)
@@ -184,3 +186,20 @@ def test_the_same_message_object_sent_twice_is_delivered_once(peers: list[Peer])
     a.send("b", b"marker", ttl=None)
     a.rec.wait_count("on_message_delivered", 3)
     assert b.received() == [b"once", b"marker"]
+
+
+def test_keepalive_is_on_by_default(peers: list[Peer]) -> None:
+    # a dead peer must be noticed by a program that never set keepalive
+    srv = Peer("srv")
+    peers.append(srv)
+    assert srv.messaging.keepalive_interval == DEFAULT_KEEPALIVE_INTERVAL == 60.0
+    assert srv.messaging.keepalive_wait == DEFAULT_KEEPALIVE_WAIT == 10.0
+    port = srv.listen()
+    srv.start()
+    with socket.create_connection(("127.0.0.1", port)) as zombie:
+        zombie.sendall(VERSION + ident_frame(b"zombie"))  # identified, then silent
+        srv.rec.wait_count("on_connect", 1)
+        with srv.messaging.lock:
+            deadline = srv.messaging.engine.next_deadline()
+        assert deadline is not None  # the ping is scheduled
+        assert 0 < deadline - time.monotonic() <= DEFAULT_KEEPALIVE_INTERVAL

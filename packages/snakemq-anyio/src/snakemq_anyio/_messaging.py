@@ -51,6 +51,8 @@ from anyio.abc import ByteStream, SocketAttribute, SocketListener
 from anyio.streams.tls import TLSAttribute, TLSStream
 from snakemq_proto import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_WAIT,
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_WINDOW,
     FLAG_PERSISTENT,
@@ -141,8 +143,9 @@ class Messaging:
         ident: this peer's identifier (at most 50 characters).
         storage: a ``QueuesStorage`` for persistent messages, or the path of
             an SQLite file (opened in a worker thread).
-        keepalive_interval: seconds of silence before a connection is pinged;
-            ``None`` disables keepalive.
+        keepalive_interval: seconds of silence before a connection is pinged
+            (60; on by default so that a dead peer is noticed); ``None``
+            disables keepalive.
         keepalive_wait: seconds to wait for the answer before closing.
         reconnect_interval: first delay of a connector's reconnect back-off.
         reconnect_max_interval: longest delay of the back-off (it doubles).
@@ -170,8 +173,8 @@ class Messaging:
         ident: str,
         storage: QueuesStorage | str | os.PathLike[str] | None = None,
         *,
-        keepalive_interval: float | None = None,
-        keepalive_wait: float = 5.0,
+        keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
+        keepalive_wait: float = DEFAULT_KEEPALIVE_WAIT,
         reconnect_interval: float = 1.0,
         reconnect_max_interval: float = 30.0,
         connect_timeout: float = 10.0,

@@ -6,7 +6,15 @@ sockets, threads and clocks.  The sync package ``snakemq`` and the async
 package ``snakemq_anyio`` are I/O shells around ``Engine``.
 """
 
-from ._engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_WINDOW, OUTPUT_HIGH_WATER, ConnState, Engine
+from ._engine import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_WAIT,
+    DEFAULT_WINDOW,
+    OUTPUT_HIGH_WATER,
+    ConnState,
+    Engine,
+)
 from ._errors import (
     DuplicateIdentError,
     HandshakeTimeoutError,
@@ -69,6 +77,8 @@ from ._wire import (
 __all__ = [
     "CAP_ACK",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_KEEPALIVE_INTERVAL",
+    "DEFAULT_KEEPALIVE_WAIT",
     "DEFAULT_MAX_PACKET_SIZE",
     "DEFAULT_WINDOW",
     "FLAG_PERSISTENT",

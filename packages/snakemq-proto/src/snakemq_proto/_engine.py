@@ -89,6 +89,13 @@ DEFAULT_WINDOW = 4096
 """Unacknowledged messages a peer accepts in flight towards it."""
 
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+DEFAULT_KEEPALIVE_INTERVAL = 60.0
+"""The implementations' default: a connection silent this long is pinged.
+On by default (1.6 had it off): a user who never read about keepalive still
+expects a dead peer (a silent partition, a frozen host) to be noticed, and
+a capable or 1.6 peer answers a ping whatever it is doing."""
+DEFAULT_KEEPALIVE_WAIT = 10.0
+"""The implementations' default wait for any answer to a ping before closing."""
 OUTPUT_HIGH_WATER = 512 * 1024
 """``data_to_send()`` stops adding messages once this many bytes are ready."""
 

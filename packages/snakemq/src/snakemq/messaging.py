@@ -33,6 +33,8 @@ from typing import Any
 
 from snakemq_proto import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_WAIT,
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_WINDOW,
     CloseConnection,
@@ -117,8 +119,8 @@ class Messaging:
         self._engine = Engine(
             identifier,
             persistent=queues_storage is not None,
-            keepalive_interval=None,
-            keepalive_wait=0.5,
+            keepalive_interval=DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_wait=DEFAULT_KEEPALIVE_WAIT,
             handshake_timeout=handshake_timeout,
             max_packet_size=max_packet_size,
             window=window,
