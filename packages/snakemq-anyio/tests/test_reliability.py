@@ -24,8 +24,10 @@ from snakemq_anyio import (
     UnexpectedFrameError,
 )
 from snakemq_proto import (
+    CAP_ACK,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_WAIT,
+    Capabilities,
     Identification,
     MessageFrame,
     PacketDecoder,
@@ -350,3 +352,43 @@ async def test_keepalive_is_on_by_default() -> None:
             deadline = alice._engine.next_deadline()
             assert deadline is not None  # the ping is scheduled
             assert 0 < deadline - time.monotonic() <= DEFAULT_KEEPALIVE_INTERVAL
+
+
+@pytest.mark.parametrize("capable", [True, False], ids=["capable", "legacy"])
+async def test_a_stranger_cannot_take_over_a_session_we_dialled(capable: bool) -> None:
+    # srv dialled aaa ("aaa" < "srv": a connection aaa dialled wins a crossed
+    # dial). A stranger dials srv claiming to be aaa: it is refused, and aaa
+    # keeps receiving what srv sends it.
+    async with (
+        Messaging("srv", handshake_timeout=1.0) as srv,
+        Messaging("aaa") as aaa,
+    ):
+        with srv.events() as events:
+            host, srv_port = await srv.add_listener(("127.0.0.1", 0))
+            _host, aaa_port = await aaa.add_listener(("127.0.0.1", 0))
+            await srv.add_connector(("127.0.0.1", aaa_port))
+            with anyio.fail_after(10):
+                await srv.wait_connected("aaa")
+            async with await anyio.connect_tcp(host, srv_port) as stranger:
+                hello = encode_packet(ProtocolVersion().encode())
+                if capable:
+                    hello += encode_packet(Capabilities(CAP_ACK, 16).encode())
+                await stranger.send(hello + encode_packet(Identification("aaa").encode()))
+                with anyio.fail_after(10):
+                    for i in range(15):
+                        await srv.send_message("aaa", Message(b"for aaa %d" % i, ttl=None))
+                    got = [(await aaa.receive())[1].data for _ in range(15)]
+                    heard = await _read_until_closed(stranger)  # refused
+            assert got == [b"for aaa %d" % i for i in range(15)]
+            assert b"for aaa" not in heard
+            seen = []
+            while True:
+                try:
+                    seen.append(events.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+        assert any(
+            isinstance(e, ErrorOccurred) and isinstance(e.error, DuplicateIdentError) for e in seen
+        )
+        assert not [e for e in seen if isinstance(e, PeerDisconnected)]
+        assert srv.is_connected("aaa")

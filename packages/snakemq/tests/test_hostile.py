@@ -6,7 +6,9 @@ import socket
 import struct
 import threading
 
+import pytest
 from snakemq.exceptions import (
+    DuplicateIdentError,
     HandshakeTimeoutError,
     MalformedFrameError,
     PacketTooLargeError,
@@ -14,6 +16,7 @@ from snakemq.exceptions import (
     UnexpectedFrameError,
 )
 from snakemq.message import Message
+from snakemq_proto import CAP_ACK, Capabilities, encode_packet
 from sync_helpers import WAIT, Peer
 
 VERSION = struct.pack("!IBI", 5, 0, 1)
@@ -97,3 +100,43 @@ def test_hostile_inputs_close_only_their_connection(peers: list[Peer]) -> None:
     got = good.received()
     assert got == sent[: len(got)]
     assert len(got) > 3
+
+
+def _claim(ident: bytes, capable: bool) -> bytes:
+    caps = encode_packet(Capabilities(CAP_ACK, 16).encode()) if capable else b""
+    return VERSION + caps + ident_frame(ident)
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(WAIT)
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("capable", [True, False], ids=["capable", "legacy"])
+def test_a_stranger_cannot_take_over_a_session_we_dialled(peers: list[Peer], capable: bool) -> None:
+    # srv dialled aaa ("aaa" < "srv": a connection aaa dialled wins a crossed
+    # dial). A stranger dials srv claiming to be aaa: it is refused, and aaa
+    # keeps receiving what srv sends it.
+    srv, aaa = Peer("srv", handshake_timeout=1.0), Peer("aaa")
+    peers += [srv, aaa]
+    srv_port, aaa_port = srv.listen(), aaa.listen()
+    srv.connect(aaa_port)
+    srv.start()
+    aaa.start()
+    srv.wait_connected("aaa")
+    real = srv.messaging.connected_idents()["aaa"]
+    with socket.create_connection(("127.0.0.1", srv_port)) as stranger:
+        stranger.sendall(_claim(b"aaa", capable))
+        for i in range(15):
+            srv.send("aaa", b"for aaa %d" % i, ttl=None)
+        aaa.rec.wait_count("on_message_recv", 15)
+        heard = _read_until_closed(stranger)  # refused (legacy: at once; capable: at the deadline)
+    assert b"for aaa" not in heard
+    assert aaa.received() == [b"for aaa %d" % i for i in range(15)]
+    errors = [e for _c, e in srv.rec.get("on_error")]
+    assert any(isinstance(e, DuplicateIdentError) for e in errors), errors
+    assert srv.messaging.connected_idents() == {"aaa": real}
+    assert srv.rec.get("on_disconnect") == []

@@ -450,6 +450,7 @@ class Messaging:
                     event.ident,
                     " (legacy 1.6 peer)" if event.legacy else "",
                 )
+                self._flush(event.conn_id)  # also one that took over a crossed dial
                 self._call(self.on_connect, event.conn_id, event.ident)
             elif cls is PeerDisconnected:
                 assert isinstance(event, PeerDisconnected)
