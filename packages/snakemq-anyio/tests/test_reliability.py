@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import struct
+import threading
 import time
 
 import anyio
@@ -11,6 +13,7 @@ from anyio.abc import ByteStream
 from snakemq_anyio import (
     DuplicateIdentError,
     ErrorOccurred,
+    EventStream,
     HandshakeTimeoutError,
     KeepaliveTimeoutError,
     MalformedFrameError,
@@ -21,6 +24,7 @@ from snakemq_anyio import (
     PacketTooLargeError,
     PeerConnected,
     PeerDisconnected,
+    SlowReaderError,
     UnexpectedFrameError,
 )
 from snakemq_proto import (
@@ -392,3 +396,62 @@ async def test_a_stranger_cannot_take_over_a_session_we_dialled(capable: bool) -
         )
         assert not [e for e in seen if isinstance(e, PeerDisconnected)]
         assert srv.is_connected("aaa")
+
+
+async def _first_error(events: EventStream) -> BaseException:
+    with anyio.fail_after(20):
+        async for event in events:
+            if isinstance(event, ErrorOccurred):
+                return event.error
+    raise AssertionError("no error reported")
+
+
+@pytest.mark.parametrize("identified", [True, False], ids=["identified", "before-identification"])
+async def test_a_ping_flood_that_never_reads_the_pongs_is_closed(identified: bool) -> None:
+    async with Messaging("alice") as alice:
+        with alice.events() as events:
+            _host, port = await alice.add_listener(("127.0.0.1", 0))
+            flooder = socket.socket()
+            flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+            flooder.settimeout(1.0)
+            stop = threading.Event()
+
+            def flood() -> None:
+                flooder.connect(("127.0.0.1", port))
+                hello = encode_packet(ProtocolVersion().encode())
+                if identified:
+                    hello += encode_packet(Identification("flooder").encode())
+                flooder.sendall(hello)
+                burst = encode_packet(Ping().encode()) * 50_000
+                for _ in range(400):  # 20 M pings at most
+                    if stop.is_set():
+                        return
+                    try:
+                        flooder.sendall(burst)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        return  # closed by alice
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(anyio.to_thread.run_sync, flood)
+                    try:
+                        assert isinstance(await _first_error(events), SlowReaderError)
+                    finally:
+                        stop.set()
+            finally:
+                flooder.close()
+
+
+async def test_an_unidentified_connection_may_send_only_handshake_sized_packets() -> None:
+    async with Messaging("alice") as alice:
+        with alice.events() as events:
+            host, port = await alice.add_listener(("127.0.0.1", 0))
+            async with await anyio.connect_tcp(host, port) as big:
+                announce = struct.pack("!IB", 60_000_000, 0x77) + b"x" * 300
+                await big.send(encode_packet(ProtocolVersion().encode()) + announce)
+                error = await _first_error(events)
+                assert isinstance(error, PacketTooLargeError) and "identified" in str(error)
+                with anyio.fail_after(10):
+                    await _read_until_closed(big)

@@ -32,6 +32,7 @@ PUBLIC = [
     "Event",
     "Frame",
     "HandshakeTimeoutError",
+    "SlowReaderError",
     "Identification",
     "IdentityMismatchError",
     "IncompatibleProtocol",
@@ -172,6 +173,7 @@ def test_errors_hierarchy() -> None:
         "IdentityMismatchError",
         "KeepaliveTimeoutError",
         "HandshakeTimeoutError",
+        "SlowReaderError",
     ]
     for name in remote:
         assert issubclass(getattr(snakemq_proto, name), snakemq_proto.RemoteProtocolError)

@@ -13,6 +13,7 @@ from snakemq.exceptions import (
     MalformedFrameError,
     PacketTooLargeError,
     RemoteProtocolError,
+    SlowReaderError,
     UnexpectedFrameError,
 )
 from snakemq.message import Message
@@ -140,3 +141,50 @@ def test_a_stranger_cannot_take_over_a_session_we_dialled(peers: list[Peer], cap
     assert any(isinstance(e, DuplicateIdentError) for e in errors), errors
     assert srv.messaging.connected_idents() == {"aaa": real}
     assert srv.rec.get("on_disconnect") == []
+
+
+PING = struct.pack("!IB", 1, 4)
+
+
+@pytest.mark.parametrize("identified", [True, False], ids=["identified", "before-identification"])
+def test_a_ping_flood_that_never_reads_the_pongs_is_closed(
+    peers: list[Peer], identified: bool
+) -> None:
+    srv = Peer("srv")
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    flooder = socket.socket()
+    flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+    flooder.settimeout(1.0)
+    try:
+        flooder.connect(("127.0.0.1", port))
+        flooder.sendall(VERSION + (ident_frame(b"flooder") if identified else b""))
+        burst = PING * 50_000
+        for _ in range(400):  # 20 M pings at most
+            if srv.rec.get("on_error"):
+                break
+            try:
+                flooder.sendall(burst)
+            except TimeoutError:
+                continue
+            except OSError:
+                break  # closed by the server
+    finally:
+        flooder.close()
+    (_conn, error), *_ = srv.rec.wait_count("on_error", 1)
+    assert isinstance(error, SlowReaderError), error
+
+
+def test_an_unidentified_connection_may_send_only_handshake_sized_packets(
+    peers: list[Peer],
+) -> None:
+    srv = Peer("srv")  # a header announcing 60 MB, then data: no buffering of it
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    with socket.create_connection(("127.0.0.1", port)) as big:
+        big.sendall(VERSION + struct.pack("!IB", 60_000_000, 0x77) + b"x" * 300)
+        (_conn, error), *_ = srv.rec.wait_count("on_error", 1)
+        assert isinstance(error, PacketTooLargeError) and "identified" in str(error)
+        assert _read_until_closed(big).startswith(VERSION)  # our hello, then closed

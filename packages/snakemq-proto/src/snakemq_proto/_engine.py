@@ -100,6 +100,8 @@ DEFAULT_WINDOW = 4096
 """Unacknowledged messages a peer accepts in flight towards it."""
 
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+DEFAULT_UNIDENTIFIED_BUDGET = 16 * 1024 * 1024
+"""Bytes all unidentified connections together may make an engine keep."""
 DEFAULT_KEEPALIVE_INTERVAL = 60.0
 """The implementations' default: a connection silent this long is pinged.
 On by default (1.6 had it off): a user who never read about keepalive still
@@ -138,6 +140,11 @@ class Engine:
             again at half of it; ``None`` never fills.
         legacy: behave exactly as a snakeMQ 1.6 peer on the wire (send no
             capabilities); meant for tests and interoperability checks.
+        unidentified_budget: bytes that all connections which have not
+            identified yet may make us keep together (each one at most a
+            handshake frame, ``HANDSHAKE_MAX_PACKET``, or ``HELD_MAX`` while
+            it awaits a crossed-dial takeover); beyond it, the connection
+            that asks for more is closed (``PacketTooLargeError``).
     """
 
     def __init__(
@@ -152,8 +159,19 @@ class Engine:
         window: int = DEFAULT_WINDOW,
         max_queued: int | None = None,
         legacy: bool = False,
+        unidentified_budget: int = DEFAULT_UNIDENTIFIED_BUDGET,
     ) -> None:
         self.ident = check_ident(ident)
+        if (
+            isinstance(unidentified_budget, bool)
+            or not isinstance(unidentified_budget, int)
+            or unidentified_budget < 0
+        ):
+            raise ValueError(
+                f"unidentified_budget must be an int >= 0, got {unidentified_budget!r}"
+            )
+        self.unidentified_budget = unidentified_budget
+        self.unidentified_used = 0
         if max_queued is not None and (
             isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 2
         ):

@@ -62,7 +62,9 @@ from ._errors import (
     KeepaliveTimeoutError,
     LocalProtocolError,
     MalformedFrameError,
+    PacketTooLargeError,
     RemoteProtocolError,
+    SlowReaderError,
     SnakeMQError,
     UnexpectedFrameError,
 )
@@ -105,6 +107,14 @@ _INCOMPATIBLE_PACKET = encode_packet(IncompatibleProtocol().encode())
 HELD_MAX = 1024 * 1024
 """Bytes a connection in AWAIT_TAKEOVER may send before it is refused."""
 
+HANDSHAKE_MAX_PACKET = 256
+"""The largest packet accepted before identification: the handshake's own
+frames need at most 201 bytes (IDENTIFICATION: 50 characters of UTF-8)."""
+
+CONTROL_OUT_MAX = 256 * 1024
+"""Bytes of our answers (PONGs, ACKs) that may wait to be written before a
+peer that keeps asking but never reads is closed."""
+
 
 class ConnState(enum.Enum):
     """Where a connection is in its life (see the table ``_TRANSITIONS``)."""
@@ -123,6 +133,8 @@ class Router(Protocol):
     legacy: bool
     report_sent: bool
     report_delivered: bool
+    unidentified_budget: int
+    unidentified_used: int
 
     def _admit(self, session: Session, ident: str, now: float, events: list[Event]) -> bool:
         """Let ``session`` carry ``ident`` (closing a crossed twin): True;
@@ -139,6 +151,7 @@ class Session:
     """One connection's state, output and keepalive (see the module doc)."""
 
     __slots__ = (
+        "budget_used",
         "cert_idents",
         "challenger",
         "claimed",
@@ -203,6 +216,7 @@ class Session:
         self.held: list[memoryview] = []
         self.held_bytes = 0
         self.challenger: Session | None = None  # the session waiting for this one to close
+        self.budget_used = 0  # bytes counted in the router's budget of unidentified sessions
 
     @property
     def closed(self) -> bool:
@@ -230,6 +244,7 @@ class Session:
         self.out_bytes = 0
         self.sent_marks.clear()
         self.claimed, self.held, self.held_bytes = None, [], 0
+        self.release_budget()
 
     # -------------------------------------------------------------- output
 
@@ -310,6 +325,8 @@ class Session:
             self._process(self.decoder.feed(data), now, events)
             if self.decoder.pending_error:
                 self.decoder.feed(b"")  # raises PacketTooLargeError
+            if self.state is not ConnState.ACTIVE and self.state is not ConnState.CLOSED:
+                self._charge_unidentified()
         except RemoteProtocolError as exc:
             events.extend(self.fail(exc))
         rx = self.rx
@@ -330,6 +347,16 @@ class Session:
                 raise MalformedFrameError(
                     "empty packet: a packet must hold at least a frame type byte"
                 )
+            if len(packet) > HANDSHAKE_MAX_PACKET and self.state is not ConnState.ACTIVE:
+                if packet[0] == FRAME_IDENTIFICATION:
+                    raise MalformedFrameError(
+                        f"IDENTIFICATION frame of {len(packet)} bytes: an identifier is at "
+                        "most 50 characters"
+                    )
+                raise PacketTooLargeError(
+                    f"peer sent a packet of {len(packet)} bytes before it identified; only "
+                    f"the handshake's frames (at most {HANDSHAKE_MAX_PACKET} bytes) are allowed"
+                )
             ftype = packet[0]
             transition = _TRANSITIONS.get((self.state, ftype))
             if transition is None:
@@ -343,6 +370,37 @@ class Session:
             i = handler(self, packets, i, now, events)
             # an identification that must wait for its crossed twin to close
             self.state = next_state if self.claimed is None else ConnState.AWAIT_TAKEOVER
+
+    def _charge_unidentified(self) -> None:
+        """Bound what an unidentified session makes us keep: a partial packet
+        of a handshake frame's size (or HELD_MAX while awaiting a takeover),
+        and all of them together the router's ``unidentified_budget``."""
+        buffered = self.decoder.buffered
+        if self.state is ConnState.AWAIT_TAKEOVER:
+            if buffered + self.held_bytes > HELD_MAX:
+                raise PacketTooLargeError(
+                    f"peer {self.claimed!r} is already connected over a connection we dialled; "
+                    f"this one sent more than {HELD_MAX} bytes before that one was closed"
+                )
+        elif buffered > HANDSHAKE_MAX_PACKET:
+            raise PacketTooLargeError(
+                f"peer sent a packet of more than {HANDSHAKE_MAX_PACKET} bytes before it "
+                "identified; only the handshake's frames are allowed then"
+            )
+        used = buffered + self.held_bytes
+        router = self.router
+        router.unidentified_used += used - self.budget_used
+        self.budget_used = used
+        if router.unidentified_used > router.unidentified_budget:
+            raise PacketTooLargeError(
+                f"connections that have not identified hold {router.unidentified_used} bytes, "
+                f"more than the budget of {router.unidentified_budget}; this one is closed"
+            )
+
+    def release_budget(self) -> None:
+        """Identified or gone: no longer counted as unidentified."""
+        self.router.unidentified_used -= self.budget_used
+        self.budget_used = 0
 
     def _hold(self, packets: list[memoryview], start: int) -> None:
         held = self.held
@@ -496,6 +554,7 @@ class Session:
 
     def _identified(self, ident: str, now: float, events: list[Event]) -> None:
         router = self.router
+        self.release_budget()
         caps = self.remote_caps
         self.legacy = router.legacy or caps is None or not caps.bits & CAP_ACK
         if caps is not None and not self.legacy:
@@ -504,6 +563,11 @@ class Session:
         self.queue, self.rx = router._attach(self, ident, now, events)
 
     def _on_ping(self, frame: Frame | None, now: float, events: list[Event]) -> None:
+        if self.out_bytes >= CONTROL_OUT_MAX:
+            raise SlowReaderError(
+                f"peer keeps pinging but does not read: {self.out_bytes} bytes of answers "
+                "wait to be written"
+            )
         self._out(_PONG_PACKET)
 
     def _on_pong(self, frame: Frame | None, now: float, events: list[Event]) -> None:
