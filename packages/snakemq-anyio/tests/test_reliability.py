@@ -455,3 +455,26 @@ async def test_an_unidentified_connection_may_send_only_handshake_sized_packets(
                 assert isinstance(error, PacketTooLargeError) and "identified" in str(error)
                 with anyio.fail_after(10):
                     await _read_until_closed(big)
+
+
+async def test_short_lived_identifiers_are_forgotten() -> None:
+    # 200 peers, each a new identifier, connect and leave: nothing stays for
+    # them; a peer with a queued message is remembered
+    async with Messaging("srv") as srv:
+        with srv.events() as events:
+            host, port = await srv.add_listener(("127.0.0.1", 0))
+            await srv.send_message("waited-for", Message(b"queued", ttl=None))
+            hello = encode_packet(ProtocolVersion().encode())
+            hello += encode_packet(Capabilities(CAP_ACK, 16).encode())
+            with anyio.fail_after(30):
+                for i in range(200):
+                    async with await anyio.connect_tcp(host, port) as sock:
+                        await sock.send(hello + encode_packet(Identification(f"s{i}").encode()))
+                        await sock.receive()
+                gone = 0
+                async for event in events:
+                    gone += isinstance(event, PeerDisconnected)
+                    if gone == 200:
+                        break
+        assert set(srv._engine._queues) == {"waited-for"}
+        assert not srv._engine._windows

@@ -188,3 +188,23 @@ def test_an_unidentified_connection_may_send_only_handshake_sized_packets(
         (_conn, error), *_ = srv.rec.wait_count("on_error", 1)
         assert isinstance(error, PacketTooLargeError) and "identified" in str(error)
         assert _read_until_closed(big).startswith(VERSION)  # our hello, then closed
+
+
+def test_short_lived_identifiers_are_forgotten(peers: list[Peer]) -> None:
+    # 200 peers, each a new identifier, connect and leave: nothing stays for
+    # them; a peer with a queued message is remembered
+    srv = Peer("srv")
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    srv.send("waited-for", b"queued", ttl=None)
+    hello = VERSION + encode_packet(Capabilities(CAP_ACK, 16).encode())
+    for i in range(200):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(hello + ident_frame(b"short%d" % i))
+            sock.recv(100)
+    srv.rec.wait_count("on_disconnect", 200)
+    engine = srv.messaging.engine
+    with srv.messaging.lock:
+        assert set(engine._queues) == {"waited-for"}
+        assert not engine._windows

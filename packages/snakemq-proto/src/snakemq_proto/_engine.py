@@ -537,6 +537,22 @@ class Engine:
             challenger, session.challenger = session.challenger, None
             if challenger is not None and self._conns.get(challenger.conn_id) is challenger:
                 events.extend(challenger.take_over(now))
+            self._forget(ident)
+
+    def _forget(self, ident: str) -> None:
+        """Drop the state kept for ``ident`` once nothing depends on it: not
+        connected, nothing queued, no de-duplication entry (seen or pending).
+        A program that talks to many short-lived peers does not grow."""
+        if ident in self._by_ident:
+            return
+        queue = self._queues.get(ident)
+        if queue is not None and queue.items:
+            return
+        window = self._windows.get(ident)
+        if window is not None and (window.seen or window.pending):
+            return
+        self._queues.pop(ident, None)
+        self._windows.pop(ident, None)
 
     def _queue(self, ident: str) -> PeerQueue:
         queue = self._queues.get(ident)
