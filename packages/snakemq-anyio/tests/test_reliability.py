@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
@@ -478,3 +479,24 @@ async def test_short_lived_identifiers_are_forgotten() -> None:
                         break
         assert set(srv._engine._queues) == {"waited-for"}
         assert not srv._engine._windows
+
+
+async def test_identifiers_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    forged = "x\n2026-01-01 CRITICAL root: forged"
+    async with Messaging("srv") as srv:
+        with srv.events() as events:
+            host, port = await srv.add_listener(("127.0.0.1", 0))
+            with caplog.at_level(logging.DEBUG):
+                async with await anyio.connect_tcp(host, port) as sock:
+                    hello = encode_packet(ProtocolVersion().encode())
+                    await sock.send(hello + encode_packet(b"\x02" + forged.encode()))
+                    error = await _first_error(events)
+                    with anyio.fail_after(10):
+                        await _read_until_closed(sock)
+            assert isinstance(error, MalformedFrameError) and "control" in str(error)
+            assert not srv.is_connected(forged)
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines and not any("\n" in line for line in lines), lines
+        assert any(repr(forged) in line for line in lines)
+        with pytest.raises(ValueError, match="control"):
+            await srv.send_message("bad\x1b[2Jname", Message(b"x"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
@@ -208,3 +209,24 @@ def test_short_lived_identifiers_are_forgotten(peers: list[Peer]) -> None:
     with srv.messaging.lock:
         assert set(engine._queues) == {"waited-for"}
         assert not engine._windows
+
+
+def test_identifiers_cannot_forge_log_lines(
+    peers: list[Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = Peer("srv")
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    forged = "x\n2026-01-01 CRITICAL root: forged"
+    with caplog.at_level(logging.DEBUG), socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(VERSION + ident_frame(forged.encode()))
+        (_conn, error), *_ = srv.rec.wait_count("on_error", 1)
+        assert _read_until_closed(sock).startswith(VERSION)
+    assert isinstance(error, MalformedFrameError) and "control" in str(error)
+    assert srv.rec.get("on_connect") == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and not any("\n" in line for line in lines), lines
+    assert any(repr(forged) in line for line in lines)
+    with pytest.raises(ValueError, match="control"):
+        srv.send("bad\x1b[2Jname", b"x")

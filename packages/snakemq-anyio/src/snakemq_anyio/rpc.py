@@ -228,7 +228,7 @@ class Rpc:
         try:
             params, repeat = admit_request(self.pickler, self._memory, ident, payload)
         except ValueError as exc:
-            log.error("ident=%s: refused an RPC request: %s", ident, exc)
+            log.error("ident=%r: refused an RPC request: %s", ident, exc)
             return
         assert self._tg is not None
         if repeat is not None:
@@ -253,14 +253,14 @@ class Rpc:
             except Exception as exc:
                 reply = call.failed(exc)
                 if reply is None:
-                    log.exception("ident=%s: RPC method %s raised", ident, params["method"])
+                    log.exception("ident=%r: RPC method %r raised", ident, params["method"])
             except BaseException:  # cancelled
                 call.abandon()
                 raise
             else:
                 reply = call.returned(result)
         if reply is None and call.refusal is not None:
-            log.error("ident=%s: signal refused: %r", ident, call.refusal)
+            log.error("ident=%r: signal refused: %r", ident, call.refusal)
         if reply is not None:
             await self._send_reply(ident, reply)
 
@@ -271,7 +271,7 @@ class Rpc:
         try:
             key, reply = decode_reply(self.pickler, payload)
         except ValueError as exc:
-            log.error("ident=%s: refused an RPC reply: %s", ident, exc)
+            log.error("ident=%r: refused an RPC reply: %s", ident, exc)
             return
         waiter = self._waiters.get(key)
         if waiter is not None and waiter.reply is None:

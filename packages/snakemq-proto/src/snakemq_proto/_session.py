@@ -543,7 +543,7 @@ class Session:
                 f"remote peer identified as {ident!r}, which is this peer's own identifier"
             )
         if self.cert_idents is not None and ident not in self.cert_idents:
-            names = ", ".join(sorted(self.cert_idents)) or "no names"
+            names = ", ".join(repr(n) for n in sorted(self.cert_idents)) or "no names"
             raise IdentityMismatchError(
                 f"remote peer identified as {ident!r} but its certificate names {names}"
             )

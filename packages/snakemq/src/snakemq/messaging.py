@@ -440,7 +440,7 @@ class Messaging:
                         log.exception("on_message_delivered callback %r raised", func)
             elif cls is MessageDropped:
                 assert isinstance(event, MessageDropped)
-                log.debug("ident=%s dropped %s (TTL)", event.ident, event.uuid.hex())
+                log.debug("ident=%r dropped %s (TTL)", event.ident, event.uuid.hex())
                 self._call(self.on_message_drop, event.ident, event.uuid)
             elif cls is PeerConnected:
                 assert isinstance(event, PeerConnected)

@@ -181,7 +181,7 @@ class RpcServer:
 
     def _refuse_busy(self, ident: str, params: dict[str, Any]) -> None:
         log_server.error(
-            "ident=%r: RPC server busy (%d calls running, %d waiting): refused %s.%s",
+            "ident=%r: RPC server busy (%d calls running, %d waiting): refused %r.%r",
             ident,
             self.max_threads,
             self.max_pending,
@@ -209,11 +209,11 @@ class RpcServer:
             except Exception as exc:
                 reply = call.failed(exc, self.transfer_exceptions)
                 if reply is None:
-                    log_server.exception("ident=%s: RPC method %s raised", ident, params["method"])
+                    log_server.exception("ident=%r: RPC method %r raised", ident, params["method"])
             else:
                 reply = call.returned(result)
         if reply is None and call.refusal is not None:
-            log_server.error("ident=%s: signal refused: %r", ident, call.refusal)
+            log_server.error("ident=%r: signal refused: %r", ident, call.refusal)
         if reply is not None:
             self._send(ident, reply)
 
@@ -307,7 +307,7 @@ class RpcClient:
         try:
             key, reply = decode_reply(self.pickler, message.data[len(REPLY_PREFIX) :])
         except ValueError as exc:
-            log_client.error("ident=%s: refused an RPC reply: %s", ident, exc)
+            log_client.error("ident=%r: refused an RPC reply: %s", ident, exc)
             return
         with self.cond:
             if key in self.waiting_for_result:
