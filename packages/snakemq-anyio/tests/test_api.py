@@ -53,6 +53,7 @@ def test_public_surface() -> None:
         "Receipt",
         "RemoteProtocolError",
         "SSLConfig",
+        "SlowReaderError",
         "SnakeMQError",
         "SqliteQueuesStorage",
         "StorageError",
