@@ -445,8 +445,10 @@ class RowResult:
 SCENARIOS: dict[str, str] = {
     "1": "one way, 1,000 mixed messages",
     "2": "both directions at once",
+    "1t": "a stranger claims the identifier of a peer A dialled: refused",
     "3": "TTL while the peer is away",
     "4": "persistence across SIGKILL (5,000 queued)",
+    "4m": "a snakeMQ 1.6 queue file opened after the upgrade",
     "5": "SIGKILL of the sender mid-stream",
     "4pg": "scenario 4, queues in PostgreSQL",
     "5pg": "scenario 5, queues in PostgreSQL",

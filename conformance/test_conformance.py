@@ -347,6 +347,33 @@ def _persistence(
     assert_healthy(a2, b)
 
 
+# A is the upgraded sender (ours), B the receiver: a cycle through IMPLS.
+UPGRADE_ROWS = [Row("4m", a, IMPLS[(i + 1) % len(IMPLS)], "tcp") for i, a in enumerate(IMPLS[:3])]
+
+
+@pytest.mark.parametrize("row", params(UPGRADE_ROWS))
+def test_a_16_queue_file_after_the_upgrade(
+    row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], storage_dir: Path
+) -> None:
+    """snakeMQ 1.6 queues persistent messages for an absent B in its SQLite file
+    and is SIGKILLed; A, upgraded, opens that file and delivers every one."""
+    db = str(storage_dir / "a-queues-16.db")
+    count = 300
+    sizes = [(0, 1, 100, 5000)[i % 4] for i in range(count)]
+    old = launch(LEGACY, "A-1.6").start(A_IDENT, storage=db)
+    old.send(B_IDENT, sizes, seed=row.id, ttl=None, persistent=True)
+    sent = stream(old.report(), "sent", B_IDENT)
+    old.kill()
+    a = launch(row.a, "A").start(A_IDENT, storage=db)
+    port = a.listen(tls_for(row, certs, A_IDENT))
+    b = launch(row.b, "B").start(B_IDENT)
+    b.connect(port, tls_for(row, certs, B_IDENT))
+    wait_all_unique(b, A_IDENT, sent)
+    marker_sync(a, b, row.id)
+    details.update(check_set(sent, without_marker(a, b), exactly_once=row.b in OURS))
+    assert_healthy(a, b)
+
+
 @pytest.mark.parametrize("row", covering_rows("5"))
 def test_crash_mid_stream(
     row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any], storage_dir: Path
@@ -503,6 +530,53 @@ def test_duplicate_ident(row: Row, launch: PeerLauncher, certs: Certs) -> None:
     assert twin.count("received", A_IDENT) == 0, "the twin received B's messages"
     check_in_order(stream(a.report(), "sent", B_IDENT), stream(b.report(), "received", A_IDENT))
     assert_healthy(a, b)
+
+
+# The victim (A) dialled its partner (B); a stranger connects to A's listener
+# and claims B's identifier ("aaa" < "srv": the crossed-dial rule would keep a
+# connection B dialled). Every implementation as the victim, 1.6 as the partner too.
+_OURS_CYCLE = [impl for impl in IMPLS if impl in OURS]
+TAKEOVER_ROWS = [
+    Row("1t", victim, partner, "tcp")
+    for i, victim in enumerate(_OURS_CYCLE)
+    for partner in (_OURS_CYCLE[(i + 1) % len(_OURS_CYCLE)], LEGACY)
+] + [Row("1t", LEGACY, SYNC, "tcp")]  # 1.6 refuses any second connection under an ident
+
+
+@pytest.mark.parametrize("row", params(TAKEOVER_ROWS))
+def test_session_takeover_refused(row: Row, launch: PeerLauncher) -> None:
+    """A stranger claiming the identifier of a peer A dialled gets nothing of it."""
+    partner = launch(row.b, "B").start("aaa")
+    victim = launch(row.a, "A").start("srv")
+    victim_port = victim.listen()
+    victim.connect(partner.listen())
+    victim.wait("connected", "aaa", timeout=20)
+    partner.wait("connected", "srv", timeout=20)
+    capable = struct.pack("!BII", 0x40, 1, 16)  # CAPABILITIES: acknowledgements, window 16
+    strangers = []
+    for caps in (b"", capable):  # a 1.6-style claim, and one that announces capabilities
+        sock = socket.create_connection(("127.0.0.1", victim_port), timeout=10)
+        hello = _hello("aaa")  # the PROTOCOL_VERSION packet is its first 9 bytes
+        if caps:
+            hello = hello[:9] + struct.pack("!I", len(caps)) + caps + hello[9:]
+        sock.sendall(hello)
+        strangers.append(sock)
+    try:
+        victim.send("aaa", [100] * 15, seed=row.id, ttl=None)
+        partner.wait("received", "srv", 15, timeout=20)
+        marker_sync(victim, partner, row.id)
+        heard = b""
+        for sock in strangers:
+            _closed, data = _read_until_closed(sock, 1.0)
+            heard += data
+    finally:
+        for sock in strangers:
+            sock.close()
+    sent = stream(victim.report(), "sent", "aaa")
+    assert not any(bytes.fromhex(m[0]) in heard for m in sent), "a stranger got a message"
+    check_in_order(sent, stream(partner.report(), "received", "srv"))
+    assert victim.count("disconnected", "aaa") == 0, "the victim dropped the real partner"
+    assert_healthy(victim, partner)
 
 
 KEEPALIVE_INTERVAL, KEEPALIVE_WAIT, KEEPALIVE_SLACK = 1.0, 0.5, 1.0

@@ -50,6 +50,7 @@ def test_public_surface() -> None:
         "Receipt",
         "RemoteProtocolError",
         "SSLConfig",
+        "SlowReaderError",
         "SnakeMQError",
         "SqlAlchemyQueuesStorage",
         "SqliteQueuesStorage",
@@ -188,7 +189,8 @@ def test_defaults_are_the_shared_ones() -> None:
     import snakemq_proto
 
     defaults = {name: p.default for name, p in inspect.signature(Messaging).parameters.items()}
-    assert defaults["keepalive_wait"] == snakemq_proto.DEFAULT_KEEPALIVE_WAIT == 0.5
+    assert defaults["keepalive_interval"] == snakemq_proto.DEFAULT_KEEPALIVE_INTERVAL == 60.0
+    assert defaults["keepalive_wait"] == snakemq_proto.DEFAULT_KEEPALIVE_WAIT == 10.0
     assert defaults["reconnect_interval"] == snakemq_proto.DEFAULT_RECONNECT_INTERVAL
     assert defaults["reconnect_max_interval"] == snakemq_proto.DEFAULT_RECONNECT_MAX_INTERVAL
     assert defaults["connect_timeout"] == snakemq_proto.DEFAULT_CONNECT_TIMEOUT

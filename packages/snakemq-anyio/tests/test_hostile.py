@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import struct
+import threading
 
 import anyio
 import pytest
@@ -10,15 +13,23 @@ from anyio_helpers import hello, read_until_closed
 from snakemq_anyio import (
     DuplicateIdentError,
     ErrorOccurred,
+    EventStream,
     HandshakeTimeoutError,
     MalformedFrameError,
     Message,
     Messaging,
     PacketTooLargeError,
+    PeerDisconnected,
+    SlowReaderError,
     UnexpectedFrameError,
 )
 from snakemq_proto import (
+    CAP_ACK,
+    Capabilities,
+    Identification,
     MessageFrame,
+    Ping,
+    ProtocolVersion,
     encode_packet,
 )
 
@@ -102,3 +113,146 @@ async def test_hostile_input_closes_only_that_connection() -> None:
             with anyio.fail_after(10):
                 ident, message = await alice.receive()
                 assert (ident, message.data) == ("bob", b"still here")
+
+
+@pytest.mark.parametrize("capable", [True, False], ids=["capable", "legacy"])
+async def test_a_stranger_cannot_take_over_a_session_we_dialled(capable: bool) -> None:
+    # srv dialled aaa ("aaa" < "srv": a connection aaa dialled wins a crossed
+    # dial). A stranger dials srv claiming to be aaa: it is refused, and aaa
+    # keeps receiving what srv sends it.
+    async with (
+        Messaging("srv", handshake_timeout=1.0) as srv,
+        Messaging("aaa") as aaa,
+    ):
+        with srv.events() as events:
+            host, srv_port = await srv.add_listener(("127.0.0.1", 0))
+            _host, aaa_port = await aaa.add_listener(("127.0.0.1", 0))
+            await srv.add_connector(("127.0.0.1", aaa_port))
+            with anyio.fail_after(10):
+                await srv.wait_connected("aaa")
+            async with await anyio.connect_tcp(host, srv_port) as stranger:
+                hello = encode_packet(ProtocolVersion().encode())
+                if capable:
+                    hello += encode_packet(Capabilities(CAP_ACK, 16).encode())
+                await stranger.send(hello + encode_packet(Identification("aaa").encode()))
+                with anyio.fail_after(10):
+                    for i in range(15):
+                        await srv.send_message("aaa", Message(b"for aaa %d" % i, ttl=None))
+                    got = [(await aaa.receive())[1].data for _ in range(15)]
+                    heard = await read_until_closed(stranger)  # refused
+            assert got == [b"for aaa %d" % i for i in range(15)]
+            assert b"for aaa" not in heard
+            seen = []
+            while True:
+                try:
+                    seen.append(events.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+        assert any(
+            isinstance(e, ErrorOccurred) and isinstance(e.error, DuplicateIdentError) for e in seen
+        )
+        assert not [e for e in seen if isinstance(e, PeerDisconnected)]
+        assert srv.is_connected("aaa")
+
+
+async def _first_error(events: EventStream) -> BaseException:
+    with anyio.fail_after(20):
+        async for event in events:
+            if isinstance(event, ErrorOccurred):
+                return event.error
+    raise AssertionError("no error reported")
+
+
+@pytest.mark.parametrize("identified", [True, False], ids=["identified", "before-identification"])
+async def test_a_ping_flood_that_never_reads_the_pongs_is_closed(identified: bool) -> None:
+    async with Messaging("alice") as alice:
+        with alice.events() as events:
+            _host, port = await alice.add_listener(("127.0.0.1", 0))
+            flooder = socket.socket()
+            flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+            flooder.settimeout(1.0)
+            stop = threading.Event()
+
+            def flood() -> None:
+                flooder.connect(("127.0.0.1", port))
+                hello = encode_packet(ProtocolVersion().encode())
+                if identified:
+                    hello += encode_packet(Identification("flooder").encode())
+                flooder.sendall(hello)
+                burst = encode_packet(Ping().encode()) * 50_000
+                for _ in range(400):  # 20 M pings at most
+                    if stop.is_set():
+                        return
+                    try:
+                        flooder.sendall(burst)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        return  # closed by alice
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(anyio.to_thread.run_sync, flood)
+                    try:
+                        assert isinstance(await _first_error(events), SlowReaderError)
+                    finally:
+                        stop.set()
+            finally:
+                flooder.close()
+
+
+async def test_an_unidentified_connection_may_send_only_handshake_sized_packets() -> None:
+    async with Messaging("alice") as alice:
+        with alice.events() as events:
+            host, port = await alice.add_listener(("127.0.0.1", 0))
+            async with await anyio.connect_tcp(host, port) as big:
+                announce = struct.pack("!IB", 60_000_000, 0x77) + b"x" * 300
+                await big.send(encode_packet(ProtocolVersion().encode()) + announce)
+                error = await _first_error(events)
+                assert isinstance(error, PacketTooLargeError) and "identified" in str(error)
+                with anyio.fail_after(10):
+                    await read_until_closed(big)
+
+
+async def test_short_lived_identifiers_are_forgotten() -> None:
+    # 200 peers, each a new identifier, connect and leave: nothing stays for
+    # them; a peer with a queued message is remembered
+    async with Messaging("srv") as srv:
+        with srv.events() as events:
+            host, port = await srv.add_listener(("127.0.0.1", 0))
+            await srv.send_message("waited-for", Message(b"queued", ttl=None))
+            hello = encode_packet(ProtocolVersion().encode())
+            hello += encode_packet(Capabilities(CAP_ACK, 16).encode())
+            with anyio.fail_after(30):
+                for i in range(200):
+                    async with await anyio.connect_tcp(host, port) as sock:
+                        await sock.send(hello + encode_packet(Identification(f"s{i}").encode()))
+                        await sock.receive()
+                gone = 0
+                async for event in events:
+                    gone += isinstance(event, PeerDisconnected)
+                    if gone == 200:
+                        break
+        assert set(srv._engine._queues) == {"waited-for"}
+        assert not srv._engine._windows
+
+
+async def test_identifiers_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    forged = "x\n2026-01-01 CRITICAL root: forged"
+    async with Messaging("srv") as srv:
+        with srv.events() as events:
+            host, port = await srv.add_listener(("127.0.0.1", 0))
+            with caplog.at_level(logging.DEBUG):
+                async with await anyio.connect_tcp(host, port) as sock:
+                    hello = encode_packet(ProtocolVersion().encode())
+                    await sock.send(hello + encode_packet(b"\x02" + forged.encode()))
+                    error = await _first_error(events)
+                    with anyio.fail_after(10):
+                        await read_until_closed(sock)
+            assert isinstance(error, MalformedFrameError) and "control" in str(error)
+            assert not srv.is_connected(forged)
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines and not any("\n" in line for line in lines), lines
+        assert any(repr(forged) in line for line in lines)
+        with pytest.raises(ValueError, match="control"):
+            await srv.send_message("bad\x1b[2Jname", Message(b"x"))

@@ -18,6 +18,8 @@ from snakemq_anyio import (
     PeerDisconnected,
 )
 from snakemq_proto import (
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_WAIT,
     PacketDecoder,
     Ping,
     Pong,
@@ -112,3 +114,18 @@ async def test_keepalive_keeps_a_peer_that_answers() -> None:
                 except anyio.WouldBlock:
                     break
                 assert not isinstance(event, ErrorOccurred), event
+
+
+async def test_keepalive_is_on_by_default() -> None:
+    # a dead peer must be noticed by a program that never set keepalive
+    async with Messaging("alice") as alice:
+        assert alice._engine.keepalive_interval == DEFAULT_KEEPALIVE_INTERVAL == 60.0
+        assert alice._engine.keepalive_wait == DEFAULT_KEEPALIVE_WAIT == 10.0
+        host, port = await alice.add_listener(("127.0.0.1", 0))
+        async with await anyio.connect_tcp(host, port) as silent:
+            await silent.send(hello("silent"))  # identifies, then never answers
+            with anyio.fail_after(10):
+                await alice.wait_connected("silent")
+            deadline = alice._engine.next_deadline()
+            assert deadline is not None  # the ping is scheduled
+            assert 0 < deadline - time.monotonic() <= DEFAULT_KEEPALIVE_INTERVAL

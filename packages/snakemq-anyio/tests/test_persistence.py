@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+from small_fs import small_fs
 from snakemq_anyio import (
     FLAG_PERSISTENT,
     MemoryQueuesStorage,
@@ -170,3 +172,39 @@ async def test_storage_failure_raises_and_the_batch_is_retried() -> None:
         # the message is still queued, and the next commit stores both
         await alice.send_message("bob", Message(b"second", ttl=None, flags=FLAG_PERSISTENT))
         assert [m.data for m in storage.load().queues["bob"]] == [b"first", b"second"]
+
+
+async def test_a_disk_filled_by_the_queue_recovers_and_delivered_messages_stay_gone() -> None:
+    with small_fs("3m") as where:
+        db = where / "queues.sqlite"
+        sent: list[Message] = []
+        receipts = []
+        async with Messaging("sender", storage=db) as sender:
+            _host, port = await sender.add_listener(("127.0.0.1", 0))
+            raised = 0
+            with anyio.fail_after(60):
+                while raised < 3:  # fill the disk while the receiver is away
+                    m = Message(os.urandom(4000), ttl=None, flags=FLAG_PERSISTENT)
+                    sent.append(m)
+                    try:
+                        receipts.append(await sender.send_message("receiver", m))
+                    except StorageError as exc:
+                        assert "disk is full" in str(exc)
+                        raised += 1
+            assert len(sent) > 50
+            async with Messaging("receiver") as receiver:
+                await receiver.add_connector(("127.0.0.1", port))
+                with anyio.fail_after(60):
+                    # a send that raised stays queued in memory: it is delivered too
+                    got = [(await receiver.receive())[1].data for _ in sent]
+                    assert got == [m.data for m in sent]
+                    for receipt in receipts:
+                        await receipt.delivered()
+                    # the deletes commit on the full disk, and space comes back
+                    after = await sender.send_message(
+                        "receiver", Message(b"after", ttl=None, flags=FLAG_PERSISTENT)
+                    )
+                    assert (await receiver.receive())[1].data == b"after"
+                    await after.delivered()
+        with SqliteQueuesStorage(db) as reopened:  # a restart resends nothing
+            assert reopened.load().queues == {}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,58 @@ async def test_pickle_serializer_and_plain_messages_pass_through() -> None:
             await client.send_message("server", Message(b"not rpc", ttl=5))
             ident, message = await server_rpc.receive()
         assert (ident, message.data) == ("client", b"not rpc")
+
+
+class Gate:
+    """A synchronous method that blocks until released, counting how many run at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.changed = threading.Condition()
+        self.running = self.most = self.done = 0
+
+    @as_signal
+    def wait(self) -> None:
+        with self.changed:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.changed.notify_all()
+        assert self.release.wait(20)
+        with self.changed:
+            self.running -= 1
+            self.done += 1
+            self.changed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        def wait() -> bool:
+            with self.changed:
+                return self.changed.wait_for(predicate, 20)
+
+        assert await anyio.to_thread.run_sync(wait)
+
+
+async def test_server_threads_are_bounded_by_its_own_limiter() -> None:
+    gate = Gate()
+    async with (
+        Messaging("server") as server,
+        Messaging("client") as client,
+        Rpc(server, max_threads=2) as server_rpc,
+        Rpc(client) as client_rpc,
+    ):
+        server_rpc.register_object(gate, "gate")
+        _, port = await server.add_listener(("127.0.0.1", 0))
+        await client.add_connector(("127.0.0.1", port))
+        with anyio.fail_after(20):
+            await client.wait_connected("server")
+            proxy = client_rpc.get_proxy("server", "gate")
+            proxy.wait.as_signal(10)
+            for _ in range(6):
+                await proxy.wait()
+            await gate.wait_until(lambda: gate.running == 2)
+            # the default thread limiter (storage, user code) is untouched
+            assert anyio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
+            gate.release.set()
+            await gate.wait_until(lambda: gate.done == 6)
+        assert gate.most == 2
+    with pytest.raises(ValueError, match="max_threads"):
+        Rpc(server, max_threads=0)

@@ -107,3 +107,29 @@ async def test_tls_handshake_has_a_timeout(ca: trustme.CA, tmp_path: Path) -> No
                     assert isinstance(event.error, TLSHandshakeError)
                     with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
                         await mute.receive()
+
+
+async def test_identity_binding_ignores_the_common_name_when_sans_exist(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    # RFC 6125/9525: SAN "mallory" with a stray CN "bob" is mallory, not bob
+    async with Messaging("alice") as alice, Messaging("bob") as mallory:
+        with alice.events() as events:
+            _host, port = await alice.add_listener(("127.0.0.1", 0), _config(ca, tmp_path, "alice"))
+            pem = tmp_path / "mallory-cn-bob.pem"
+            leaf = ca.issue_cert("mallory", common_name="bob")
+            leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
+            spoof = SSLConfig(
+                keyfile=str(pem),
+                certfile=str(pem),
+                cert_reqs=ssl.CERT_REQUIRED,
+                ca_certs=str(tmp_path / "ca.pem"),
+            )
+            await mallory.add_connector(("127.0.0.1", port), spoof)
+            with anyio.fail_after(10):
+                async for event in events:
+                    if isinstance(event, ErrorOccurred):
+                        assert isinstance(event.error, IdentityMismatchError)
+                        assert "mallory" in str(event.error)
+                        break
+            assert not alice.is_connected("bob")

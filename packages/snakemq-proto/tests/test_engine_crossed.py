@@ -7,17 +7,25 @@ import itertools
 
 import pytest
 from snakemq_proto import (
+    CAP_ACK,
+    Capabilities,
     CloseConnection,
     DuplicateIdentError,
     Engine,
     ErrorOccurred,
     Event,
+    Frame,
+    Identification,
     Message,
     MessageReceived,
     PeerConnected,
     PeerDisconnected,
+    ProtocolVersion,
     RedialHeld,
+    encode_packet,
 )
+
+MESSAGE_MARK = b"for aaa only"
 
 
 class Pair:
@@ -166,3 +174,60 @@ def test_without_direction_the_second_is_refused() -> None:
     )
     assert not [e for e in events if isinstance(e, RedialHeld)]  # nobody said who dialled
     assert b.connected_idents() == {"bob": "1"}
+
+
+def _stranger_hello(ident: str, capable: bool) -> bytes:
+    frames: list[Frame] = [ProtocolVersion()]
+    if capable:
+        frames.append(Capabilities(CAP_ACK, 16))
+    frames.append(Identification(ident))
+    return b"".join(encode_packet(f.encode()) for f in frames)
+
+
+@pytest.mark.parametrize("capable", [True, False], ids=["capable", "legacy"])
+def test_a_stranger_cannot_take_over_a_connection_we_dialled(capable: bool) -> None:
+    # srv dialled aaa ("aaa" < "srv": by the crossed-dial rule, a connection
+    # aaa dialled would win). A stranger dials srv and says it is aaa.
+    srv, aaa = Engine("srv"), Engine("aaa")
+    srv.connection_made("real", 0.0, outbound=True)
+    aaa.connection_made("real", 0.0, outbound=False)
+    aaa.receive_data("real", srv.data_to_send("real"), 0.0)
+    srv.receive_data("real", aaa.data_to_send("real"), 0.0)
+    assert srv.connected_idents() == {"aaa": "real"}
+    srv.connection_made("stranger", 0.0, outbound=False)
+    events = srv.receive_data("stranger", _stranger_hello("aaa", capable), 0.0)
+    assert not [e for e in events if isinstance(e, PeerConnected | PeerDisconnected)]
+    if not capable:  # a 1.6 newcomer can never prove anything: refused at once
+        (error,) = [e for e in events if isinstance(e, ErrorOccurred)]
+        assert (
+            isinstance(error.error, DuplicateIdentError) and CloseConnection("stranger") in events
+        )
+    srv.send_message("aaa", Message(b"for aaa only", ttl=None), 0.0)
+    got = aaa.receive_data("real", srv.data_to_send("real"), 0.0)
+    assert [e.message.data for e in got if isinstance(e, MessageReceived)] == [b"for aaa only"]
+    assert MESSAGE_MARK not in srv.data_to_send("stranger")
+    # the stranger's messages are not taken either
+    srv.receive_data("stranger", encode_packet(b"\x03" + b"u" * 16 + b"\xff" * 4 + b"\0" * 4), 1.0)
+    events = srv.handle_timeout(srv.handshake_timeout + 1.0)
+    if capable:  # the real aaa never closed its end: the stranger is refused
+        (error,) = [e for e in events if isinstance(e, ErrorOccurred)]
+        assert isinstance(error.error, DuplicateIdentError)
+        assert "did not prove" in str(error.error) and CloseConnection("stranger") in events
+    assert srv.connected_idents() == {"aaa": "real"}
+    srv.connection_lost("stranger", 40.0)
+    assert srv.connected_idents() == {"aaa": "real"}
+
+
+def test_a_newcomer_takes_over_once_the_connection_we_dialled_is_closed() -> None:
+    srv = Engine("srv")
+    srv.connection_made("ours", 0.0, outbound=True)
+    srv.receive_data("ours", _stranger_hello("aaa", True), 0.0)
+    srv.connection_made("theirs", 0.0, outbound=False)
+    message = Message(b"sent while waiting", ttl=None, uuid=b"m" * 16)
+    frame = encode_packet(b"\x03" + message.uuid + b"\xff" * 4 + b"\0" * 4 + message.data)
+    assert srv.receive_data("theirs", _stranger_hello("aaa", True) + frame, 0.0) == []
+    events = srv.connection_lost("ours", 1.0)  # the peer closed its end of our dial
+    assert PeerConnected("theirs", "aaa", False) in events
+    received = [e for e in events if isinstance(e, MessageReceived)]
+    assert [e.message.data for e in received] == [b"sent while waiting"]
+    assert srv.connected_idents() == {"aaa": "theirs"}

@@ -12,6 +12,8 @@ PUBLIC = [
     "bind_error",
     "CAP_ACK",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_KEEPALIVE_INTERVAL",
+    "DEFAULT_KEEPALIVE_WAIT",
     "DEFAULT_MAX_PACKET_SIZE",
     "DEFAULT_WINDOW",
     "FLAG_PERSISTENT",
@@ -32,6 +34,7 @@ PUBLIC = [
     "Event",
     "Frame",
     "HandshakeTimeoutError",
+    "SlowReaderError",
     "Identification",
     "IdentityMismatchError",
     "IncompatibleProtocol",
@@ -77,7 +80,6 @@ PUBLIC = [
     "encode_packet",
     "new_uuid",
     "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_KEEPALIVE_WAIT",
     "DEFAULT_RECONNECT_INTERVAL",
     "DEFAULT_RECONNECT_MAX_INTERVAL",
     "JITTER",
@@ -189,6 +191,7 @@ def test_errors_hierarchy() -> None:
         "IdentityMismatchError",
         "KeepaliveTimeoutError",
         "HandshakeTimeoutError",
+        "SlowReaderError",
     ]
     for name in remote:
         assert issubclass(getattr(snakemq_proto, name), snakemq_proto.RemoteProtocolError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import select
@@ -14,11 +15,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from small_fs import remount_read_only, small_fs
 from snakemq_proto import (
     FLAG_PERSISTENT,
     MAX_TTL,
@@ -541,3 +544,181 @@ def test_use_from_other_threads(storage: SqliteQueuesStorage) -> None:
     assert queues == {
         f"t{n}": [message(i) for i in range(n * 100, n * 100 + 100)] for n in range(4)
     }
+
+
+# ------------------------------------------------------------ snakeMQ 1.6 files
+
+# snakeMQ 1.6's snakemq/storage/sqlite.py, exactly: its one table, and the
+# uuid written as binascii.b2a_hex() (bytes on Python 3, text on Python 2).
+_SCHEMA_16 = """CREATE TABLE items (queue_name VARCHAR(50),
+                                    uuid VARCHAR(32),
+                                    data BLOB,
+                                    ttl REAL,
+                                    flags INTEGER)"""
+
+
+def _write_16_file(path: pathlib.Path, rows: list[tuple[str, object, bytes, object, int]]) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(_SCHEMA_16)
+        conn.executemany(
+            "INSERT INTO items (queue_name, uuid, data, ttl, flags) VALUES (?, ?, ?, ?, ?)", rows
+        )
+    conn.close()
+
+
+def test_a_16_queue_file_is_migrated_in_place(db: pathlib.Path) -> None:
+    import binascii
+
+    rows: list[tuple[str, object, bytes, object, int]] = [
+        ("bob", binascii.b2a_hex(bytes([1]) * 16), b"first", None, FLAG_PERSISTENT),
+        ("alice", binascii.b2a_hex(bytes([2]) * 16), b"", 12.5, FLAG_PERSISTENT),
+        ("bob", (bytes([3]) * 16).hex(), b"third", -4.0, 0),  # as text; TTL ran out in 1.6
+        ("bob", binascii.b2a_hex(bytes([4]) * 16), b"x" * 70000, 3.0, FLAG_PERSISTENT),
+    ]
+    _write_16_file(db, rows)
+    with SqliteQueuesStorage(db) as s:
+        state = s.load()
+    assert state.queues == {
+        "bob": [
+            Message(b"first", ttl=None, flags=FLAG_PERSISTENT, uuid=bytes([1]) * 16),
+            Message(b"third", ttl=0.0, flags=0, uuid=bytes([3]) * 16),
+            Message(b"x" * 70000, ttl=3.0, flags=FLAG_PERSISTENT, uuid=bytes([4]) * 16),
+        ],
+        "alice": [Message(b"", ttl=12.5, flags=FLAG_PERSISTENT, uuid=bytes([2]) * 16)],
+    }
+    conn = sqlite3.connect(db)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "items" not in tables and conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+    with SqliteQueuesStorage(db) as s:  # and it opens as ours from now on
+        assert s.load() == state
+
+
+def test_a_16_file_with_a_bad_row_is_refused_and_left_alone(db: pathlib.Path) -> None:
+    _write_16_file(db, [("bob", b"00" * 16, b"ok", None, 0), ("bob", b"zz", b"bad", None, 0)])
+    before = db.read_bytes()
+    with pytest.raises(StorageError, match=r"snakeMQ 1\.6 queue file.*row 2.*untouched"):
+        SqliteQueuesStorage(db)
+    assert db.read_bytes() == before
+
+
+def test_a_16_migration_that_fails_half_way_leaves_the_original(
+    db: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the file may not grow by more than two pages: the copy fails mid-way
+    _write_16_file(db, [("bob", b"%032x" % i, b"y" * 4000, None, 0) for i in range(200)])
+    before = db.read_bytes()
+    conn = sqlite3.connect(db)
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.close()
+    real_connect = sqlite3.connect
+
+    def capped_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        capped: sqlite3.Connection = real_connect(*args, **kwargs)
+        capped.execute(f"PRAGMA max_page_count = {pages + 2}")
+        return capped
+
+    monkeypatch.setattr(sqlite3, "connect", capped_connect)
+    with pytest.raises(StorageError, match="full"):
+        SqliteQueuesStorage(db)
+    monkeypatch.undo()
+    assert db.read_bytes() == before
+    with SqliteQueuesStorage(db) as s:
+        assert len(s.load().queues["bob"]) == 200
+
+
+# --------------------------------------------------------- unwritable and full
+
+
+def test_an_existing_file_on_a_read_only_mount_is_named_not_writable() -> None:
+    with small_fs("2m") as where:
+        path = where / "queues.sqlite"
+        with SqliteQueuesStorage(path) as s:
+            s.apply(StorageBatch(push=[("bob", message(1))]))
+        remount_read_only(where)
+        with pytest.raises(StorageError, match=r"not writable \(it is on a read-only file system"):
+            SqliteQueuesStorage(path)
+
+
+def test_an_existing_read_only_file_is_named_not_writable(db: pathlib.Path) -> None:
+    SqliteQueuesStorage(db).close()
+    db.chmod(0o444)
+    if os.access(db, os.W_OK):  # root ignores the mode bits: make it immutable instead
+        subprocess.run(["chattr", "+i", str(db)], check=True)
+    try:
+        with pytest.raises(StorageError, match=r"not writable"):
+            SqliteQueuesStorage(db)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=False, capture_output=True)
+
+
+def _fill(storage: SqliteQueuesStorage, size: int = 4000) -> tuple[list[Message], Message]:
+    """Push ``size``-byte messages until the disk is full: (stored, refused)."""
+    stored: list[Message] = []
+    for i in range(10_000):
+        m = Message(os.urandom(size), ttl=None, flags=FLAG_PERSISTENT, uuid=i.to_bytes(16, "big"))
+        try:
+            storage.apply(StorageBatch(push=[("bob", m)]))
+        except StorageError as exc:
+            assert "disk is full" in str(exc) and "could not be stored" in str(exc)
+            return stored, m
+        stored.append(m)
+    raise AssertionError("the file system never filled up")
+
+
+def test_on_a_full_disk_deletes_commit_pushes_are_refused_and_space_comes_back() -> None:
+    with small_fs("3m") as where:
+        path = where / "queues.sqlite"
+        storage = SqliteQueuesStorage(path)
+        try:
+            stored, refused = _fill(storage)
+            assert len(stored) > 50
+            # while full, a batch of deletes alone commits (no reserve needed left)
+            storage.apply(StorageBatch(delete=[m.uuid for m in stored[:10]]))
+            # the I/O layer carries the refused push into the next batch, with
+            # the deletes of the messages the peer acknowledged meanwhile
+            carried = StorageBatch(push=[("bob", refused)], delete=[m.uuid for m in stored])
+            with contextlib.suppress(StorageError):
+                storage.apply(carried)
+            assert {m.uuid for m in storage.load().queues.get("bob", [])} <= {refused.uuid}
+            storage.apply(carried)  # applied again (as a retry does): space is back now
+            assert storage.load().queues == {"bob": [refused]}
+        finally:
+            storage.close()
+        assert not os.path.exists(str(path) + "-reserve")
+        with SqliteQueuesStorage(path) as again:  # a delivered message never comes back
+            assert again.load().queues == {"bob": [refused]}
+            more = [
+                Message(b"m%d" % i, ttl=None, uuid=(50_000 + i).to_bytes(16, "big"))
+                for i in range(50)
+            ]
+            again.apply(StorageBatch(push=[("bob", m) for m in more]))
+            assert again.load().queues == {"bob": [refused, *more]}
+
+
+def test_a_full_disk_with_nothing_to_delete_keeps_refusing_then_recovers() -> None:
+    with small_fs("3m") as where:
+        filler = where / "filler"
+        filler.write_bytes(b"f" * 1024 * 1024)
+        path = where / "queues.sqlite"
+        with SqliteQueuesStorage(path) as storage:
+            stored: list[Message] = []
+            refusals = 0
+            for i in range(10_000):  # until refused three times in a row
+                m = Message(b"%d" % i * 1000, ttl=None, uuid=i.to_bytes(16, "big"))
+                try:
+                    storage.apply(StorageBatch(push=[("bob", m)]))
+                except StorageError as exc:
+                    assert "disk is full" in str(exc)
+                    refusals += 1
+                    if refusals == 3:
+                        break
+                else:
+                    stored.append(m)
+                    refusals = 0
+            assert refusals == 3 and not os.path.exists(storage.reserve_path)
+            filler.unlink()  # space added from outside
+            storage.apply(StorageBatch(push=[("bob", m)]))
+            assert storage.load().queues == {"bob": [*stored, m]}
+            assert os.path.getsize(storage.reserve_path) == storage.reserve_bytes

@@ -35,7 +35,12 @@ from snakemq_proto import (
 
 u32 = st.integers(0, 0xFFFFFFFF)
 uuids = st.binary(min_size=16, max_size=16)
-idents = st.text(st.characters(codec="utf-8"), min_size=1, max_size=MAX_IDENT_LENGTH)
+# identifiers with control or format characters are refused (they could forge log lines)
+idents = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cf", "Zl", "Zp")),
+    min_size=1,
+    max_size=MAX_IDENT_LENGTH,
+)
 wire_ttls = st.none() | st.integers(0, MAX_TTL)
 
 
@@ -488,3 +493,11 @@ def test_every_frame_type_is_registered_once() -> None:
     types = {v for k, v in vars(wire).items() if k.startswith("FRAME_")}
     assert types == wire.KNOWN_FRAME_TYPES
     assert decode_frame(b"\x7f") is None  # not registered: ignored
+
+
+@pytest.mark.parametrize("ident", ["a\nb", "esc\x1b[2J", "nul\x00", "bidi\u202etxt", "ls\u2028"])
+def test_identifiers_with_control_characters_are_refused(ident: str) -> None:
+    with pytest.raises(MalformedFrameError, match="control or format"):
+        decode_frame(b"\x02" + ident.encode())
+    with pytest.raises(ValueError, match="control or format"):
+        Identification(ident)

@@ -52,7 +52,8 @@ def test_messaging_keeps_the_1_6_attributes() -> None:
         packeter = snakemq.packeter.Packeter(link)
         m = snakemq.messaging.Messaging("me", "domain", packeter)
         assert (m.identifier, m.domain, m.packeter) == ("me", "domain", packeter)
-        assert m.keepalive_interval is None and m.keepalive_wait == 0.5
+        # keepalive is on by default (1.6 had it off): a dead peer is noticed
+        assert m.keepalive_interval == 60.0 and m.keepalive_wait == 10.0
         m.keepalive_interval = 5
         m.keepalive_wait = 1
         assert (m.keepalive_interval, m.keepalive_wait) == (5, 1)

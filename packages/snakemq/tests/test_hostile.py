@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
 
+import pytest
 from snakemq.exceptions import (
+    DuplicateIdentError,
     HandshakeTimeoutError,
     MalformedFrameError,
     PacketTooLargeError,
     RemoteProtocolError,
+    SlowReaderError,
     UnexpectedFrameError,
 )
 from snakemq.message import Message
+from snakemq_proto import CAP_ACK, Capabilities, encode_packet
 from sync_helpers import WAIT, Peer
 
 VERSION = struct.pack("!IBI", 5, 0, 1)
@@ -97,3 +102,131 @@ def test_hostile_inputs_close_only_their_connection(peers: list[Peer]) -> None:
     got = good.received()
     assert got == sent[: len(got)]
     assert len(got) > 3
+
+
+def _claim(ident: bytes, capable: bool) -> bytes:
+    caps = encode_packet(Capabilities(CAP_ACK, 16).encode()) if capable else b""
+    return VERSION + caps + ident_frame(ident)
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(WAIT)
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("capable", [True, False], ids=["capable", "legacy"])
+def test_a_stranger_cannot_take_over_a_session_we_dialled(peers: list[Peer], capable: bool) -> None:
+    # srv dialled aaa ("aaa" < "srv": a connection aaa dialled wins a crossed
+    # dial). A stranger dials srv claiming to be aaa: it is refused, and aaa
+    # keeps receiving what srv sends it.
+    srv, aaa = Peer("srv", handshake_timeout=1.0), Peer("aaa")
+    peers += [srv, aaa]
+    srv_port, aaa_port = srv.listen(), aaa.listen()
+    srv.connect(aaa_port)
+    srv.start()
+    aaa.start()
+    srv.wait_connected("aaa")
+    real = srv.messaging.connected_idents()["aaa"]
+    with socket.create_connection(("127.0.0.1", srv_port)) as stranger:
+        stranger.sendall(_claim(b"aaa", capable))
+        for i in range(15):
+            srv.send("aaa", b"for aaa %d" % i, ttl=None)
+        aaa.rec.wait_count("on_message_recv", 15)
+        heard = _read_until_closed(stranger)  # refused (legacy: at once; capable: at the deadline)
+    assert b"for aaa" not in heard
+    assert aaa.received() == [b"for aaa %d" % i for i in range(15)]
+    errors = [e for _c, e in srv.rec.get("on_error")]
+    assert any(isinstance(e, DuplicateIdentError) for e in errors), errors
+    assert srv.messaging.connected_idents() == {"aaa": real}
+    assert srv.rec.get("on_disconnect") == []
+
+
+PING = struct.pack("!IB", 1, 4)
+
+
+@pytest.mark.parametrize("identified", [True, False], ids=["identified", "before-identification"])
+def test_a_ping_flood_that_never_reads_the_pongs_is_closed(
+    peers: list[Peer], identified: bool
+) -> None:
+    srv = Peer("srv")
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    flooder = socket.socket()
+    flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+    flooder.settimeout(1.0)
+    try:
+        flooder.connect(("127.0.0.1", port))
+        flooder.sendall(VERSION + (ident_frame(b"flooder") if identified else b""))
+        burst = PING * 50_000
+        for _ in range(400):  # 20 M pings at most
+            if srv.rec.get("on_error"):
+                break
+            try:
+                flooder.sendall(burst)
+            except TimeoutError:
+                continue
+            except OSError:
+                break  # closed by the server
+    finally:
+        flooder.close()
+    (_conn, error), *_ = srv.rec.wait_count("on_error", 1)
+    assert isinstance(error, SlowReaderError), error
+
+
+def test_an_unidentified_connection_may_send_only_handshake_sized_packets(
+    peers: list[Peer],
+) -> None:
+    srv = Peer("srv")  # a header announcing 60 MB, then data: no buffering of it
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    with socket.create_connection(("127.0.0.1", port)) as big:
+        big.sendall(VERSION + struct.pack("!IB", 60_000_000, 0x77) + b"x" * 300)
+        (_conn, error), *_ = srv.rec.wait_count("on_error", 1)
+        assert isinstance(error, PacketTooLargeError) and "identified" in str(error)
+        assert _read_until_closed(big).startswith(VERSION)  # our hello, then closed
+
+
+def test_short_lived_identifiers_are_forgotten(peers: list[Peer]) -> None:
+    # 200 peers, each a new identifier, connect and leave: nothing stays for
+    # them; a peer with a queued message is remembered
+    srv = Peer("srv")
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    srv.send("waited-for", b"queued", ttl=None)
+    hello = VERSION + encode_packet(Capabilities(CAP_ACK, 16).encode())
+    for i in range(200):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(hello + ident_frame(b"short%d" % i))
+            sock.recv(100)
+    srv.rec.wait_count("on_disconnect", 200)
+    engine = srv.messaging.engine
+    with srv.messaging.lock:
+        assert set(engine._queues) == {"waited-for"}
+        assert not engine._windows
+
+
+def test_identifiers_cannot_forge_log_lines(
+    peers: list[Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = Peer("srv")
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    forged = "x\n2026-01-01 CRITICAL root: forged"
+    with caplog.at_level(logging.DEBUG), socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(VERSION + ident_frame(forged.encode()))
+        (_conn, error), *_ = srv.rec.wait_count("on_error", 1)
+        assert _read_until_closed(sock).startswith(VERSION)
+    assert isinstance(error, MalformedFrameError) and "control" in str(error)
+    assert srv.rec.get("on_connect") == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and not any("\n" in line for line in lines), lines
+    assert any(repr(forged) in line for line in lines)
+    with pytest.raises(ValueError, match="control"):
+        srv.send("bad\x1b[2Jname", b"x")

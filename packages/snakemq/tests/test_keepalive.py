@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 from snakemq.exceptions import KeepaliveTimeoutError
+from snakemq_proto import DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_WAIT
 from sync_helpers import WAIT, Peer
 
 VERSION = struct.pack("!IBI", 5, 0, 1)
@@ -65,3 +67,20 @@ def test_keepalive_keeps_an_answering_peer(peers: list[Peer]) -> None:
                     peer.sendall(struct.pack("!IB", 1, 5))
         assert srv.rec.get("on_disconnect") == [] and srv.rec.get("on_error") == []
         assert "alive" in srv.messaging.connected_idents()
+
+
+def test_keepalive_is_on_by_default(peers: list[Peer]) -> None:
+    # a dead peer must be noticed by a program that never set keepalive
+    srv = Peer("srv")
+    peers.append(srv)
+    assert srv.messaging.keepalive_interval == DEFAULT_KEEPALIVE_INTERVAL == 60.0
+    assert srv.messaging.keepalive_wait == DEFAULT_KEEPALIVE_WAIT == 10.0
+    port = srv.listen()
+    srv.start()
+    with socket.create_connection(("127.0.0.1", port)) as zombie:
+        zombie.sendall(VERSION + ident_frame(b"zombie"))  # identified, then silent
+        srv.rec.wait_count("on_connect", 1)
+        with srv.messaging.lock:
+            deadline = srv.messaging.engine.next_deadline()
+        assert deadline is not None  # the ping is scheduled
+        assert 0 < deadline - time.monotonic() <= DEFAULT_KEEPALIVE_INTERVAL

@@ -353,3 +353,22 @@ def test_on_recv_gets_bytes_to_keep_and_on_recv_view_a_view_of_the_reused_buffer
     assert {c[0] for c in views} == {memoryview} and max(c[1] for c in views) <= 4096
     assert len({c[2] for c in views}) == 1  # one buffer, reused for every read
     assert {type(c[1]) for c in kept} == {bytes}
+
+
+def test_a_burst_of_connects_is_queued_by_the_kernel_not_dropped(links: list[Link]) -> None:
+    # Before the loop accepts anything, 600 clients connect: the listen
+    # backlog holds them all (128 made every connect beyond it wait for a
+    # 1 s SYN retransmit, and churn crawled). Then every one is served.
+    rec = Recorder()
+    server = recorded_link(rec, "s")
+    links.append(server)
+    _host, port = server.add_listener(("127.0.0.1", 0))
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(600):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=0.5))
+        with LoopThread(server):
+            rec.wait_count("s.connect", 600)
+    finally:
+        for sock in clients:
+            sock.close()

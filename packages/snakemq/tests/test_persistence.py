@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from small_fs import small_fs
 from snakemq.exceptions import StorageError
 from snakemq.message import FLAG_PERSISTENT, Message
 from snakemq.storage import MemoryQueuesStorage, StorageBatch
@@ -248,3 +249,44 @@ def test_a_failing_storage_is_logged_once_per_streak(
     a.link.loop(poll_timeout=0.01, runtime=0.05)
     assert [x.uuid for x in storage.load().queues["b"]] == [m.uuid]
     assert sum("works again" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_disk_filled_by_the_queue_recovers_and_delivered_messages_stay_gone(
+    peers: list[Peer],
+) -> None:
+    with small_fs("3m") as where:
+        db = where / "queues.sqlite"
+        sender = Peer("sender", SqliteQueuesStorage(db))
+        peers.append(sender)
+        port = sender.listen()
+        sender.start()
+        sent: list[Message] = []
+        raised = 0
+        while raised < 3:  # fill the disk while the receiver is away
+            m = Message(os.urandom(4000), ttl=None, flags=FLAG_PERSISTENT)
+            sent.append(m)
+            try:
+                sender.messaging.send_message("receiver", m)
+            except StorageError as exc:
+                assert "disk is full" in str(exc)
+                raised += 1
+        assert len(sent) > 50
+        receiver = Peer("receiver")
+        peers.append(receiver)
+        receiver.connect(port)
+        receiver.start()
+        # a send that raised stays queued in memory: it is delivered too
+        receiver.rec.wait_count("on_message_recv", len(sent))
+        assert receiver.received() == [m.data for m in sent]
+        sender.rec.wait(lambda: not sender.messaging.queued("receiver"), what="queue drained")
+        # the deletes commit on the full disk, and space comes back for new sends
+        after = sender.send("receiver", b"after", ttl=None, flags=FLAG_PERSISTENT)
+        sender.rec.wait(
+            lambda: any(a[1] == after.uuid for a in sender.rec.get("on_message_delivered")),
+            what="the last message delivered",
+        )
+        sender.stop()  # the loop applies the last deletes, then returns
+        assert sender.messaging.storage is not None
+        sender.messaging.storage.close()
+        with SqliteQueuesStorage(db) as reopened:  # a restart resends nothing
+            assert reopened.load().queues == {}

@@ -208,3 +208,63 @@ def test_no_call_is_left_waiting_1_6_attribute(rpc_pair: Any) -> None:
     client = rpc_pair[3]
     assert client.get_proxy("server", "svc").add(1, 1) == 2
     assert client.waiting_for_result == set()
+
+
+class Gate:
+    """A method that blocks until released, counting how many run at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.changed = threading.Condition()
+        self.running = self.most = self.done = 0
+
+    @snakemq.rpc.as_signal
+    def wait(self) -> None:
+        with self.changed:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.changed.notify_all()
+        assert self.release.wait(WAIT)
+        with self.changed:
+            self.running -= 1
+            self.done += 1
+            self.changed.notify_all()
+
+    def wait_until(self, predicate: Any) -> None:
+        with self.changed:
+            assert self.changed.wait_for(predicate, WAIT)
+
+    def call(self) -> str:
+        return "ran"
+
+
+def test_server_threads_are_bounded_and_excess_requests_refused(peers: list[Peer]) -> None:
+    server, client = Peer("server"), Peer("client")
+    peers += [server, client]
+    gate = Gate()
+    rpc_server = snakemq.rpc.RpcServer(
+        snakemq.messaging.ReceiveHook(server.messaging), max_threads=4, max_pending=20
+    )
+    rpc_server.register_object(gate, "gate")
+    rpc_client = snakemq.rpc.RpcClient(snakemq.messaging.ReceiveHook(client.messaging))
+    port = server.listen()
+    server.start()
+    client.connect(port)
+    client.start()
+    client.wait_connected("server")
+    threads_before = threading.active_count()
+    proxy = rpc_client.get_proxy("server", "gate")
+    proxy.wait.as_signal(10)
+    for _ in range(24):  # 4 run, 20 wait
+        proxy.wait()
+    server.rec.wait_count("on_message_recv", 24)
+    gate.wait_until(lambda: gate.running == 4)
+    assert threading.active_count() - threads_before == 4
+    with pytest.raises(RuntimeError, match="RPC server busy"):
+        proxy.call()  # the 25th request is answered at once
+    gate.release.set()
+    gate.wait_until(lambda: gate.done == 24)
+    assert gate.most == 4
+    assert proxy.call() == "ran"
+    with pytest.raises(ValueError, match="max_threads"):
+        snakemq.rpc.RpcServer(snakemq.messaging.ReceiveHook(server.messaging), max_threads=0)

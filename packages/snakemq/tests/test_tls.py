@@ -157,3 +157,30 @@ def test_bulk_over_tls_large_and_small(peers: list[Peer], tmp_path: Path) -> Non
     srv.rec.wait_count("on_message_recv", len(big) + len(small))
     assert srv.received() == big + small
     cli.rec.wait_count("on_message_delivered", len(big) + len(small))
+
+
+def test_identity_binding_ignores_the_common_name_when_sans_exist(
+    peers: list[Peer], tmp_path: Path
+) -> None:
+    # RFC 6125/9525: SAN "mallory" with a stray CN "alice" is mallory, not alice
+    ca = trustme.CA()
+    srv, mallory = Peer("srv"), Peer("alice")
+    peers += [srv, mallory]
+    port = srv.listen(ssl_config=config(tmp_path, ca, "srv", bind=True))
+    pem = tmp_path / "mallory-cn-alice.pem"
+    ca.issue_cert("mallory", common_name="alice").private_key_and_cert_chain_pem.write_to_path(
+        str(pem)
+    )
+    ca_file = tmp_path / f"ca-{id(ca)}.pem"
+    mallory.connect(
+        port,
+        ssl_config=SSLConfig(
+            str(pem), str(pem), cert_reqs=ssl.CERT_REQUIRED, ca_certs=str(ca_file)
+        ),
+    )
+    srv.start()
+    mallory.start()
+    _conn, exc = srv.rec.wait_count("on_error", 1)[0]
+    assert isinstance(exc, IdentityMismatchError)
+    assert "alice" in str(exc)
+    assert srv.rec.get("on_connect") == []

@@ -47,6 +47,7 @@ import anyio.to_thread
 from snakemq_proto import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_WAIT,
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_RECONNECT_INTERVAL,
@@ -117,8 +118,9 @@ class Messaging:
             database URL (opened in a worker thread).  With a storage shared
             by processes (PostgreSQL) entering waits, as a standby, while
             another process serves ``ident``.
-        keepalive_interval: seconds of silence before a connection is pinged;
-            ``None`` disables keepalive.
+        keepalive_interval: seconds of silence before a connection is pinged
+            (60; on by default so that a dead peer is noticed); ``None``
+            disables keepalive.
         keepalive_wait: seconds to wait for the answer before closing.
         reconnect_interval: first delay of a connector's reconnect back-off.
         reconnect_max_interval: longest delay of the back-off (it doubles).
@@ -147,7 +149,7 @@ class Messaging:
         ident: str,
         storage: QueuesStorage | LegacyQueuesStorage | str | os.PathLike[str] | None = None,
         *,
-        keepalive_interval: float | None = None,
+        keepalive_interval: float | None = DEFAULT_KEEPALIVE_INTERVAL,
         keepalive_wait: float = DEFAULT_KEEPALIVE_WAIT,
         reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
         reconnect_max_interval: float = DEFAULT_RECONNECT_MAX_INTERVAL,

@@ -118,11 +118,22 @@ class Rpc:
             ``pickle`` interoperates with snakeMQ 1.6 RPC (trusted peers only).
         max_buffered: non-RPC messages kept for ``receive()`` before the
             pump stops taking messages from the messaging (backpressure).
+        max_threads: worker threads running synchronous methods at once;
+            further calls wait in order.  The limiter is this server's own, so
+            slow methods never starve the storage's worker threads.
     """
 
     def __init__(
-        self, messaging: Messaging, pickler: Pickler | None = None, *, max_buffered: int = 10_000
+        self,
+        messaging: Messaging,
+        pickler: Pickler | None = None,
+        *,
+        max_buffered: int = 10_000,
+        max_threads: int = 16,
     ) -> None:
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
+            raise ValueError(f"max_threads must be an int >= 1, got {max_threads!r}")
+        self._threads = anyio.CapacityLimiter(max_threads)
         self.messaging = messaging
         self.pickler: Pickler = pickler if pickler is not None else JsonPickler()
         self.instances: dict[str, Any] = {}
@@ -205,7 +216,7 @@ class Rpc:
         try:
             params, repeat = admit_request(self.pickler, self._memory, ident, payload)
         except ValueError as exc:
-            log.error("ident=%s: refused an RPC request: %s", ident, exc)
+            log.error("ident=%r: refused an RPC request: %s", ident, exc)
             return
         assert self._tg is not None
         if repeat is not None:
@@ -225,19 +236,19 @@ class Rpc:
                     result = await method(*call.args, **call.kwargs)
                 else:
                     result = await anyio.to_thread.run_sync(
-                        _call_with, method, call.args, call.kwargs
+                        _call_with, method, call.args, call.kwargs, limiter=self._threads
                     )
             except Exception as exc:
                 reply = call.failed(exc)
                 if reply is None:
-                    log.exception("ident=%s: RPC method %s raised", ident, params["method"])
+                    log.exception("ident=%r: RPC method %r raised", ident, params["method"])
             except BaseException:  # cancelled
                 call.abandon()
                 raise
             else:
                 reply = call.returned(result)
         if reply is None and call.refusal is not None:
-            log.error("ident=%s: signal refused: %r", ident, call.refusal)
+            log.error("ident=%r: signal refused: %r", ident, call.refusal)
         if reply is not None:
             await self._send_reply(ident, reply)
 
@@ -248,7 +259,7 @@ class Rpc:
         try:
             call = self._calls.reply_received(payload)
         except ValueError as exc:
-            log.error("ident=%s: refused an RPC reply: %s", ident, exc)
+            log.error("ident=%r: refused an RPC reply: %s", ident, exc)
             return
         if call is not None:
             self._calls_changed.set()

@@ -17,6 +17,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path, never insta
 from ._backoff import JITTER, Backoff
 from ._checks import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_WAIT,
     DEFAULT_RECONNECT_INTERVAL,
     DEFAULT_RECONNECT_MAX_INTERVAL,
@@ -35,6 +36,7 @@ from ._errors import (
     MalformedFrameError,
     PacketTooLargeError,
     RemoteProtocolError,
+    SlowReaderError,
     SnakeMQError,
     StorageError,
     UnexpectedFrameError,
@@ -101,6 +103,7 @@ __all__ = [
     "CAP_ACK",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_KEEPALIVE_INTERVAL",
     "DEFAULT_KEEPALIVE_WAIT",
     "DEFAULT_MAX_PACKET_SIZE",
     "DEFAULT_RECONNECT_INTERVAL",
@@ -156,6 +159,7 @@ __all__ = [
     "RedialHolds",
     "RemoteProtocolError",
     "SSLConfig",
+    "SlowReaderError",
     "SnakeMQError",
     "SqlAlchemyQueuesStorage",
     "SqliteQueuesStorage",

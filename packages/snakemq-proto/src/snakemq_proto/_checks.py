@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_KEEPALIVE_INTERVAL",
     "DEFAULT_KEEPALIVE_WAIT",
     "DEFAULT_RECONNECT_INTERVAL",
     "DEFAULT_RECONNECT_MAX_INTERVAL",
@@ -19,10 +20,16 @@ __all__ = [
     "check_seconds",
 ]
 
-DEFAULT_KEEPALIVE_WAIT = 0.5
-"""Seconds to wait for the answer to a keepalive ping before closing (snakeMQ
-1.6's default, kept by both I/O packages; keepalive itself is off unless a
-``keepalive_interval`` is set)."""
+DEFAULT_KEEPALIVE_INTERVAL = 60.0
+"""Seconds of silence before a connection is pinged, in both I/O packages.
+On by default (1.6 had it off): a user who never read about keepalive still
+expects a dead peer (a silent partition, a frozen host) to be noticed, and
+a capable or 1.6 peer answers a ping whatever it is doing."""
+
+DEFAULT_KEEPALIVE_WAIT = 10.0
+"""Seconds to wait for any answer to a ping before closing, in both I/O
+packages (1.6's 0.5 s suited a loop that pinged only when asked to; with
+keepalive on by default a busy or slow peer must not be cut off)."""
 
 DEFAULT_RECONNECT_INTERVAL = 1.0
 """Seconds before a connector's first redial (see ``Backoff``)."""

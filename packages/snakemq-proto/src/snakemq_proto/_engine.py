@@ -53,6 +53,17 @@ layer to keep its connector from redialling until the peer's other
 connection ends: without it the loser of crossed dials would dial, be
 refused and back off, forever.
 
+A connection we dialled is never replaced on the word of whoever dialled
+us: anyone can connect and *say* it is ``aaa``.  When the rule would keep
+a newcomer that dialled us over our live dial to the same identifier, the
+newcomer waits (``AWAIT_TAKEOVER``, its packets held) until our dial is
+closed — which the real peer does, resolving the crossed dials by the same
+rule, and a stranger cannot.  If that does not happen before the handshake
+deadline the newcomer is refused.  A snakeMQ 1.6 newcomer never closes
+anything, so it is refused at once while our dial lives.  (A stranger that
+connects while the peer is *not* connected is the plain-TCP case: only TLS
+identity binding, ``cert_idents``, tells peers apart.)
+
 A session closed while the application still holds messages it delivered
 stays reachable for ``handed()`` (``_closed_rx``): a resent copy of such a
 message on the next connection is acknowledged only once the original is.
@@ -95,6 +106,8 @@ DEFAULT_WINDOW = 4096
 """Unacknowledged messages a peer accepts in flight towards it."""
 
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+DEFAULT_UNIDENTIFIED_BUDGET = 16 * 1024 * 1024
+"""Bytes all unidentified connections together may make an engine keep."""
 OUTPUT_HIGH_WATER = 512 * 1024
 """``data_to_send()`` stops adding messages once this many bytes are ready."""
 
@@ -126,6 +139,11 @@ class Engine:
             again at half of it; ``None`` never fills.
         legacy: behave exactly as a snakeMQ 1.6 peer on the wire (send no
             capabilities); meant for tests and interoperability checks.
+        unidentified_budget: bytes that all connections which have not
+            identified yet may make us keep together (each one at most a
+            handshake frame, ``HANDSHAKE_MAX_PACKET``, or ``HELD_MAX`` while
+            it awaits a crossed-dial takeover); beyond it, the connection
+            that asks for more is closed (``PacketTooLargeError``).
     """
 
     def __init__(
@@ -140,8 +158,19 @@ class Engine:
         window: int = DEFAULT_WINDOW,
         max_queued: int | None = None,
         legacy: bool = False,
+        unidentified_budget: int = DEFAULT_UNIDENTIFIED_BUDGET,
     ) -> None:
         self.ident = check_ident(ident)
+        if (
+            isinstance(unidentified_budget, bool)
+            or not isinstance(unidentified_budget, int)
+            or unidentified_budget < 0
+        ):
+            raise ValueError(
+                f"unidentified_budget must be an int >= 0, got {unidentified_budget!r}"
+            )
+        self.unidentified_budget = unidentified_budget
+        self.unidentified_used = 0
         if max_queued is not None and (
             isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 2
         ):
@@ -416,12 +445,18 @@ class Engine:
 
     # ------------------------------------------------------ routing (Router)
 
-    def _admit(self, session: Session, ident: str, now: float, events: list[Event]) -> None:
+    def _admit(self, session: Session, ident: str, now: float, events: list[Event]) -> bool:
         """Let ``session`` carry ``ident``: refuse a duplicate, or, for crossed
-        dials, keep the same one of the two connections as the peer does."""
+        dials, keep the same one of the two connections as the peer does.
+
+        A connection we dialled is never replaced on a stranger's word: a
+        newcomer that dialled us waits (False: AWAIT_TAKEOVER) until the
+        peer closes its end of ours, which the real peer does when it
+        resolves the crossed dials and a stranger cannot.  A snakeMQ 1.6
+        newcomer never does, so it is refused while ours lives."""
         other = self._by_ident.get(ident)
         if other is None:
-            return
+            return True
         if not self._replaces(session, other, ident):
             if session.outbound:
                 # our own dial is the redundant one: its connector waits
@@ -436,15 +471,38 @@ class Engine:
             both_known = session.outbound is not None and other.outbound is not None
             duplicate.crossed = both_known and session.outbound != other.outbound
             raise duplicate
-        # the two peers dialled each other: both keep the same connection
+        if not session.outbound:
+            if session.remote_caps is None:
+                raise DuplicateIdentError(
+                    f"peer {ident!r} is already connected over {other.conn_id}, which we "
+                    "dialled; a snakeMQ 1.6 peer cannot resolve crossed dials, so this "
+                    "connection is refused while that one lives"
+                )
+            if other.challenger is not None:
+                raise DuplicateIdentError(
+                    f"peer {ident!r} is already connected, and another connection waits "
+                    "to take over"
+                )
+            log.info(
+                "conn=%s ident=%r: crossed dial, waiting for the peer to close %s",
+                session.conn_id,
+                ident,
+                other.conn_id,
+            )
+            other.challenger = session
+            return False
+        # the two peers dialled each other and this is our dial: keep it
         log.info(
-            "conn=%s ident=%s: keeping this one of two crossed connections", session.conn_id, ident
+            "conn=%s ident=%r: keeping this one of two crossed connections",
+            session.conn_id,
+            ident,
         )
         del self._conns[other.conn_id]
         self._detach(other, now, events)
         if other.outbound:
             events.append(RedialHeld(other.conn_id, ident))
         events.append(CloseConnection(other.conn_id))
+        return True
 
     def _attach(
         self, session: Session, ident: str, now: float, events: list[Event]
@@ -466,6 +524,11 @@ class Engine:
         return new.outbound == (self.ident < ident)
 
     def _detach(self, session: Session, now: float, events: list[Event]) -> None:
+        claimed = session.claimed
+        if claimed is not None:  # it was waiting to take over: no longer
+            holder = self._by_ident.get(claimed)
+            if holder is not None and holder.challenger is session:
+                holder.challenger = None
         session.detach()
         rx = session.rx
         if rx is not None and rx.unhanded():
@@ -476,6 +539,25 @@ class Engine:
             del self._by_ident[ident]
             queue.disconnect(now, events)
             events.append(PeerDisconnected(session.conn_id, ident))
+            challenger, session.challenger = session.challenger, None
+            if challenger is not None and self._conns.get(challenger.conn_id) is challenger:
+                events.extend(challenger.take_over(now))
+            self._forget(ident)
+
+    def _forget(self, ident: str) -> None:
+        """Drop the state kept for ``ident`` once nothing depends on it: not
+        connected, nothing queued, no de-duplication entry (seen or pending).
+        A program that talks to many short-lived peers does not grow."""
+        if ident in self._by_ident:
+            return
+        queue = self._queues.get(ident)
+        if queue is not None and queue.items:
+            return
+        window = self._windows.get(ident)
+        if window is not None and (window.seen or window.pending):
+            return
+        self._queues.pop(ident, None)
+        self._windows.pop(ident, None)
 
     def _queue(self, ident: str) -> PeerQueue:
         queue = self._queues.get(ident)

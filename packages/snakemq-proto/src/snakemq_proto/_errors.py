@@ -53,6 +53,10 @@ class KeepaliveTimeoutError(RemoteProtocolError):
     """The remote peer did not answer a keepalive ping in time."""
 
 
+class SlowReaderError(RemoteProtocolError):
+    """The remote peer makes us answer (PING) but does not read the answers."""
+
+
 class HandshakeTimeoutError(RemoteProtocolError):
     """The remote peer did not identify itself in time after connecting."""
 

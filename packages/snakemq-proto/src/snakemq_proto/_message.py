@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import unicodedata
 from typing import Any
 
 import attrs
@@ -78,7 +79,20 @@ def check_ident(ident: object, name: str = "ident") -> str:
             f"{name} is {len(ident)} characters long; the protocol allows at most "
             f"{MAX_IDENT_LENGTH}"
         )
+    if not ident.isprintable() and unprintable_in(ident):
+        raise ValueError(
+            f"{name}={ident!r} contains control or format characters; peers refuse such identifiers"
+        )
     return ident
+
+
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def unprintable_in(ident: str) -> bool:
+    """Whether ``ident`` holds a control, format or line/paragraph separator
+    character (newlines, ESC, bidi overrides ...), which no identifier may."""
+    return any(unicodedata.category(c) in _UNPRINTABLE_CATEGORIES for c in ident)
 
 
 def _check_data(instance: Any, attribute: Any, value: Any) -> None:

@@ -11,7 +11,17 @@ manner: ``(state, frame type) -> (handler, next state)``::
                                          (CAPABILITIES allowed here, once;
                                           PING and PONG too)
     ACTIVE: MESSAGE, ACK, PING, PONG        (stay ACTIVE)
+    AWAIT_IDENT --IDENTIFICATION, crossed dial--> AWAIT_TAKEOVER
+        --the connection it contends with is closed--> ACTIVE
     any state --error / INCOMPATIBLE_PROTOCOL / timeout / close--> CLOSED
+
+AWAIT_TAKEOVER (no entries in the table: its packets are held, at most
+``HELD_MAX`` bytes, and acted on once it is ACTIVE): a connection someone
+dialled to us under the identifier of a peer *we* dialled and are connected
+to, which the crossed-dial rule would keep.  The real peer resolves crossed
+dials the same way, so it closes its end of our dial; a stranger cannot.
+So the newcomer takes over only once our dial is closed, and is refused when
+the handshake deadline passes first (``Engine._admit``).
 
 The receive loop looks the pair up, runs the handler and enters the next
 state; handlers never assign a state.  A handler that refuses its frame
@@ -54,7 +64,9 @@ from ._errors import (
     KeepaliveTimeoutError,
     LocalProtocolError,
     MalformedFrameError,
+    PacketTooLargeError,
     RemoteProtocolError,
+    SlowReaderError,
     SnakeMQError,
     UnexpectedFrameError,
 )
@@ -94,11 +106,24 @@ _PONG_PACKET = encode_packet(Pong().encode())
 _INCOMPATIBLE_PACKET = encode_packet(IncompatibleProtocol().encode())
 
 
+HELD_MAX = 1024 * 1024
+"""Bytes a connection in AWAIT_TAKEOVER may send before it is refused."""
+
+HANDSHAKE_MAX_PACKET = 256
+"""The largest packet accepted before identification: the handshake's own
+frames need at most 201 bytes (IDENTIFICATION: 50 characters of UTF-8)."""
+
+CONTROL_OUT_MAX = 256 * 1024
+"""Bytes of our answers (PONGs, ACKs) that may wait to be written before a
+peer that keeps asking but never reads is closed."""
+
+
 class ConnState(enum.Enum):
     """Where a connection is in its life (see the table ``_TRANSITIONS``)."""
 
     AWAIT_VERSION = "await-version"
     AWAIT_IDENT = "await-ident"
+    AWAIT_TAKEOVER = "await-takeover"
     ACTIVE = "active"
     CLOSED = "closed"
 
@@ -110,10 +135,13 @@ class Router(Protocol):
     legacy: bool
     report_sent: bool
     report_delivered: bool
+    unidentified_budget: int
+    unidentified_used: int
 
-    def _admit(self, session: Session, ident: str, now: float, events: list[Event]) -> None:
-        """Let ``session`` carry ``ident`` (closing a crossed twin), or raise
-        ``DuplicateIdentError``."""
+    def _admit(self, session: Session, ident: str, now: float, events: list[Event]) -> bool:
+        """Let ``session`` carry ``ident`` (closing a crossed twin): True;
+        False when it must wait for the twin to close (AWAIT_TAKEOVER); or
+        raise ``DuplicateIdentError``."""
 
     def _attach(
         self, session: Session, ident: str, now: float, events: list[Event]
@@ -125,11 +153,16 @@ class Session:
     """One connection's state, output and keepalive (see the module doc)."""
 
     __slots__ = (
+        "budget_used",
         "cert_idents",
+        "challenger",
+        "claimed",
         "conn_id",
         "deadline_handshake",
         "decoder",
         "emitted",
+        "held",
+        "held_bytes",
         "ident",
         "last_recv",
         "legacy",
@@ -180,6 +213,12 @@ class Session:
         self.emitted = 0  # bytes returned by data_to_send() so far
         self.written = 0  # bytes reported by data_sent() so far
         self.sent_marks: deque[tuple[int, _Item]] = deque()  # (end offset, item)
+        # AWAIT_TAKEOVER: the identifier it waits to carry, its held packets
+        self.claimed: str | None = None
+        self.held: list[memoryview] = []
+        self.held_bytes = 0
+        self.challenger: Session | None = None  # the session waiting for this one to close
+        self.budget_used = 0  # bytes counted in the router's budget of unidentified sessions
 
     @property
     def closed(self) -> bool:
@@ -199,7 +238,7 @@ class Session:
         routine = isinstance(error, DuplicateIdentError) and error.crossed
         log.log(
             logging.INFO if routine else logging.WARNING,
-            "conn=%s ident=%s closing: %s",
+            "conn=%s ident=%r closing: %s",
             self.conn_id,
             self.ident,
             error,
@@ -213,6 +252,8 @@ class Session:
         self.out.clear()
         self.out_bytes = 0
         self.sent_marks.clear()
+        self.claimed, self.held, self.held_bytes = None, [], 0
+        self.release_budget()
 
     # -------------------------------------------------------------- output
 
@@ -292,29 +333,110 @@ class Session:
         self.ping_sent = None
         events: list[Event] = []
         try:
-            packets = self.decoder.feed(data)
-            count = len(packets)
-            i = 0
-            while i < count:
-                packet = packets[i]
-                if len(packet) == 0:
-                    raise MalformedFrameError(
-                        "empty packet: a packet must hold at least a frame type byte"
-                    )
-                ftype = packet[0]
-                transition = _TRANSITIONS.get((self.state, ftype))
-                if transition is None:
-                    if ftype in KNOWN_FRAME_TYPES:
-                        raise UnexpectedFrameError(
-                            f"frame type {ftype} is not allowed in state {self.state.value}"
-                        )
-                    i += 1
-                    continue  # unknown frame types are ignored (the extension door)
-                handler, next_state = transition
-                i = handler(self, packets, i, now, events)
-                self.state = next_state
+            self._process(self.decoder.feed(data), now, events)
             if self.decoder.pending_error:
                 self.decoder.feed(b"")  # raises PacketTooLargeError
+            if self.state is not ConnState.ACTIVE and self.state is not ConnState.CLOSED:
+                self._charge_unidentified()
+        except RemoteProtocolError as exc:
+            events.extend(self.fail(exc))
+        rx = self.rx
+        if rx is not None and rx.ack_count and self.state is ConnState.ACTIVE:
+            self._out(rx.take_ack())
+        return events
+
+    def _process(self, packets: list[memoryview], now: float, events: list[Event]) -> None:
+        """Act on received packets in order (raises ``RemoteProtocolError``)."""
+        count = len(packets)
+        i = 0
+        while i < count:
+            if self.state is ConnState.AWAIT_TAKEOVER:
+                self._hold(packets, i)
+                return
+            packet = packets[i]
+            if len(packet) == 0:
+                raise MalformedFrameError(
+                    "empty packet: a packet must hold at least a frame type byte"
+                )
+            if len(packet) > HANDSHAKE_MAX_PACKET and self.state is not ConnState.ACTIVE:
+                if packet[0] == FRAME_IDENTIFICATION:
+                    raise MalformedFrameError(
+                        f"IDENTIFICATION frame of {len(packet)} bytes: an identifier is at "
+                        "most 50 characters"
+                    )
+                raise PacketTooLargeError(
+                    f"peer sent a packet of {len(packet)} bytes before it identified; only "
+                    f"the handshake's frames (at most {HANDSHAKE_MAX_PACKET} bytes) are allowed"
+                )
+            ftype = packet[0]
+            transition = _TRANSITIONS.get((self.state, ftype))
+            if transition is None:
+                if ftype in KNOWN_FRAME_TYPES:
+                    raise UnexpectedFrameError(
+                        f"frame type {ftype} is not allowed in state {self.state.value}"
+                    )
+                i += 1
+                continue  # unknown frame types are ignored (the extension door)
+            handler, next_state = transition
+            i = handler(self, packets, i, now, events)
+            # an identification that must wait for its crossed twin to close
+            self.state = next_state if self.claimed is None else ConnState.AWAIT_TAKEOVER
+
+    def _charge_unidentified(self) -> None:
+        """Bound what an unidentified session makes us keep: a partial packet
+        of a handshake frame's size (or HELD_MAX while awaiting a takeover),
+        and all of them together the router's ``unidentified_budget``."""
+        buffered = self.decoder.buffered
+        if self.state is ConnState.AWAIT_TAKEOVER:
+            if buffered + self.held_bytes > HELD_MAX:
+                raise PacketTooLargeError(
+                    f"peer {self.claimed!r} is already connected over a connection we dialled; "
+                    f"this one sent more than {HELD_MAX} bytes before that one was closed"
+                )
+        elif buffered > HANDSHAKE_MAX_PACKET:
+            raise PacketTooLargeError(
+                f"peer sent a packet of more than {HANDSHAKE_MAX_PACKET} bytes before it "
+                "identified; only the handshake's frames are allowed then"
+            )
+        used = buffered + self.held_bytes
+        router = self.router
+        router.unidentified_used += used - self.budget_used
+        self.budget_used = used
+        if router.unidentified_used > router.unidentified_budget:
+            raise PacketTooLargeError(
+                f"connections that have not identified hold {router.unidentified_used} bytes, "
+                f"more than the budget of {router.unidentified_budget}; this one is closed"
+            )
+
+    def release_budget(self) -> None:
+        """Identified or gone: no longer counted as unidentified."""
+        self.router.unidentified_used -= self.budget_used
+        self.budget_used = 0
+
+    def _hold(self, packets: list[memoryview], start: int) -> None:
+        held = self.held
+        for i in range(start, len(packets)):
+            packet = memoryview(bytes(packets[i]))  # the decoder reuses its buffer
+            self.held_bytes += len(packet)
+            held.append(packet)
+        if self.held_bytes > HELD_MAX:
+            raise DuplicateIdentError(
+                f"peer {self.claimed!r} is already connected over a connection we dialled; "
+                f"this one sent more than {HELD_MAX} bytes before that one was closed"
+            )
+
+    def take_over(self, now: float) -> list[Event]:
+        """AWAIT_TAKEOVER ends: the connection this one contended with is
+        closed.  This one carries the identifier and its held packets are
+        acted on."""
+        ident, held = self.claimed, self.held
+        assert ident is not None and self.state is ConnState.AWAIT_TAKEOVER
+        self.claimed, self.held, self.held_bytes = None, [], 0
+        self.state = ConnState.ACTIVE
+        events: list[Event] = []
+        self._identified(ident, now, events)
+        try:
+            self._process(held, now, events)
         except RemoteProtocolError as exc:
             events.extend(self.fail(exc))
         rx = self.rx
@@ -361,11 +483,16 @@ class Session:
             return
         if state is not ConnState.ACTIVE:
             if now >= self.deadline_handshake:
-                events.extend(
-                    self.fail(
-                        HandshakeTimeoutError(f"peer did not identify within {handshake_timeout} s")
-                    )
+                error: SnakeMQError = HandshakeTimeoutError(
+                    f"peer did not identify within {handshake_timeout} s"
                 )
+                if state is ConnState.AWAIT_TAKEOVER:
+                    error = DuplicateIdentError(
+                        f"peer {self.claimed!r} is already connected over a connection we "
+                        "dialled, and this one did not prove to come from the same peer: that "
+                        f"one was not closed within {handshake_timeout} s"
+                    )
+                events.extend(self.fail(error))
             return
         if interval is None:
             return
@@ -427,11 +554,18 @@ class Session:
                 f"remote peer identified as {ident!r}, which is this peer's own identifier"
             )
         if self.cert_idents is not None and ident not in self.cert_idents:
-            names = ", ".join(sorted(self.cert_idents)) or "no names"
+            names = ", ".join(repr(n) for n in sorted(self.cert_idents)) or "no names"
             raise IdentityMismatchError(
                 f"remote peer identified as {ident!r} but its certificate names {names}"
             )
-        router._admit(self, ident, now, events)
+        if not router._admit(self, ident, now, events):
+            self.claimed = ident  # AWAIT_TAKEOVER
+            return
+        self._identified(ident, now, events)
+
+    def _identified(self, ident: str, now: float, events: list[Event]) -> None:
+        router = self.router
+        self.release_budget()
         caps = self.remote_caps
         self.legacy = router.legacy or caps is None or not caps.bits & CAP_ACK
         if caps is not None and not self.legacy:
@@ -440,6 +574,11 @@ class Session:
         self.queue, self.rx = router._attach(self, ident, now, events)
 
     def _on_ping(self, frame: Frame | None, now: float, events: list[Event]) -> None:
+        if self.out_bytes >= CONTROL_OUT_MAX:
+            raise SlowReaderError(
+                f"peer keeps pinging but does not read: {self.out_bytes} bytes of answers "
+                "wait to be written"
+            )
         self._out(_PONG_PACKET)
 
     def _on_pong(self, frame: Frame | None, now: float, events: list[Event]) -> None:

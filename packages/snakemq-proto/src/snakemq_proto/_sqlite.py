@@ -33,6 +33,30 @@ survives a crash or ``kill -9`` of the process; it is fsynced at the next
 checkpoint.  ``synchronous="FULL"`` fsyncs every commit, which also survives
 a power loss or a kernel crash, at the cost of one fsync per ``apply``.
 
+A snakeMQ 1.6 queue file (one table ``items(queue_name, uuid, data, ttl,
+flags)``, uuids as hex) is migrated in place when it is opened: its rows are
+copied into this schema in their order and the 1.6 table dropped, all in the
+one transaction that opens the file, so the original stays as it was until
+that transaction commits.  Stored TTLs are remaining TTLs in both versions.
+
+A full disk (theory of operation): a full disk is an error for new sends,
+never for deletes of delivered messages.  Three things make that hold:
+
+* ``secure_delete`` is ``FAST`` (Debian builds SQLite with it on, which
+  rewrites every freed page: deleting then needs as much new space as the
+  deleted messages took);
+* a *reserve* file next to the database (``<path>-reserve``,
+  ``reserve_bytes`` long) is released the moment SQLite reports the disk
+  full, so the deletes, TTL updates and de-dup entries of the batch still
+  commit (in small transactions, checkpointed in between so the WAL file is
+  reused, not grown); then the freed pages are handed back to the file
+  system (``auto_vacuum = INCREMENTAL``) and the pushes are refused with a
+  ``StorageError``;
+* pushes are written only while the reserve exists: it is made again
+  before the next batch with pushes, which succeeds once space came back
+  (delivered messages deleted, or space added from outside).  Until then
+  every batch with pushes commits its other changes and raises.
+
 Locking: by default the file is opened in SQLite's exclusive locking mode,
 so one storage file belongs to one process at a time (two peers sharing a
 queue file would deliver every message twice).  A second opener, in this
@@ -41,6 +65,8 @@ process or another, gets a ``StorageError`` after ``timeout`` seconds.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -53,7 +79,7 @@ from ._errors import StorageError
 from ._message import Message
 from ._storage import StorageBatch, StoredState, seen_window_appends
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteQueuesStorage"]
+__all__ = ["APPLICATION_ID", "DEFAULT_RESERVE_BYTES", "SCHEMA_VERSION", "SqliteQueuesStorage"]
 
 logger = logging.getLogger("snakemq.storage")
 
@@ -67,6 +93,9 @@ _APPLICATION: Final = "snakemq"
 _SYNCHRONOUS: Final = ("NORMAL", "FULL", "EXTRA")
 _OUR_TABLES: Final = frozenset({"snakemq_meta", "snakemq_queue", "snakemq_seen"})
 _IN_CHUNK: Final = 500  # host parameters per IN (...) query, well below SQLite's limit
+DEFAULT_RESERVE_BYTES: Final = 1024 * 1024
+_FREEING_CHUNK: Final = 256  # deletes per transaction while the disk is full
+_VACUUM_STEP: Final = 64  # pages handed back to the file system per transaction
 
 _SCHEMA: Final = f"""
 CREATE TABLE snakemq_meta (
@@ -119,6 +148,12 @@ def _is_locked(exc: sqlite3.Error) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text
 
 
+def _is_full(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "")
+    text = str(exc).lower()
+    return name.startswith("SQLITE_FULL") or "disk is full" in text
+
+
 def _is_corrupt(exc: sqlite3.Error) -> bool:
     name = getattr(exc, "sqlite_errorname", "")
     text = str(exc).lower()
@@ -127,6 +162,32 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
         or "not a database" in text
         or "malformed" in text
     )
+
+
+def _unwritable(path: str) -> str | None:
+    """Why an existing storage file cannot be written, or None: SQLite itself
+    reports a read-only mount as a mere "disk I/O error"."""
+    if not os.path.exists(path):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except OSError:
+        pass
+    if not os.access(path, os.W_OK):
+        return "the file is read-only"
+    if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+        return "its directory is read-only"
+    return None
+
+
+_LEGACY_16_COLUMNS: Final = ("queue_name", "uuid", "data", "ttl", "flags")
+
+
+def _is_legacy_16(conn: sqlite3.Connection) -> bool:
+    """True for the one table snakeMQ 1.6's ``SqliteQueuesStorage`` creates."""
+    columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(items)"))
+    return columns == _LEGACY_16_COLUMNS
 
 
 class SqliteQueuesStorage:
@@ -146,6 +207,9 @@ class SqliteQueuesStorage:
             giving up with a ``StorageError``.
         exclusive: hold the file locked while it is open, so no other
             process (or second storage object) can use the same queues.
+        reserve_bytes: size of the reserve file kept next to the database
+            (``<path>-reserve``) and released when the disk is full, so that
+            deletes of delivered messages always commit; ``0`` turns it off.
 
     Raises:
         TypeError, ValueError: a wrong argument.
@@ -161,6 +225,7 @@ class SqliteQueuesStorage:
         synchronous: str = "NORMAL",
         timeout: float = 1.0,
         exclusive: bool = True,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> None:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
@@ -172,6 +237,15 @@ class SqliteQueuesStorage:
         self.synchronous: str = synchronous.upper()
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        if (
+            isinstance(reserve_bytes, bool)
+            or not isinstance(reserve_bytes, int)
+            or reserve_bytes < 0
+        ):
+            raise ValueError(f"reserve_bytes must be an int >= 0, got {reserve_bytes!r}")
+        self.reserve_bytes: int = reserve_bytes
+        self.reserve_path: str = self.path + "-reserve"
+        self._reserved = False
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._check_location()
@@ -190,6 +264,7 @@ class SqliteQueuesStorage:
             conn.close()
             raise
         self._conn = conn
+        self._make_reserve()
 
     # ------------------------------------------------------------------ open
 
@@ -217,6 +292,9 @@ class SqliteQueuesStorage:
         try:
             if exclusive:
                 conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            # before the schema is created: it only takes effect in an empty file
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("PRAGMA secure_delete = FAST")
             # The lock is taken before the schema is read, so a file being
             # created or used by someone else is reported as locked, never
             # mistaken for a foreign or empty one.
@@ -257,11 +335,11 @@ class SqliteQueuesStorage:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         if not tables and version == 0 and app_id == 0:
-            # one statement at a time: executescript() would COMMIT first
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            self._create_schema(conn)
             return True
+        if tables == {"items"} and version == 0 and app_id == 0 and _is_legacy_16(conn):
+            self._migrate_16(conn)
+            return False
         application = None
         if "snakemq_meta" in tables:
             row = conn.execute(
@@ -290,6 +368,51 @@ class SqliteQueuesStorage:
             )
         return False
 
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        # one statement at a time: executescript() would COMMIT first
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    def _migrate_16(self, conn: sqlite3.Connection) -> None:
+        """Turn a snakeMQ 1.6 queue file into ours, inside the caller's
+        transaction: until it commits the 1.6 table is untouched, so a crash
+        or an error leaves the original file as it was."""
+        rows = []
+        for rowid, ident, hex_uuid, data, ttl, flags in conn.execute(
+            "SELECT rowid, queue_name, uuid, data, ttl, flags FROM items ORDER BY rowid"
+        ):
+            try:
+                if isinstance(hex_uuid, bytes):  # 1.6 on Python 3 stored b2a_hex() bytes
+                    hex_uuid = hex_uuid.decode("ascii")
+                uuid = bytes.fromhex(hex_uuid)
+                if len(uuid) != 16 or not isinstance(ident, str):
+                    raise ValueError(f"uuid {hex_uuid!r}, queue {ident!r}")
+                if isinstance(data, str):
+                    data = data.encode()
+                if not isinstance(data, bytes):
+                    raise ValueError(f"data of type {type(data).__name__}")
+                if ttl is not None:
+                    ttl = max(0.0, float(ttl))  # an expired 1.6 message is dropped at load
+                flags = int(flags or 0) & 0xFFFFFFFF
+            except (TypeError, ValueError, UnicodeDecodeError) as exc:
+                raise StorageError(
+                    f"queue storage {self.path!r} is a snakeMQ 1.6 queue file, but its row "
+                    f"{rowid} cannot be read ({exc}); it was left untouched — fix or delete "
+                    "that row with the sqlite3 shell, then open it again"
+                ) from exc
+            rows.append((ident, uuid, data, ttl, flags))
+        self._create_schema(conn)
+        conn.executemany(_PUSH, rows)
+        conn.execute("DROP TABLE items")
+        logger.warning(
+            "migrated snakeMQ 1.6 queue storage %r to schema %d: %d queued message(s) kept",
+            self.path,
+            SCHEMA_VERSION,
+            len(rows),
+        )
+
     def _fail(self, exc: sqlite3.Error, doing: str) -> NoReturn:
         path = self.path
         if _is_locked(exc):
@@ -304,6 +427,14 @@ class SqliteQueuesStorage:
                 "restore it from a backup, or move it away to start with empty queues"
             ) from exc
         text = str(exc).lower()
+        unwritable = _unwritable(path)
+        if unwritable:
+            raise StorageError(
+                f"cannot {doing} queue storage {path!r}: the location is not writable "
+                f"({unwritable}; SQLite said: {exc}); the queues need a writable file, "
+                "-wal/-shm files and directory: remount it read-write, fix the permissions "
+                "or choose another path"
+            ) from exc
         if "readonly" in text or "unable to open" in text or "read-only" in text:
             raise StorageError(
                 f"cannot {doing} queue storage {path!r}: the location is not writable "
@@ -357,9 +488,14 @@ class SqliteQueuesStorage:
         then seen uuids (pruned to ``batch.seen_keep`` per ident).  The
         transaction is committed when this returns.
 
+        On a full disk the batch's other changes are committed all the same
+        (deletes first) and only its pushes are refused: ``StorageError`` is
+        raised and applying the batch again later is safe.
+
         Raises:
             StorageError: the storage is closed or the write failed (the
-                transaction is then rolled back: nothing of the batch is kept).
+                transaction is then rolled back: nothing of the batch is kept,
+                except on a full disk, see above).
         """
         with self._lock:
             conn = self._connection()
@@ -379,31 +515,150 @@ class SqliteQueuesStorage:
             else:
                 push = [(ident, m.uuid, m.data, m.ttl, m.flags) for ident, m in batch.push]
                 update = [(ttl, uuid) for uuid, ttl in batch.update_ttl]
+            if push and self.reserve_bytes and not self._reserved and not self._regain_reserve():
+                self._apply_freeing(conn, batch, update)
+                self._refuse_pushes(len(push), None)
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if push:
-                        conn.executemany(_PUSH, push)
-                    if update:
-                        conn.executemany(_UPDATE_TTL, update)
-                    if batch.update_ttl_in:
-                        conn.executemany(
-                            _UPDATE_TTL_IN,
-                            [(ttl, ident, uuid) for ident, uuid, ttl in batch.update_ttl_in],
-                        )
-                    if delete:
-                        conn.executemany(_DELETE, [(uuid,) for uuid in delete])
-                    if batch.delete_from:
-                        conn.executemany(_DELETE_FROM, batch.delete_from)
-                    if batch.seen:
-                        self._apply_seen(conn, batch.seen, batch.seen_keep)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                self._transaction(conn, push, update, batch)
             except sqlite3.Error as exc:
-                self._fail(exc, "write")
+                if not _is_full(exc):
+                    self._fail(exc, "write")
+                self._release_reserve()
+                self._apply_freeing(conn, batch, update)
+                if push:
+                    self._refuse_pushes(len(push), exc)
+
+    def _transaction(
+        self,
+        conn: sqlite3.Connection,
+        push: list[tuple[str, bytes, bytes, float | None, int]],
+        update: list[tuple[float | None, bytes]],
+        batch: StorageBatch,
+    ) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if push:
+                conn.executemany(_PUSH, push)
+            if update:
+                conn.executemany(_UPDATE_TTL, update)
+            if batch.update_ttl_in:
+                conn.executemany(
+                    _UPDATE_TTL_IN,
+                    [(ttl, ident, uuid) for ident, uuid, ttl in batch.update_ttl_in],
+                )
+            if batch.delete:
+                conn.executemany(_DELETE, [(uuid,) for uuid in batch.delete])
+            if batch.delete_from:
+                conn.executemany(_DELETE_FROM, batch.delete_from)
+            if batch.seen:
+                self._apply_seen(conn, batch.seen, batch.seen_keep)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------ full disk
+
+    def _apply_freeing(
+        self,
+        conn: sqlite3.Connection,
+        batch: StorageBatch,
+        update: list[tuple[float | None, bytes]],
+    ) -> None:
+        """Everything of ``batch`` but its pushes, on a full disk: deletes in
+        small checkpointed transactions (the WAL is reused, not grown), then
+        the rest; then the freed pages go back to the file system."""
+        empty = StorageBatch()
+        try:
+            for start in range(0, len(batch.delete), _FREEING_CHUNK):
+                chunk = StorageBatch(delete=batch.delete[start : start + _FREEING_CHUNK])
+                self._transaction(conn, [], [], chunk)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            for start in range(0, len(batch.delete_from), _FREEING_CHUNK):
+                chunk = StorageBatch(delete_from=batch.delete_from[start : start + _FREEING_CHUNK])
+                self._transaction(conn, [], [], chunk)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            rest = StorageBatch(
+                update_ttl_in=batch.update_ttl_in, seen=batch.seen, seen_keep=batch.seen_keep
+            )
+            if update or rest:
+                self._transaction(conn, [], update, rest if rest else empty)
+            self._give_back_free_pages(conn)
+        except sqlite3.Error as exc:
+            self._fail(exc, "write")
+
+    def _give_back_free_pages(self, conn: sqlite3.Connection) -> None:
+        """Shrink the file by its free pages (``auto_vacuum = INCREMENTAL``)."""
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        while conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+            before = conn.execute("PRAGMA page_count").fetchone()[0]
+            # executescript: a plain execute() runs one step, moving one page
+            conn.executescript(f"PRAGMA incremental_vacuum({_VACUUM_STEP});")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if conn.execute("PRAGMA page_count").fetchone()[0] >= before:
+                break  # a file made without auto_vacuum keeps its free pages
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _refuse_pushes(self, count: int, exc: sqlite3.Error | None) -> NoReturn:
+        cause = f" ({exc})" if exc is not None else ""
+        raise StorageError(
+            f"queue storage {self.path!r}: the disk is full{cause}; {count} new persistent "
+            "message(s) could not be stored (deletes and other changes were committed). "
+            "They stay queued in memory only; free space on the disk"
+        ) from exc
+
+    def _make_reserve(self) -> bool:
+        """Write the reserve file; False (and no partial file) if it does not fit."""
+        if not self.reserve_bytes:
+            return True
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            logger.warning("cannot create the reserve file %r: %s", self.reserve_path, exc)
+            return False
+        try:
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                block = b"\0" * 65536
+                for _ in range(0, self.reserve_bytes, len(block)):
+                    os.write(fd, block)
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.reserve_path)
+            return False
+        os.close(fd)
+        self._reserved = True
+        return True
+
+    def _regain_reserve(self) -> bool:
+        """Make the reserve again, handing free pages back first if needed."""
+        if self._make_reserve():
+            logger.warning(
+                "queue storage %r: disk space is back, new messages are stored", self.path
+            )
+            return True
+        with contextlib.suppress(sqlite3.Error):
+            self._give_back_free_pages(self._connection())
+        return self._make_reserve()
+
+    def _release_reserve(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            with contextlib.suppress(OSError):
+                os.unlink(self.reserve_path)
+            logger.error(
+                "queue storage %r: the disk is full; released the %d-byte reserve so that "
+                "delivered messages can still be deleted. New persistent messages are not "
+                "stored until space is free again",
+                self.path,
+                self.reserve_bytes,
+            )
 
     def _apply_seen(
         self, conn: sqlite3.Connection, seen: Iterable[tuple[str, bytes]], keep: int
@@ -445,6 +700,10 @@ class SqliteQueuesStorage:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
+                if self._reserved:
+                    self._reserved = False
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.reserve_path)
                 logger.debug("closed queue storage %s", self.path)
 
     @property

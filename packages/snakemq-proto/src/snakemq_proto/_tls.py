@@ -6,7 +6,8 @@ ready contexts.  Building a context is configuration, not I/O: the sockets
 are wrapped by the I/O packages.
 
 Identity binding: with ``bind_ident=True`` the remote peer must identify with a
-name its verified certificate carries (``cert_idents()``), so nobody can speak
+name its verified certificate carries (``cert_idents()``: the subjectAltNames,
+the commonName only when there is none, RFC 6125/9525), so nobody can speak
 under another peer's identifier.  It needs ``cert_reqs=ssl.CERT_REQUIRED`` and
 ``ca_certs`` (mutual TLS) so that certificates are verified on both sides.
 """
@@ -160,14 +161,21 @@ class SSLConfig:
 
 
 def cert_idents(cert: Mapping[str, Any] | None) -> frozenset[str]:
-    """The names a verified peer certificate (``getpeercert()``) carries:
-    DNS and URI subject alternative names and the subject's common names."""
+    """The names a verified peer certificate (``getpeercert()``) carries.
+
+    RFC 6125 section 6.4.4 (and RFC 9525): the DNS and URI subject alternative
+    names; the subject's common names count only when the certificate has no
+    DNS or URI subjectAltName at all, so a certificate issued for ``mallory``
+    with a stray CN ``alice`` is never taken for ``alice``.
+    """
     if not cert:
         return frozenset()
     names: set[str] = set()
     for kind, value in cert.get("subjectAltName", ()):
         if kind in ("DNS", "URI") and isinstance(value, str):
             names.add(value)
+    if names:
+        return frozenset(names)
     for rdn in cert.get("subject", ()):
         for key, value in rdn:
             if key == "commonName" and isinstance(value, str):

@@ -31,6 +31,7 @@ from ._message import (
     UUID_LENGTH,
     Message,
     check_ident,
+    unprintable_in,
 )
 
 PROTOCOL_VERSION = 1
@@ -447,6 +448,11 @@ def decode_ident(raw: bytes | memoryview) -> str:
     if len(ident) > MAX_IDENT_LENGTH:
         raise MalformedFrameError(
             f"identifier of {len(ident)} characters exceeds the limit of {MAX_IDENT_LENGTH}"
+        )
+    if not ident.isprintable() and unprintable_in(ident):
+        raise MalformedFrameError(
+            f"identifier {ident!r} contains control or format characters (refused: "
+            "they could forge log lines or hide the real name)"
         )
     return ident
 

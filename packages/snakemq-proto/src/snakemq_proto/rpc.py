@@ -216,10 +216,10 @@ def admit_request(
     if params["command"] == "call":
         state = memory.begin(ident, params["req_id"])
         if state == "running":
-            log.debug("ident=%s: repeat of a running call ignored", ident)
+            log.debug("ident=%r: repeat of a running call ignored", ident)
             return None, None
         if isinstance(state, bytes):
-            log.debug("ident=%s: repeat answered from memory", ident)
+            log.debug("ident=%r: repeat answered from memory", ident)
             return None, state
     return params, None
 

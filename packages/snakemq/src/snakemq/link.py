@@ -91,8 +91,11 @@ POLL_TIMEOUT = 0.2
 TLS_HANDSHAKE_TIMEOUT = 30.0
 CONNECT_TIMEOUT = DEFAULT_CONNECT_TIMEOUT
 """Seconds one dial may take before it is abandoned and retried."""
-LISTEN_BACKLOG = 128
-_ACCEPT_BATCH = 64
+LISTEN_BACKLOG = 65535
+"""Asked of ``listen()``; the kernel caps it (``net.core.somaxconn``, 4096 on
+current Linux), as anyio does.  128 overflowed under connection churn: the
+kernel then drops SYNs and the client waits a 1 s retransmit."""
+_ACCEPT_BATCH = 256
 
 Address = tuple[Any, ...]
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from snakemq_proto import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_WAIT,
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_WINDOW,
@@ -143,7 +144,7 @@ class Messaging:
         self._engine = Engine(
             identifier,
             persistent=queues_storage is not None,
-            keepalive_interval=None,
+            keepalive_interval=DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_wait=DEFAULT_KEEPALIVE_WAIT,
             handshake_timeout=handshake_timeout,
             max_packet_size=max_packet_size,
@@ -520,7 +521,7 @@ class Messaging:
                 self._settled(settled_funcs, event.ident, event.uuid)
             elif cls is MessageDropped:
                 assert isinstance(event, MessageDropped)
-                log.debug("ident=%s dropped %s (TTL)", event.ident, event.uuid.hex())
+                log.debug("ident=%r dropped %s (TTL)", event.ident, event.uuid.hex())
                 self._call(self.on_message_drop, event.ident, event.uuid)
             elif cls is PeerConnected:
                 assert isinstance(event, PeerConnected)
@@ -531,6 +532,7 @@ class Messaging:
                     " (legacy 1.6 peer)" if event.legacy else "",
                 )
                 self.link.identified(event.conn_id)  # the connector's back-off starts over
+                self._flush(event.conn_id)  # also one that took over a crossed dial
                 self._call(self.on_connect, event.conn_id, event.ident)
             elif cls is PeerDisconnected:
                 assert isinstance(event, PeerDisconnected)

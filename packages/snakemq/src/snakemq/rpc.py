@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -79,19 +80,43 @@ log_client = logging.getLogger("snakemq.rpc.client")
 class RpcServer:
     """Serves registered objects to remote ``RpcClient`` objects.
 
-    Methods run in a thread of their own (not in the link loop), as in 1.6.
+    Methods run in worker threads (not in the link loop), as in 1.6, but at
+    most ``max_threads`` at once (1.6 started one thread per request, without
+    limit); further requests wait in order, at most ``max_pending`` of them.
+    A request beyond that is answered with ``RuntimeError`` (the server is
+    busy) without running.
 
     Args:
         receive_hook: the ``ReceiveHook`` of the messaging to serve on.
         pickler: the serializer; the default never unpickles network data.
+        max_threads: worker threads running methods at once (>= 1).
+        max_pending: requests waiting for a worker before new ones are refused.
     """
 
-    def __init__(self, receive_hook: ReceiveHook, pickler: Pickler | None = None) -> None:
+    def __init__(
+        self,
+        receive_hook: ReceiveHook,
+        pickler: Pickler | None = None,
+        *,
+        max_threads: int = 16,
+        max_pending: int = 10_000,
+    ) -> None:
+        for name, value, low in (("max_threads", max_threads, 1), ("max_pending", max_pending, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.receive_hook = receive_hook
         self.pickler: Pickler = pickler if pickler is not None else JsonPickler()
         self.instances: dict[str, Any] = {}
         self.transfer_exceptions = True
+        self.max_threads = max_threads
+        self.max_pending = max_pending
         self._memory = ReplyMemory()
+        self._work: deque[tuple[str, dict[str, Any]]] = deque()
+        self._work_lock = threading.Lock()
+        self._workers = 0
+        self._busy = 0
+        self._idle = 0
+        self._work_ready = threading.Condition(self._work_lock)
         receive_hook.register(REQUEST_PREFIX, self.on_recv)
 
     def register_object(self, instance: Any, name: str) -> None:
@@ -109,18 +134,67 @@ class RpcServer:
                 self.pickler, self._memory, ident, message.data[len(REQUEST_PREFIX) :]
             )
         except ValueError as exc:
-            log_server.error("ident=%s: refused an RPC request: %s", ident, exc)
+            log_server.error("ident=%r: refused an RPC request: %s", ident, exc)
             return
         if repeat is not None:
             self._send(ident, repeat)
         if params is None:
             return
-        threading.Thread(
-            target=self.call_method,
-            name=f"snakemq-rpc;{params['object']};{params['method']}",
-            args=(ident, params),
-            daemon=True,
-        ).start()
+        with self._work_lock:
+            # workers started but not yet running a call will take one each
+            free = self._workers - self._busy
+            if len(self._work) - free >= self.max_pending and self._workers >= self.max_threads:
+                busy = True
+            else:
+                busy = False
+                self._work.append((ident, params))
+                if self._idle:
+                    self._work_ready.notify()
+                elif self._workers < self.max_threads:
+                    self._workers += 1
+                    threading.Thread(target=self._worker, name="snakemq-rpc", daemon=True).start()
+        if busy:
+            self._refuse_busy(ident, params)
+
+    def _worker(self) -> None:
+        """Run queued calls; exit after a second with nothing to do."""
+        while True:
+            with self._work_lock:
+                if not self._work:
+                    self._idle += 1
+                    self._work_ready.wait(1.0)
+                    self._idle -= 1
+                    if not self._work:
+                        self._workers -= 1
+                        return
+                ident, params = self._work.popleft()
+                self._busy += 1
+            try:
+                self.call_method(ident, params)
+            except Exception:
+                log_server.exception("ident=%r: RPC call failed", ident)
+            finally:
+                with self._work_lock:
+                    self._busy -= 1
+
+    def _refuse_busy(self, ident: str, params: dict[str, Any]) -> None:
+        log_server.error(
+            "ident=%r: RPC server busy (%d calls running, %d waiting): refused %r.%r",
+            ident,
+            self.max_threads,
+            self.max_pending,
+            params.get("object"),
+            params.get("method"),
+        )
+        call = Invocation.start(ident, params, {}, self.pickler, self._memory)
+        reply = call.failed(
+            RuntimeError(
+                f"RPC server busy: {self.max_threads} calls running and {self.max_pending} "
+                "waiting; try again later"
+            )
+        )
+        if reply is not None:
+            self._send(ident, reply)
 
     def call_method(self, ident: str, params: dict[str, Any]) -> None:
         call = Invocation.start(ident, params, self.instances, self.pickler, self._memory)
@@ -133,11 +207,11 @@ class RpcServer:
             except Exception as exc:
                 reply = call.failed(exc, self.transfer_exceptions)
                 if reply is None:
-                    log_server.exception("ident=%s: RPC method %s raised", ident, params["method"])
+                    log_server.exception("ident=%r: RPC method %r raised", ident, params["method"])
             else:
                 reply = call.returned(result)
         if reply is None and call.refusal is not None:
-            log_server.error("ident=%s: signal refused: %r", ident, call.refusal)
+            log_server.error("ident=%r: signal refused: %r", ident, call.refusal)
         if reply is not None:
             self._send(ident, reply)
 
@@ -236,7 +310,7 @@ class RpcClient:
             try:
                 call = self._calls.reply_received(message.data[len(REPLY_PREFIX) :])
             except ValueError as exc:
-                log_client.error("ident=%s: refused an RPC reply: %s", ident, exc)
+                log_client.error("ident=%r: refused an RPC reply: %s", ident, exc)
                 return
             if call is not None:
                 self.cond.notify_all()
