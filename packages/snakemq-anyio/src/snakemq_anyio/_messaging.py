@@ -537,8 +537,10 @@ class Messaging:
         if self._state is not _RUNNING:
             self._running()
         sends = self._sends = self._sends + 1
-        if not sends & 63:
-            # let the connections run now and then in a tight send loop
+        if not sends & 1023:
+            # let the connections run now and then in a tight send loop; rarely,
+            # so that each writer takes many messages per wake-up even when
+            # sends are spread over hundreds of peers (issue 14)
             await anyio.lowlevel.checkpoint()
         if self._engine.queue_full(ident):
             await self._wait_queue_space(ident)
