@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import anyio
 import pytest
 from snakemq_anyio import (
@@ -11,6 +14,7 @@ from snakemq_anyio import (
     Messaging,
     PeerDisconnected,
 )
+from snakemq_proto import FLAG_PERSISTENT, SqliteQueuesStorage, StorageBatch
 
 pytestmark = pytest.mark.anyio
 
@@ -50,3 +54,52 @@ async def test_ttl_drop_after_peer_went_away() -> None:
             receipt = await bob.send_message("alice", Message(b"short-lived", ttl=0.1))
             with anyio.fail_after(10), pytest.raises(MessageDroppedError):
                 await receipt.delivered()
+
+
+async def test_mass_expiry_of_stored_messages_does_not_stall_the_loop(tmp_path: Path) -> None:
+    """Issue 14: 200k persistent messages (real SQLite) running out together
+    are dropped in bounded steps: round trips with another peer stay quick
+    all the while, and every message is dropped."""
+    n = 200_000
+    db = str(tmp_path / "q.db")
+    with SqliteQueuesStorage(db) as storage:
+        storage.apply(
+            StorageBatch(
+                push=[
+                    ("gone", Message(b"%d" % i, ttl=2.0, flags=FLAG_PERSISTENT)) for i in range(n)
+                ]
+            )
+        )
+    async with Messaging("a", storage=db) as a, Messaging("b") as b:
+        _, port = await a.add_listener(("127.0.0.1", 0))
+        await b.add_connector(("127.0.0.1", port))
+        with anyio.fail_after(10):
+            await b.wait_connected("a")
+        dropped = 0
+
+        async def count_drops() -> None:
+            nonlocal dropped
+            with a.events(max_buffered=n) as events:
+                async for event in events:
+                    if isinstance(event, MessageDropped):
+                        dropped += 1
+
+        async def hand() -> None:
+            async for _ in a:
+                pass
+
+        rtts: list[float] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(count_drops)
+            tg.start_soon(hand)
+            with anyio.fail_after(120):
+                while dropped < n:  # before, during and at the end of the expiry
+                    t = time.monotonic()
+                    receipt = await b.send_message("a", Message(b"ping", ttl=None))
+                    await receipt.delivered()
+                    rtts.append(time.monotonic() - t)
+            tg.cancel_scope.cancel()
+        assert dropped == n
+        assert a.queued("gone") == []
+        # one call dropping everything stalled the loop 2.5 s here
+        assert max(rtts) < 1.0, f"a round trip took {max(rtts):.3f} s during the expiry"

@@ -542,6 +542,59 @@ def test_expired_message_reported_once_and_removed_from_storage(clock: Clock) ->
     assert batch is not None and batch.delete == [m.uuid]
 
 
+def test_mass_expiry_is_spread_over_bounded_calls_in_order(clock: Clock) -> None:
+    """Issue 14: many messages running out together are dropped a bounded
+    number per ``handle_timeout()``, ``next_deadline()`` staying due until
+    the last one, each exactly once, in the order they ran out, and each
+    call's storage deletes are one bounded batch."""
+    from snakemq_proto._queue import EXPIRE_BATCH
+
+    a = Engine("alice", persistent=True)
+    t0 = clock.now
+    n = 3 * EXPIRE_BATCH + 17
+    # two peers interleaved, the later-queued ones running out first
+    sent = [
+        (ident, Message(str(i).encode(), ttl=2.0 - i / (4 * n), flags=FLAG_PERSISTENT))
+        for i in range(n)
+        for ident in ("bob", "carol")
+    ]
+    for ident, m in sent:
+        a.send_message(ident, m, t0)
+    assert a.take_storage_batch() is not None
+    expected = sorted(sent, key=lambda s: s[1].ttl or 0.0)
+    now = t0 + 5
+    dropped: list[MessageDropped] = []
+    calls = 0
+    while (deadline := a.next_deadline()) is not None:
+        assert deadline <= now
+        events = a.handle_timeout(now)
+        calls += 1
+        assert 0 < len(events) <= EXPIRE_BATCH
+        batch = a.take_storage_batch()
+        assert batch is not None and len(batch.delete) == len(events)
+        dropped += of_type(events, MessageDropped)
+        assert calls <= 2 * n
+    assert calls == -(-2 * n // EXPIRE_BATCH)
+    assert dropped == [MessageDropped(ident, m.uuid) for ident, m in expected]
+    assert a.queued("bob") == a.queued("carol") == []
+    assert a.handle_timeout(now) == []
+
+
+def test_partial_expiry_keeps_the_rest_of_the_queue_in_order(clock: Clock) -> None:
+    """Messages with longer TTLs stay queued, in order, around the bounded drops."""
+    from snakemq_proto._queue import EXPIRE_BATCH
+
+    a = Engine("alice")
+    t0 = clock.now
+    n = 2 * EXPIRE_BATCH + 5
+    sent = [Message(str(i).encode(), ttl=1 if i % 3 else 100) for i in range(n)]
+    for m in sent:
+        a.send_message("bob", m, t0)
+    while (deadline := a.next_deadline()) is not None and deadline <= t0 + 2:
+        a.handle_timeout(t0 + 2)
+    assert [m.uuid for m in a.queued("bob")] == [m.uuid for m in sent[::3]]
+
+
 # ------------------------------------------------------------------ keepalive
 
 

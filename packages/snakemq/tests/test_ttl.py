@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+from snakemq.message import FLAG_PERSISTENT, Message
+from snakemq.storage.sqlite import SqliteQueuesStorage
+from snakemq_proto import StorageBatch
 from sync_helpers import Peer
 
 
@@ -28,3 +34,41 @@ def test_ttl_expires_while_disconnected_and_is_never_delivered(peers: list[Peer]
     a.rec.wait_count("on_message_delivered", 1)
     assert b2.received() == [b"kept"]
     assert len(a.rec.get("on_message_drop")) == 1
+
+
+def test_mass_expiry_of_stored_messages_does_not_stall_the_loop(
+    peers: list[Peer], tmp_path: Path
+) -> None:
+    """Issue 14: 100k persistent messages (real SQLite) running out together
+    are dropped in bounded passes: a round trip with another peer completes
+    quickly all the while, every message is dropped once, in order, and its
+    row is deleted."""
+    n = 100_000
+    db = str(tmp_path / "q.db")
+    doomed = [Message(b"%d" % i, ttl=2.0, flags=FLAG_PERSISTENT) for i in range(n)]
+    with SqliteQueuesStorage(db) as storage:
+        storage.apply(StorageBatch(push=[("gone", m) for m in doomed]))
+    a = Peer("a", SqliteQueuesStorage(db))  # loads them: they start aging now
+    b = Peer("b")
+    peers += [a, b]
+    b.connect(a.listen())
+    a.start()
+    b.start()
+    b.wait_connected("a")
+    rtts: list[float] = []
+    drops = a.rec.calls.setdefault("on_message_drop", [])
+    while len(drops) < n:  # a list's len() is atomic: no lock needed to read it
+        t = time.monotonic()
+        b.send("a", b"ping", ttl=None)
+        b.rec.wait_count("on_message_delivered", len(rtts) + 1)
+        rtts.append(time.monotonic() - t)  # before, during and at the end of the expiry
+        assert len(rtts) < 100_000, "the expiry did not end"
+    assert a.rec.get("on_message_drop") == [("gone", m.uuid) for m in doomed]
+    # one pass dropping everything stalls the loop for a second or more
+    assert max(rtts) < 0.5, f"a round trip took {max(rtts):.3f} s during the expiry"
+    a.stop()
+    peers.remove(a)
+    assert a.messaging.storage is not None
+    a.messaging.storage.close()
+    with SqliteQueuesStorage(db) as storage:
+        assert storage.load().queues.get("gone", []) == []

@@ -433,7 +433,11 @@ class Engine:
         return deadline
 
     def handle_timeout(self, now: float) -> list[Event]:
-        """Do what is due at ``now``: drop expired messages, ping, close."""
+        """Do what is due at ``now``: drop expired messages, ping, close.
+
+        The work is bounded: at most ``EXPIRE_BATCH`` messages are dropped
+        per call.  While more are due ``next_deadline()`` stays at or before
+        ``now``, so an I/O loop serves its sockets and calls again at once."""
         events: list[Event] = []
         self._expiry.expire(now, events)
         interval = self.keepalive_interval

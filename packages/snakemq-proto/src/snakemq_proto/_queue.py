@@ -31,6 +31,14 @@ Expiry
     once they are the majority (a peer that flaps would grow the heap by its
     queue length each time otherwise).
 
+    Bounded work: one ``expire()`` drops at most ``EXPIRE_BATCH`` items (and
+    skips at most as many stale entries).  When more are due,
+    ``next_deadline()`` is still in the past, so the I/O loop serves its
+    sockets and calls again at once: 1M messages running out together cost
+    many short passes, not one stall, and the storage deletes of each pass
+    form one bounded batch.  Drops are reported in the same order as in one
+    call (the heap order), each exactly once.
+
 Pacing
     ``full()`` / ``has_room()``: a connected peer's queue counts as full at
     ``max_queued`` items and has room again at half (hysteresis, so producers
@@ -53,6 +61,9 @@ from ._events import Event, MessageDropped, _delivered, _sent
 from ._ledger import StorageLedger
 from ._message import FLAG_PERSISTENT, Message
 from ._wire import encode_messages
+
+EXPIRE_BATCH = 1024
+"""The most items ``ExpiryTimer.expire()`` drops in one call (see Expiry)."""
 
 
 class _Item:
@@ -120,12 +131,15 @@ class ExpiryTimer:
                 self._stale -= 1
         return None
 
-    def expire(self, now: float, events: list[Event]) -> None:
-        """Remove every item due at ``now`` from its queue, reporting each
-        drop in the order the items ran out."""
+    def expire(self, now: float, events: list[Event], limit: int = EXPIRE_BATCH) -> None:
+        """Remove the items due at ``now`` from their queues, at most
+        ``limit`` of them (``next_deadline()`` stays in the past while more
+        are due), reporting each drop in the order the items ran out."""
         heap = self._heap
         expired: dict[PeerQueue, list[_Item]] = {}
-        while heap and heap[0][0] <= now:
+        budget = limit  # drops and stale entries skipped
+        while budget > 0 and heap and heap[0][0] <= now:
+            budget -= 1
             expires, _, item, queue = heapq.heappop(heap)
             if item.expires != expires:
                 if self._stale:
@@ -347,8 +361,21 @@ class PeerQueue:
 
     def remove(self, gone: list[_Item]) -> None:
         """Take expired items out of the queue."""
+        items = self.items
         if len(gone) == 1:
-            self.items.remove(gone[0])
+            items.remove(gone[0])
+        elif items and items[0] is gone[0] and len(items) >= len(gone):
+            # usually the oldest items run out first: pop the prefix, so a
+            # mass expiry spread over many calls does not rebuild the queue
+            # on each of them
+            n = len(gone)
+            i = 0
+            while i < n and items[0] is gone[i]:
+                items.popleft()
+                i += 1
+            if i < n:
+                ids = {id(g) for g in gone[i:]}
+                self.items = deque(x for x in items if id(x) not in ids)
         else:
             # one pass, not one deque.remove() scan per item
             ids = {id(i) for i in gone}
