@@ -144,7 +144,7 @@ class SqlAlchemyQueuesStorage:
     (without the lease), mostly for tests.
 
     Args:
-        *args, **kwargs: passed to ``sqlalchemy.create_engine`` (as in
+        args, kwargs: passed to ``sqlalchemy.create_engine`` (as in
             snakeMQ 1.6), e.g. ``"postgresql://user:password@host/db"``.
         ident: the peer that owns the queues (``Messaging`` binds it when
             omitted).
