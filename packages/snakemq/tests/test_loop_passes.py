@@ -131,3 +131,39 @@ def test_sent_then_settled_in_order_towards_a_legacy_peer_over_many_batches() ->
     finally:
         a.link.cleanup()
         b.link.cleanup()
+
+
+def test_a_wakeup_asked_for_during_a_pass_costs_no_empty_pass() -> None:
+    """What send_message does from a callback (``wakeup_poll`` before the
+    pass's ``on_loop_pass``) is answered by that pass: the next ``select``
+    waits as usual instead of making an empty pass."""
+    server, client = Link(), Link()
+    try:
+        conns: dict[str, str] = {}
+        server.on_connect.add(lambda conn_id: conns.setdefault("server", conn_id))
+        client.on_connect.add(lambda conn_id: conns.setdefault("client", conn_id))
+        _, port = server.add_listener(("127.0.0.1", 0))
+        client.add_connector(("127.0.0.1", port))
+        for _ in range(500):
+            if len(conns) == 2:
+                break
+            client.loop(runtime=0.01)
+            server.loop(runtime=0.01)
+        assert len(conns) == 2
+        received: list[bytes] = []
+
+        def on_recv(conn_id: str, data: bytes) -> None:
+            received.append(data)
+            server.wakeup_poll()
+
+        server.on_recv.add(on_recv)
+        passes: list[None] = []
+        server.on_loop_pass.add(lambda: passes.append(None))
+        client.send(conns["client"], b"question")
+        # the pass that reads, then one select that waits until the runtime ends
+        server.loop(poll_timeout=30.0, runtime=0.5)
+        assert b"".join(received) == b"question"
+        assert len(passes) == 2
+    finally:
+        server.cleanup()
+        client.cleanup()
