@@ -18,12 +18,17 @@ abandoned and retried like a refused one.  ``loop()`` runs passes; one pass is:
    ``on_recv_view``), or write the rest of a pending send;
 4. report finished sends (``on_ready_to_send``), close connections whose send
    failed, time out TLS handshakes;
-5. ``on_loop_pass()``.
+5. ``on_loop_pass()``;
+6. report the sends that ``on_loop_pass`` started and the socket took at once
+   (``on_ready_to_send``), so a hop costs one pass: what a callback answers is
+   written, and reported written, in the pass that received the question.
 
 ``send(conn_id, data)`` writes at once as much as the socket takes; the rest
 is written when the socket is writable.  Once all of ``data`` is written,
 ``on_ready_to_send(conn_id, len(data))`` fires from the loop (never from inside
-``send``), and only then may the next ``send`` on that connection start.  A
+``send``), and only then may the next ``send`` on that connection start.
+``wakeup_poll()`` called during a pass (before step 5) makes no extra pass:
+that pass's ``on_loop_pass`` answers it.  A
 send that fails closes the connection later in the same pass, never from
 inside ``send`` itself, so a layer above never sees ``on_disconnect`` while it
 is in the middle of writing (snakeMQ 1.6 deadlocked there).
@@ -615,7 +620,6 @@ class Link:
                     events = select(timeout)
                 finally:
                     self._polling = False
-                self._wake_requested = False
                 real = 0
                 for key, mask in events:
                     data = key.data
@@ -632,8 +636,13 @@ class Link:
                             log.exception("unexpected error handling %r; closing it", data)
                             if type(data) is LinkSocket:
                                 self._close(data)
+                # A wake-up asked for during the pass (a callback's send_message)
+                # is answered by this pass's on_loop_pass: no empty pass for it.
+                self._wake_requested = False
                 self._after_io(monotonic())
                 self.on_loop_pass()
+                if self._ready:  # sends on_loop_pass started and finished at once
+                    self._report_ready()
                 if real and count is not None:
                     count -= 1
         finally:
@@ -984,10 +993,7 @@ class Link:
                 if self._conns.get(conn.conn_id) is conn:
                     self._close(conn)
         if self._ready:
-            ready, self._ready = self._ready, []
-            for conn in ready:
-                if self._conns.get(conn.conn_id) is conn:
-                    self.on_ready_to_send(conn.conn_id, conn.wlen)
+            self._report_ready()
         if self._dialing:
             for connector in [c for c in self._dialing if c.dial_deadline <= now]:
                 self._dial_timed_out(connector)
@@ -1000,6 +1006,12 @@ class Link:
                     self.tls_handshake_timeout,
                 )
                 self._close(conn)
+
+    def _report_ready(self) -> None:
+        ready, self._ready = self._ready, []
+        for conn in ready:
+            if self._conns.get(conn.conn_id) is conn:
+                self.on_ready_to_send(conn.conn_id, conn.wlen)
 
     def _dial_timed_out(self, connector: _Connector) -> None:
         log.info(

@@ -388,7 +388,15 @@ class Messaging:
             out.buf = None
         if events:
             self._dispatch(events)
-        self._flush(conn_id)
+        if out.buf is None:
+            # The link may report a send after this pass's write step (one
+            # that on_loop_pass started and the socket took at once): write
+            # what follows now rather than a pass later (and the storage
+            # changes data_sent made, as the pass's write step would have).
+            with self._lock:
+                more = self._writer is not None or self._engine.wants_write(conn_id)
+            if more:
+                self._write_out((conn_id,))
 
     def _report_what_is_listened(self) -> None:
         # per-message events nobody listens to are not even built
