@@ -12,7 +12,6 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
-from small_fs import small_fs
 from snakemq_anyio import (
     FLAG_PERSISTENT,
     MemoryQueuesStorage,
@@ -22,6 +21,7 @@ from snakemq_anyio import (
     StorageError,
 )
 from snakemq_proto import StorageBatch
+from snakemq_proto.testing import small_fs
 
 pytestmark = pytest.mark.anyio
 

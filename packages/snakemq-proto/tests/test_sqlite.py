@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from small_fs import remount_read_only, small_fs
 from snakemq_proto import (
     FLAG_PERSISTENT,
     MAX_TTL,
@@ -34,6 +33,7 @@ from snakemq_proto import (
     StoredState,
 )
 from snakemq_proto._sqlite import APPLICATION_ID, SCHEMA_VERSION
+from snakemq_proto.testing import remount_read_only, small_fs
 
 WRITER = pathlib.Path(__file__).with_name("sqlite_writer.py")
 WAIT = 60.0  # seconds to wait for a helper process's line before failing

@@ -13,11 +13,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from small_fs import small_fs
 from snakemq.exceptions import StorageError
 from snakemq.message import FLAG_PERSISTENT, Message
 from snakemq.storage import MemoryQueuesStorage, StorageBatch
 from snakemq.storage.sqlite import SqliteQueuesStorage
+from snakemq_proto.testing import small_fs
 from sync_helpers import WAIT, Peer
 
 SENDER = textwrap.dedent(

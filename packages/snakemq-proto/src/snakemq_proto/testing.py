@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for tests (yours and ours).
+"""Real resources for tests (yours and ours): a throwaway PostgreSQL server,
+and a small file system that can fill up.
 
 ``TestPostgres(directory)`` runs a real PostgreSQL on 127.0.0.1 with a
 password (``scram-sha-256``), so URLs with wrong credentials are refused as
@@ -29,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["TestPostgres", "postgres_bin_dir", "postgres_fixtures"]
+__all__ = ["TestPostgres", "postgres_bin_dir", "postgres_fixtures", "remount_read_only", "small_fs"]
 
 PASSWORD = "snakemq-test-pw"
 
@@ -269,3 +270,35 @@ def postgres_fixtures() -> tuple[Any, Any]:
         return postgres.new_database()
 
     return postgres, pg_url
+
+
+@contextlib.contextmanager
+def small_fs(size: str = "2m") -> Iterator[Path]:
+    """A fresh tmpfs of ``size`` (``mount -o size=``), unmounted at exit: a
+    real disk that fills up, for storage tests.
+
+    Mounting needs root (CI runs as root).  Without it the test fails loudly: a
+    full disk or a read-only mount cannot be faked honestly.
+    """
+    where = Path(tempfile.mkdtemp(prefix="snakemq-smallfs-"))
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        os.rmdir(where)
+        raise AssertionError(
+            f"this test needs a real small file system and could not mount a tmpfs "
+            f"(run it as root): {done.stderr.strip()}"
+        )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        os.rmdir(where)
+
+
+def remount_read_only(where: Path) -> None:
+    """Remount a ``small_fs`` read-only."""
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
