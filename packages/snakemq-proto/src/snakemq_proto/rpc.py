@@ -91,9 +91,16 @@ class Pickler(Protocol):
     def loads(self, data: bytes) -> Any: ...
 
 
+#: Keys that tag an encoded value in ``JsonPickler``'s JSON; a dict of the
+#: program's with one of them is sent wrapped in ``{"__dict__": ...}``.
+_TAGS = frozenset({"__bytes__", "__exception__", "__dict__"})
+
+
 class JsonPickler:
     """The safe default serializer: JSON, bytes as tagged base64, tuples as
-    lists, exceptions as (type name, message).  Decoding never runs code."""
+    lists, exceptions as (type name, message).  Decoding never runs code.
+    A dict whose keys could read as a tag travels escaped, so every JSON
+    value the program sends comes back as it was."""
 
     class PickleError(ValueError):
         """Data cannot be encoded or decoded."""
@@ -111,7 +118,11 @@ class JsonPickler:
         if isinstance(obj, dict):
             if not all(isinstance(k, str) for k in obj):
                 raise cls.PickleError("JsonPickler supports only str dictionary keys")
-            return {k: cls._encode(v) for k, v in obj.items()}
+            encoded = {k: cls._encode(v) for k, v in obj.items()}
+            if any(k in _TAGS for k in obj):
+                # a user's dict that could read as a tag travels escaped
+                return {"__dict__": encoded}
+            return encoded
         if isinstance(obj, list | tuple):
             return [cls._encode(v) for v in obj]
         if obj is None or isinstance(obj, bool | int | float | str):
@@ -124,6 +135,8 @@ class JsonPickler:
     @classmethod
     def _decode(cls, obj: Any) -> Any:
         if isinstance(obj, dict):
+            if len(obj) == 1 and isinstance(obj.get("__dict__"), dict):
+                return {k: cls._decode(v) for k, v in obj["__dict__"].items()}
             if "__bytes__" in obj and len(obj) == 1:
                 return base64.b64decode(obj["__bytes__"])
             if "__exception__" in obj:
