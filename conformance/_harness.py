@@ -13,8 +13,10 @@ import datetime
 import json
 import os
 import queue
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -450,12 +452,14 @@ SCENARIOS: dict[str, str] = {
     "4": "persistence across SIGKILL (5,000 queued)",
     "4m": "a snakeMQ 1.6 queue file opened after the upgrade",
     "5": "SIGKILL of the sender mid-stream",
+    "5r": "SIGKILL of the receiver (own storage) mid-stream: duplicates counted",
     "4pg": "scenario 4, queues in PostgreSQL",
     "5pg": "scenario 5, queues in PostgreSQL",
     "f": "failover: holder SIGKILLed, standby takes over (PostgreSQL)",
     "6": "listener restarts, traffic resumes",
     "7": "duplicate identifier refused",
     "8": "keepalive detects a frozen peer",
+    "8p": "silent partition (no FIN/RST) longer than keepalive, healed",
     "9": "TLS: wrong CA, expired cert, plain TCP",
     "9s": "TLS: spoofed identifier (identity binding)",
     "r": "RPC with pickler=pickle against 1.6: call, exception, signal",
@@ -547,3 +551,128 @@ def stopwatch() -> Iterator[list[float]]:
     box = [time.monotonic()]
     yield box
     box[0] = time.monotonic() - box[0]
+
+
+# ------------------------------------------------------------------ hostile network
+
+
+def read_journal(path: Path) -> list[list[Any]]:
+    """What a driver started with ``journal=path`` received, in order, across
+    a SIGKILL (a torn last line, written as the kill came, is left out)."""
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # the part after the last newline is torn
+    return [json.loads(line) for line in lines]
+
+
+class _Pipe:
+    """One direction of a relayed connection: bytes read from ``src`` and not
+    yet written to ``dst``."""
+
+    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src, self.dst = src, dst
+        self.buf = b""
+
+
+class SilentRelay:
+    """A TCP relay in the suite's own process, ``127.0.0.1:port`` → ``upstream``,
+    that can drop the network silently: ``partition()`` stops forwarding and
+    accepting without closing anything, so neither side sees a FIN or an RST —
+    the bytes wait in kernel buffers, new connects wait in the accept backlog,
+    like a cable pulled between two hosts.  ``heal()`` resumes; what either
+    side did meanwhile (a close, a redial) reaches the other then.  No root
+    needed (unlike a network namespace or iptables)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._pipes: list[_Pipe] = []
+        self._forwarding = True
+        self._closed = False
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._run, name="silent-relay", daemon=True)
+        self._thread.start()
+
+    def partition(self) -> None:
+        """From now on nothing crosses, in either direction (no FIN, no RST)."""
+        with self._lock:
+            self._forwarding = False
+        self._wake_w.send(b"x")
+
+    def heal(self) -> None:
+        with self._lock:
+            self._forwarding = True
+        self._wake_w.send(b"x")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._wake_w.send(b"x")
+        self._thread.join(10)
+        for pipe in self._pipes:
+            pipe.src.close()
+        self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _accept(self) -> None:
+        try:
+            down, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        self.accepted += 1
+        try:
+            up = socket.create_connection(self.upstream, timeout=5)
+        except OSError:
+            down.close()
+            return
+        for sock in (down, up):
+            sock.setblocking(False)
+        self._pipes += [_Pipe(down, up), _Pipe(up, down)]
+
+    def _drop(self, sock: socket.socket) -> None:
+        """One end closed or failed: close both ends of its connection."""
+        doomed = [p for p in self._pipes if sock in (p.src, p.dst)]
+        for pipe in doomed:
+            self._pipes.remove(pipe)
+            pipe.src.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                forwarding = self._forwarding
+            readers: list[socket.socket] = [self._wake_r]
+            writers: list[socket.socket] = []
+            if forwarding:
+                readers.append(self._listener)
+                readers += [p.src for p in self._pipes if not p.buf]
+                writers += [p.dst for p in self._pipes if p.buf]
+            readable, writable, _ = select.select(readers, writers, [], 1.0)
+            if self._wake_r in readable:
+                self._wake_r.recv(4096)
+                continue  # the state may have changed: select again
+            if self._listener in readable:
+                self._accept()
+            for pipe in list(self._pipes):
+                if pipe not in self._pipes:
+                    continue
+                try:
+                    if pipe.buf and pipe.dst in writable:
+                        sent = pipe.dst.send(pipe.buf)
+                        pipe.buf = pipe.buf[sent:]
+                    elif not pipe.buf and pipe.src in readable:
+                        data = pipe.src.recv(256 * 1024)
+                        if not data:
+                            self._drop(pipe.src)
+                            continue
+                        pipe.buf = data
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    self._drop(pipe.src)

@@ -15,12 +15,23 @@ import ssl
 import struct
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _harness import IMPLS, LEGACY, OURS, SYNC, Certs, Peer, PeerLauncher, Row
+from _harness import (
+    IMPLS,
+    LEGACY,
+    OURS,
+    SYNC,
+    Certs,
+    Peer,
+    PeerLauncher,
+    Row,
+    SilentRelay,
+    read_journal,
+)
 
 A_IDENT, B_IDENT = "peer-a", "peer-b"
 KIB, MIB = 1024, 1024 * 1024
@@ -606,6 +617,144 @@ def test_keepalive(row: Row, launch: PeerLauncher, certs: Certs, details: dict[s
     a.wait("connected", B_IDENT, 2, timeout=20)
     b.send(A_IDENT, [100] * 3, seed=row.id, ttl=None)
     a.wait("received", B_IDENT, 3, timeout=20)
+    assert_healthy(a, b)
+
+
+# ---------------------------------------------------- hostile network, killed receiver
+
+# Our implementations in a cycle, A the sender: sync and anyio on both sides.
+# snakeMQ 1.6 is in neither: it has no acknowledgements, so a message written
+# into a connection that then dies silently (8p) or into the socket of a
+# receiver that is then killed (5r) is gone, on either side; and its keepalive
+# close kills its loop (scenario 8).
+OURS_CYCLE_ROWS = [
+    (_OURS_CYCLE[i], _OURS_CYCLE[(i + 1) % len(_OURS_CYCLE)]) for i in range(len(_OURS_CYCLE))
+]
+PARTITION_SECONDS = 3 * (KEEPALIVE_INTERVAL + KEEPALIVE_WAIT)  # longer than keepalive, twice
+
+
+@pytest.fixture
+def relays() -> Iterator[list[SilentRelay]]:
+    made: list[SilentRelay] = []
+    try:
+        yield made
+    finally:
+        for relay in made:
+            relay.close()
+
+
+@pytest.mark.parametrize(
+    "row", params([Row("8p", a, b, t) for a, b in OURS_CYCLE_ROWS for t in TRANSPORTS])
+)
+def test_silent_partition(
+    row: Row,
+    launch: PeerLauncher,
+    certs: Certs,
+    relays: list[SilentRelay],
+    details: dict[str, Any],
+) -> None:
+    """A streams to B through a relay that stops forwarding (no FIN, no RST) for
+    longer than keepalive: both notice within interval + wait, reconnect once it
+    heals, and B gets every message exactly once."""
+    keepalive = {"keepalive_interval": KEEPALIVE_INTERVAL, "keepalive_wait": KEEPALIVE_WAIT}
+    b = launch(row.b, "B").start(B_IDENT, **keepalive)
+    relay = SilentRelay(b.listen(tls_for(row, certs, B_IDENT)))
+    relays.append(relay)
+    a = launch(row.a, "A").start(A_IDENT, reconnect_interval=RECONNECT, **keepalive)
+    a.connect(relay.port, tls_for(row, certs, A_IDENT))
+    a.wait("connected", B_IDENT, timeout=20)
+    b.wait("connected", A_IDENT, timeout=20)
+    a.send(B_IDENT, [100 if i % 2 else 8 * KIB for i in range(400)], seed=row.id + "/1", ttl=None)
+    b.wait("received", A_IDENT, 20, timeout=20)
+    relay.partition()
+    t0 = time.monotonic()
+    details["received_at_partition"] = b.count("received", A_IDENT)
+    # queued during the partition: delivered after it heals
+    a.send(B_IDENT, [100] * 100, seed=row.id + "/2", ttl=None, start=400)
+    b.send(A_IDENT, [100] * 10, seed=row.id + "/3", ttl=None)
+    limit = KEEPALIVE_INTERVAL + KEEPALIVE_WAIT + KEEPALIVE_SLACK
+    detected = {}
+    for peer, other in ((a, B_IDENT), (b, A_IDENT)):
+        peer.wait("disconnected", other, timeout=PARTITION_SECONDS)
+        detected[peer.name] = round(time.monotonic() - t0, 3)
+    details["seconds_to_detect"] = detected
+    for name, seconds in detected.items():
+        assert seconds <= limit, f"{name} noticed the partition after {seconds} s, allowed {limit}"
+    remaining = PARTITION_SECONDS - (time.monotonic() - t0)
+    assert not a.try_wait("connected", B_IDENT, 2, timeout=max(remaining, 0.1)), (
+        "A reconnected to B through a partition"
+    )
+    relay.heal()
+    healed = time.monotonic()
+    a.wait("connected", B_IDENT, 2, timeout=20)
+    b.wait("connected", A_IDENT, 2, timeout=20)
+    details["seconds_to_reconnect"] = round(time.monotonic() - healed, 3)
+    sent = stream(a.report(), "sent", B_IDENT)
+    wait_all_unique(b, A_IDENT, sent)
+    a.wait("received", B_IDENT, 10, timeout=20)
+    marker_sync(a, b, row.id)
+    details.update(check_set(sent, without_marker(a, b), exactly_once=True))
+    check_set(
+        stream(b.report(), "sent", A_IDENT),
+        stream(a.report(), "received", B_IDENT),
+        exactly_once=True,
+    )
+    assert_healthy(a, b)
+
+
+RECEIVER_WINDOW = 64  # what B lets A have in flight: a kill can repeat at most that many
+
+
+@pytest.mark.parametrize("row", params([Row("5r", a, b, "tcp") for a, b in OURS_CYCLE_ROWS]))
+def test_receiver_killed_mid_stream(
+    row: Row, launch: PeerLauncher, details: dict[str, Any], storage_dir: Path
+) -> None:
+    """B (with a storage of its own) is SIGKILLed twice while receiving and
+    restarted on the same port and file: nothing is lost, and the messages
+    handed to B's application twice — counted across B's lives — are no more
+    than B's window per kill (its de-duplication window is stored: a message
+    acknowledged is never handed again)."""
+    count, kills = 600, 2
+    sizes = [32 * KIB if i % 2 else 100 for i in range(count)]
+    db = str(storage_dir / "b-queues.db")
+    journals = [storage_dir / f"b{k}-received.jsonl" for k in range(kills + 1)]
+
+    def start_b(k: int, port: int = 0) -> tuple[Peer, int]:
+        peer = launch(row.b, f"B{k + 1}").start(
+            B_IDENT, storage=db, window=RECEIVER_WINDOW, journal=str(journals[k])
+        )
+        return peer, peer.listen(port=port)
+
+    b, port = start_b(0)
+    a = launch(row.a, "A").start(A_IDENT, reconnect_interval=RECONNECT)
+    a.connect(port)
+    a.send(B_IDENT, sizes, seed=row.id, ttl=None)
+    sent = stream(a.report(), "sent", B_IDENT)
+    at_kill = []
+    for k in range(kills):
+        b.wait("received", A_IDENT, (k + 1) * count // (kills + 2), timeout=60)
+        b.kill()
+        at_kill.append(len(read_journal(journals[k])))
+        b, again = start_b(k + 1, port)
+        assert again == port
+    details["received_by_each_killed_b"] = at_kill
+    b.wait("connected", A_IDENT, timeout=20)
+    marker_sync(a, b, row.id)
+    marker = stream(a.report(), "sent", B_IDENT)[-1]
+    got = [
+        (e[1], e[2], e[3])
+        for journal in journals
+        for e in read_journal(journal)
+        if e[0] == A_IDENT and (e[1], e[2], e[3]) != marker
+    ]
+    result = check_set(sent, got, exactly_once=False)
+    details["duplicates_handed"] = result["duplicates"]
+    bound = RECEIVER_WINDOW * kills
+    assert result["duplicates"] <= bound, (
+        f"{result['duplicates']} messages handed twice, more than the window "
+        f"({RECEIVER_WINDOW}) per kill ({kills}): the stored de-duplication window failed"
+    )
+    a.wait("delivered", B_IDENT, count + 1, timeout=20)
     assert_healthy(a, b)
 
 

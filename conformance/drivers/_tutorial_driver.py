@@ -213,6 +213,8 @@ class TutorialDriver:
         self.import_api()
         self.ident = cmd["ident"]
         self.reconnect_interval = float(cmd.get("reconnect_interval") or 0.5)
+        if cmd.get("journal"):
+            self.rec.journal_to(cmd["journal"])
         # built inside the loop thread: 1.6's SQLite storage only works in the
         # thread that opened it
         ready: Future[None] = Future()
@@ -237,9 +239,11 @@ class TutorialDriver:
             else:
                 sqlite_mod = importlib.import_module("snakemq.storage.sqlite")
                 self.storage = sqlite_mod.SqliteQueuesStorage(cmd["storage"])
-            self.messaging = self.api["messaging"].Messaging(self.ident, "", packeter, self.storage)
-        else:
-            self.messaging = self.api["messaging"].Messaging(self.ident, "", packeter)
+        # ``window`` (ours only: 1.6 has no acknowledgements)
+        opts = {"window": int(cmd["window"])} if cmd.get("window") else {}
+        self.messaging = self.api["messaging"].Messaging(
+            self.ident, "", packeter, self.storage, **opts
+        )
         m = self.messaging
         if cmd.get("keepalive_interval") is not None:
             m.keepalive_interval = float(cmd["keepalive_interval"])

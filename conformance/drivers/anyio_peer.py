@@ -103,6 +103,10 @@ class AnyioDriver:
             opts["keepalive_wait"] = float(cmd.get("keepalive_wait", 0.5))
         if cmd.get("reconnect_interval"):
             opts["reconnect_interval"] = float(cmd["reconnect_interval"])
+        if cmd.get("window"):
+            opts["window"] = int(cmd["window"])
+        if cmd.get("journal"):
+            self.rec.journal_to(cmd["journal"])
         m = Messaging(cmd["ident"], storage=cmd.get("storage"), **opts)
         await self.stack.enter_async_context(m)
         self.messaging = m
