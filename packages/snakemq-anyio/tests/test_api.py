@@ -194,6 +194,8 @@ def test_defaults_are_the_shared_ones() -> None:
     assert defaults["reconnect_interval"] == snakemq_proto.DEFAULT_RECONNECT_INTERVAL
     assert defaults["reconnect_max_interval"] == snakemq_proto.DEFAULT_RECONNECT_MAX_INTERVAL
     assert defaults["connect_timeout"] == snakemq_proto.DEFAULT_CONNECT_TIMEOUT
+    assert defaults["write_stall_timeout"] == snakemq_proto.DEFAULT_WRITE_STALL_TIMEOUT == 60.0
+    assert defaults["max_unidentified"] == snakemq_proto.DEFAULT_MAX_UNIDENTIFIED == 512
 
 
 async def test_addresses_are_checked_as_in_the_sync_package() -> None:

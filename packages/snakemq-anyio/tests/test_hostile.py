@@ -201,6 +201,53 @@ async def test_a_ping_flood_that_never_reads_the_pongs_is_closed(identified: boo
                 flooder.close()
 
 
+@pytest.mark.parametrize("pings", [False, True], ids=["silent", "pings-but-never-reads"])
+async def test_a_peer_that_never_reads_is_closed_after_the_write_stall_timeout(
+    pings: bool,
+) -> None:
+    # identified, never reads; silent with keepalive off, or pinging so that
+    # keepalive (on, short) never fires: the write stall closes it
+    keepalive = 0.5 if pings else None
+    async with Messaging("alice", keepalive_interval=keepalive, write_stall_timeout=1.0) as alice:
+        with alice.events() as events:
+            _host, port = await alice.add_listener(("127.0.0.1", 0))
+            reader = socket.socket()
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+            reader.settimeout(10)
+            stop = threading.Event()
+
+            def sleeper() -> None:
+                reader.connect(("127.0.0.1", port))
+                hello = encode_packet(ProtocolVersion().encode())
+                reader.sendall(hello + encode_packet(Identification("sleeper").encode()))
+                while pings and not stop.wait(0.2):
+                    try:
+                        reader.send(encode_packet(Ping().encode()))
+                    except OSError:
+                        return
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(anyio.to_thread.run_sync, sleeper)
+                    try:
+                        for _ in range(64):  # 16 MiB: more than the kernel buffers take
+                            await alice.send_message(
+                                "sleeper", Message(b"x" * 256 * 1024, ttl=None)
+                            )
+                        error = await _first_error(events)
+                        assert isinstance(error, SlowReaderError), error
+                        assert "write_stall_timeout" in str(error)
+                        with anyio.fail_after(10):
+                            async for event in events:
+                                if isinstance(event, PeerDisconnected):
+                                    break
+                        assert not alice.is_connected("sleeper")
+                    finally:
+                        stop.set()
+            finally:
+                reader.close()
+
+
 async def test_an_unidentified_connection_may_send_only_handshake_sized_packets() -> None:
     async with Messaging("alice") as alice:
         with alice.events() as events:
@@ -212,6 +259,33 @@ async def test_an_unidentified_connection_may_send_only_handshake_sized_packets(
                 assert isinstance(error, PacketTooLargeError) and "identified" in str(error)
                 with anyio.fail_after(10):
                     await read_until_closed(big)
+
+
+async def test_beyond_max_unidentified_the_oldest_idle_connection_is_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with Messaging("alice", max_unidentified=4) as alice:  # handshake timeout 30 s
+        host, port = await alice.add_listener(("127.0.0.1", 0))
+        idle = []
+        try:
+            with caplog.at_level(logging.INFO, logger="snakemq.engine"):
+                for _ in range(12):  # connect and say nothing
+                    idle.append(await anyio.connect_tcp(host, port))
+                with anyio.fail_after(10):
+                    for stream in idle[:8]:  # the 8 oldest: our hello, then closed
+                        assert (await read_until_closed(stream)).startswith(
+                            encode_packet(ProtocolVersion().encode())
+                        )
+                async with Messaging("good") as good:
+                    await good.add_connector((host, port))
+                    with anyio.fail_after(10):
+                        await alice.wait_connected("good")
+            warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once per streak
+            assert "max_unidentified" in warnings[0].getMessage()
+        finally:
+            for stream in idle:
+                await stream.aclose()
 
 
 async def test_short_lived_identifiers_are_forgotten() -> None:

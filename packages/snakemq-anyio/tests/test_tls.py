@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 
@@ -84,9 +85,11 @@ async def test_client_without_certificate_is_refused(ca: trustme.CA, tmp_path: P
             assert not alice.is_connected("bob")
 
 
-async def test_plain_client_against_tls_listener_is_refused(ca: trustme.CA, tmp_path: Path) -> None:
+async def test_plain_client_against_tls_listener_is_refused(
+    ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with Messaging("alice") as alice, Messaging("bob") as bob:
-        with alice.events() as events:
+        with alice.events() as events, caplog.at_level(logging.DEBUG, logger="snakemq"):
             _host, port = await alice.add_listener(("127.0.0.1", 0), _config(ca, tmp_path, "alice"))
             await bob.add_connector(("127.0.0.1", port))
             with anyio.fail_after(10):
@@ -94,6 +97,10 @@ async def test_plain_client_against_tls_listener_is_refused(ca: trustme.CA, tmp_
                     if isinstance(event, ErrorOccurred):
                         assert isinstance(event.error, TLSHandshakeError)
                         break
+    # a peer's failure: WARNING, one line naming the peer (as the sync package logs it)
+    (record, *_) = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    text = record.getMessage()
+    assert record.levelname == "WARNING" and "peer=('127.0.0.1', " in text and "\n" not in text
 
 
 async def test_tls_handshake_has_a_timeout(ca: trustme.CA, tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from snakemq_proto import (
     Pong,
     ProtocolVersion,
     RemoteProtocolError,
+    SlowReaderError,
     UnexpectedFrameError,
 )
 
@@ -1382,3 +1383,92 @@ def test_reconnect_and_timer_agree_at_an_inexact_boundary(t0: float, ttl: float)
     link = pair(clock, a)
     assert link.b.received == []
     assert of_type(link.a.events, MessageDropped) == [MessageDropped("bob", m.uuid)]
+
+
+# ----------------------------------------------------------- write stall
+
+
+def test_a_write_that_does_not_finish_in_time_closes_the_connection(clock: Clock) -> None:
+    a = Engine("alice", write_stall_timeout=5)
+    link = pair(clock, a)
+    conn = link.a.conn_id
+    t0 = clock.now
+    a.send_message("bob", Message(b"x" * 1000, ttl=None), t0)
+    data = a.data_to_send(conn)
+    assert a.writing(conn, t0)  # no deadline before: the timer must wake
+    assert a.next_deadline() == t0 + 5
+    a.data_sent(conn, len(data) - 1)  # progress, but the write is not done
+    assert a.handle_timeout(t0 + 4.999) == []
+    events = a.handle_timeout(t0 + 5)
+    (error,) = [e.error for e in errors(events)]
+    assert isinstance(error, SlowReaderError) and "1 bytes" in str(error)
+    assert events[-1] == CloseConnection(conn)
+    assert a.handle_timeout(t0 + 100) == []  # reported once
+
+
+def test_writes_that_finish_are_not_stalls(clock: Clock) -> None:
+    a = Engine("alice", write_stall_timeout=5)
+    link = pair(clock, a)
+    conn = link.a.conn_id
+    for _ in range(10):  # each write takes 4 s: slow, but every one finishes
+        a.send_message("bob", Message(b"x", ttl=None), clock.now)
+        data = a.data_to_send(conn)
+        a.writing(conn, clock.now)
+        assert a.next_deadline() == clock.now + 5
+        assert not a.writing(conn, clock.now)  # the deadline did not move earlier
+        clock.advance(4)
+        assert a.handle_timeout(clock.now) == []
+        a.data_sent(conn, len(data))
+    assert a.next_deadline() is None
+    clock.advance(100)
+    assert a.handle_timeout(clock.now) == []
+
+
+def test_the_write_stall_timeout_can_be_turned_off(clock: Clock) -> None:
+    a = Engine("alice", write_stall_timeout=5)
+    link = pair(clock, a)
+    conn = link.a.conn_id
+    a.send_message("bob", Message(b"x", ttl=None), clock.now)
+    a.data_to_send(conn)
+    a.writing(conn, clock.now)
+    a.write_stall_timeout = None
+    assert a.next_deadline() is None
+    assert a.handle_timeout(clock.now + 100) == []
+    with pytest.raises(ValueError, match="write_stall_timeout"):
+        a.write_stall_timeout = 0
+    assert Engine("carol").write_stall_timeout is None  # the sans-IO default
+
+
+# ------------------------------------------------- unidentified connections
+
+
+def test_beyond_max_unidentified_the_oldest_waiting_connection_is_closed(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = Engine("alice", max_unidentified=3)
+    for i in range(3):
+        a.connection_made(f"in{i}", clock.now, outbound=False)
+    a.connection_made("ours", clock.now, outbound=True)  # dialled by us: not counted
+    assert a.next_deadline() == clock.now + 30  # the handshake deadline only
+    with caplog.at_level("INFO", logger="snakemq.engine"):
+        for i in range(3, 6):
+            a.connection_made(f"in{i}", clock.now, outbound=False)
+        assert a.next_deadline() == clock.now  # the closes are due at once
+        events = a.handle_timeout(clock.now)
+        assert events == [CloseConnection(f"in{i}") for i in range(3)]
+        later = a.next_deadline()
+        assert later is not None and later > clock.now
+        for i in range(3):
+            a.connection_lost(f"in{i}", clock.now)
+        # one that identifies frees its place: a newcomer finds room, the streak ends
+        a.receive_data("in3", LEGACY_HELLO, clock.now)
+        a.connection_made("in6", clock.now, outbound=False)
+        assert a.handle_timeout(clock.now) == []
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "max_unidentified" in warnings[0].getMessage()
+    assert any("3 were closed" in r.getMessage() for r in caplog.records)
+
+
+def test_max_unidentified_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_unidentified"):
+        Engine("alice", max_unidentified=0)

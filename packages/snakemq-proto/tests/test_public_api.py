@@ -15,7 +15,9 @@ PUBLIC = [
     "DEFAULT_KEEPALIVE_INTERVAL",
     "DEFAULT_KEEPALIVE_WAIT",
     "DEFAULT_MAX_PACKET_SIZE",
+    "DEFAULT_MAX_UNIDENTIFIED",
     "DEFAULT_WINDOW",
+    "DEFAULT_WRITE_STALL_TIMEOUT",
     "FLAG_PERSISTENT",
     "INFINITE_TTL",
     "MAX_IDENT_LENGTH",
@@ -111,6 +113,7 @@ ENGINE_METHODS = [
     "send_message",
     "take_storage_batch",
     "wants_write",
+    "writing",
 ]
 
 
@@ -150,7 +153,14 @@ def test_engine_methods_are_pinned_and_documented() -> None:
 
 
 def test_engine_signatures_take_now_where_time_matters() -> None:
-    for name in ("receive_data", "connection_lost", "handle_timeout", "send_message", "load"):
+    for name in (
+        "receive_data",
+        "connection_lost",
+        "handle_timeout",
+        "send_message",
+        "load",
+        "writing",
+    ):
         params = inspect.signature(getattr(snakemq_proto.Engine, name)).parameters
         assert "now" in params, name
     assert "now" in inspect.signature(snakemq_proto.Engine.connection_made).parameters

@@ -57,6 +57,10 @@ def test_messaging_keeps_the_1_6_attributes() -> None:
         m.keepalive_interval = 5
         m.keepalive_wait = 1
         assert (m.keepalive_interval, m.keepalive_wait) == (5, 1)
+        # a peer that does not read is closed (the shared default)
+        assert m.write_stall_timeout == snakemq_proto.DEFAULT_WRITE_STALL_TIMEOUT == 60.0
+        m.write_stall_timeout = None
+        assert m.write_stall_timeout is None
         import pytest
 
         with pytest.raises(ValueError, match="Messaging"):

@@ -177,6 +177,48 @@ def test_a_ping_flood_that_never_reads_the_pongs_is_closed(
     assert isinstance(error, SlowReaderError), error
 
 
+@pytest.mark.parametrize("pings", [False, True], ids=["silent", "pings-but-never-reads"])
+def test_a_peer_that_never_reads_is_closed_after_the_write_stall_timeout(
+    peers: list[Peer], pings: bool
+) -> None:
+    # identified, never reads; silent with keepalive off, or pinging so that
+    # keepalive (on, short) never fires: the write stall closes it
+    srv = Peer("srv", write_stall_timeout=1.0)
+    srv.messaging.keepalive_interval = 0.5 if pings else None
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+    reader.settimeout(WAIT)
+    try:
+        reader.connect(("127.0.0.1", port))
+        reader.sendall(VERSION + ident_frame(b"sleeper"))
+        srv.rec.wait_count("on_connect", 1)
+        for _ in range(64):  # 16 MiB: more than the kernel buffers take
+            srv.send("sleeper", b"x" * 256 * 1024, ttl=None)
+        got = threading.Event()
+
+        def pinger() -> None:
+            while pings and not got.wait(0.2):
+                try:
+                    reader.send(PING)
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=pinger, daemon=True)
+        thread.start()
+        try:
+            (_conn, error), *_ = srv.rec.wait_count("on_error", 1)
+            srv.rec.wait_count("on_disconnect", 1)
+        finally:
+            got.set()
+            thread.join(WAIT)
+    finally:
+        reader.close()
+    assert isinstance(error, SlowReaderError) and "write_stall_timeout" in str(error), error
+
+
 def test_an_unidentified_connection_may_send_only_handshake_sized_packets(
     peers: list[Peer],
 ) -> None:
@@ -189,6 +231,33 @@ def test_an_unidentified_connection_may_send_only_handshake_sized_packets(
         (_conn, error), *_ = srv.rec.wait_count("on_error", 1)
         assert isinstance(error, PacketTooLargeError) and "identified" in str(error)
         assert _read_until_closed(big).startswith(VERSION)  # our hello, then closed
+
+
+def test_beyond_max_unidentified_the_oldest_idle_connection_is_closed(
+    peers: list[Peer], caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = Peer("srv", max_unidentified=4)  # the handshake timeout stays 30 s
+    peers.append(srv)
+    port = srv.listen()
+    srv.start()
+    idle: list[socket.socket] = []
+    try:
+        with caplog.at_level(logging.INFO, logger="snakemq.engine"):
+            for _ in range(12):  # connect and say nothing
+                idle.append(socket.create_connection(("127.0.0.1", port)))
+            for sock in idle[:8]:  # the 8 oldest: our hello, then closed
+                assert _read_until_closed(sock).startswith(VERSION)
+            good = Peer("good")
+            peers.append(good)
+            good.connect(port)
+            good.start()
+            srv.rec.wait_count("on_connect", 1)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once per streak
+        assert "max_unidentified" in warnings[0].getMessage()
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_short_lived_identifiers_are_forgotten(peers: list[Peer]) -> None:

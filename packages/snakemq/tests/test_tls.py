@@ -77,9 +77,9 @@ def test_wrong_ca_is_rejected_and_the_connector_retries(
     class Handler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if "TLS handshake failed" in record.getMessage():
-                failures.hook("failed")(record.name)
+                failures.hook("failed")(record.levelname, record.getMessage())
 
-    handler = Handler(logging.ERROR)
+    handler = Handler(logging.DEBUG)
     logging.getLogger("snakemq.link").addHandler(handler)
     try:
         srv.start()
@@ -87,6 +87,9 @@ def test_wrong_ca_is_rejected_and_the_connector_retries(
         failures.wait_count("failed", 3)  # logged, and the connector keeps retrying
     finally:
         logging.getLogger("snakemq.link").removeHandler(handler)
+    # a peer's failure: WARNING, one line naming the peer (as snakemq_anyio logs it)
+    for level, text in failures.get("failed"):
+        assert level == "WARNING" and "peer=('127.0.0.1', " in text and "\n" not in text, text
     assert srv.rec.get("on_connect") == [] and cli.rec.get("on_connect") == []
 
 

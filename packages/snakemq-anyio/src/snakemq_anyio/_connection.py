@@ -223,10 +223,13 @@ class Connections:
         conn_id = conn.conn_id
         dispatch = self._dispatch
         request_flush = self._request_flush
+        monotonic = time.monotonic
         try:
             while True:
                 data = engine.data_to_send(conn_id)
                 if data:
+                    if engine.writing(conn_id, monotonic()):  # the write-stall rule
+                        self._wake_timer()
                     conn.sending = True
                     try:
                         await stream.send(data)

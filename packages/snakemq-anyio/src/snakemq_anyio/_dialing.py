@@ -237,9 +237,10 @@ class Dialer:
                             standard_compatible=False,
                         )
                 except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+                    peer = _remote_address(stream)
                     await close_stream(stream)
                     error = TLSHandshakeError(f"TLS handshake failed: {exc or type(exc).__name__}")
-                    log.warning("conn=%s %s", conn_id, error)
+                    log.warning("conn=%s peer=%r %s", conn_id, peer, error)
                     self._publish(ErrorOccurred(conn_id, None, error))
                     return None
                 if ssl_config.bind_ident:
@@ -249,3 +250,11 @@ class Dialer:
             log.exception("conn=%s failed unexpectedly; it is closed", conn_id)
             await close_stream(stream)
             return None
+
+
+def _remote_address(stream: ByteStream) -> object:
+    """The peer's address for a log line (``None`` once the socket is gone)."""
+    try:
+        return stream.extra(SocketAttribute.remote_address, None)
+    except OSError:
+        return None

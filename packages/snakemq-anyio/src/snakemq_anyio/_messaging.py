@@ -50,9 +50,11 @@ from snakemq_proto import (
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_WAIT,
     DEFAULT_MAX_PACKET_SIZE,
+    DEFAULT_MAX_UNIDENTIFIED,
     DEFAULT_RECONNECT_INTERVAL,
     DEFAULT_RECONNECT_MAX_INTERVAL,
     DEFAULT_WINDOW,
+    DEFAULT_WRITE_STALL_TIMEOUT,
     FLAG_PERSISTENT,
     CloseConnection,
     Engine,
@@ -139,6 +141,13 @@ class Messaging:
             limit (their TTL bounds them).  ``None``: never wait.
         legacy: speak exactly as snakeMQ 1.6 (no acknowledgements); for tests
             and interoperability checks.
+        write_stall_timeout: seconds one write to a peer (one buffer of at
+            most 512 KiB plus one message) may wait for the peer to take it;
+            past that the peer is not reading and the connection is closed
+            (``ErrorOccurred`` with ``SlowReaderError``).  ``None`` never closes.
+        max_unidentified: accepted connections that may await identification
+            at once (512); a new one beyond that closes the oldest, with one
+            warning per streak (logger ``snakemq.engine``).
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
@@ -161,6 +170,8 @@ class Messaging:
         max_buffered_bytes: int = 32 * 1024 * 1024,
         max_queued: int | None = 2 * DEFAULT_WINDOW,
         legacy: bool = False,
+        write_stall_timeout: float | None = DEFAULT_WRITE_STALL_TIMEOUT,
+        max_unidentified: int = DEFAULT_MAX_UNIDENTIFIED,
     ) -> None:
         for name, value in (
             ("keepalive_wait", keepalive_wait),
@@ -196,6 +207,8 @@ class Messaging:
             window=window,
             max_queued=max_queued,
             legacy=legacy,
+            write_stall_timeout=write_stall_timeout,
+            max_unidentified=max_unidentified,
         )
         self.ident = engine.ident
         self._storage_arg = storage

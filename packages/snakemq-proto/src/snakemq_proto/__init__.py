@@ -68,6 +68,7 @@ from ._message import (
 from ._redial import RedialHolds
 from ._sqla import SqlAlchemyQueuesStorage, storage_at
 from ._sqlite import SqliteQueuesStorage
+from ._stall import DEFAULT_WRITE_STALL_TIMEOUT
 from ._storage import (
     Lease,
     LegacyQueuesStorage,
@@ -80,6 +81,7 @@ from ._storage import (
     standby,
 )
 from ._tls import SSLConfig, cert_idents
+from ._unidentified import DEFAULT_MAX_UNIDENTIFIED
 from ._wire import (
     CAP_ACK,
     DEFAULT_MAX_PACKET_SIZE,
@@ -106,9 +108,11 @@ __all__ = [
     "DEFAULT_KEEPALIVE_INTERVAL",
     "DEFAULT_KEEPALIVE_WAIT",
     "DEFAULT_MAX_PACKET_SIZE",
+    "DEFAULT_MAX_UNIDENTIFIED",
     "DEFAULT_RECONNECT_INTERVAL",
     "DEFAULT_RECONNECT_MAX_INTERVAL",
     "DEFAULT_WINDOW",
+    "DEFAULT_WRITE_STALL_TIMEOUT",
     "FLAG_PERSISTENT",
     "INFINITE_TTL",
     "JITTER",

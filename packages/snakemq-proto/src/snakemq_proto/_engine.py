@@ -21,7 +21,10 @@ resolves on it, the sync package calls ``on_message_settled``.
 * ``handed(conn_id, n)`` once ``n`` received messages reached the application
   (this is what the acknowledgement promises);
 * ``connection_lost(conn_id, now)`` after the socket is closed;
-* ``next_deadline()`` / ``handle_timeout(now)`` for keepalive, handshake and TTL;
+* ``next_deadline()`` / ``handle_timeout(now)`` for keepalive, handshake, TTL
+  and stalled writes;
+* ``writing(conn_id, now)`` when it starts writing what ``data_to_send()``
+  returned (the write-stall rule, ``_stall``);
 * ``send_message(ident, message, now)`` for the application;
 * ``take_storage_batch()`` to get the storage changes to apply, in order.
 
@@ -80,7 +83,9 @@ from ._ledger import StorageLedger
 from ._message import Message, check_ident
 from ._queue import ExpiryTimer, PeerQueue
 from ._session import ConnState, Session
+from ._stall import WriteStalls
 from ._storage import StorageBatch
+from ._unidentified import DEFAULT_MAX_UNIDENTIFIED, UnidentifiedCap
 from ._window import PeerWindow, ReceiveWindow
 from ._wire import (
     CAP_ACK,
@@ -144,6 +149,13 @@ class Engine:
             handshake frame, ``HANDSHAKE_MAX_PACKET``, or ``HELD_MAX`` while
             it awaits a crossed-dial takeover); beyond it, the connection
             that asks for more is closed (``PacketTooLargeError``).
+        write_stall_timeout: seconds a write started with ``writing()`` may
+            take before the connection is closed (``SlowReaderError``: the
+            peer does not read); ``None`` (the default of this sans-IO core;
+            both I/O packages use ``DEFAULT_WRITE_STALL_TIMEOUT``) turns it off.
+        max_unidentified: accepted connections (``outbound`` not True) that
+            may await identification at once; a new one beyond that closes
+            the oldest (see ``_unidentified``).
     """
 
     def __init__(
@@ -159,8 +171,14 @@ class Engine:
         max_queued: int | None = None,
         legacy: bool = False,
         unidentified_budget: int = DEFAULT_UNIDENTIFIED_BUDGET,
+        write_stall_timeout: float | None = None,
+        max_unidentified: int = DEFAULT_MAX_UNIDENTIFIED,
     ) -> None:
         self.ident = check_ident(ident)
+        self._unidentified = UnidentifiedCap(max_unidentified)
+        self._stalls = WriteStalls(None)
+        self.write_stall_timeout = write_stall_timeout
+        self._last_deadline: float | None = None
         if (
             isinstance(unidentified_budget, bool)
             or not isinstance(unidentified_budget, int)
@@ -325,7 +343,7 @@ class Engine:
             raise LocalProtocolError(f"connection {conn_id!r} is already registered")
         if isinstance(cert_idents, str):
             raise TypeError("cert_idents must be a collection of names, not one str")
-        self._conns[conn_id] = Session(
+        session = self._conns[conn_id] = Session(
             self,
             conn_id,
             now,
@@ -335,12 +353,16 @@ class Engine:
             hello=self._hello,
             handshake_timeout=self.handshake_timeout,
         )
+        if outbound is not True:
+            self._unidentified.add(session, now)
 
     def connection_lost(self, conn_id: str, now: float) -> list[Event]:
         """The socket of ``conn_id`` is closed (by either side)."""
         session = self._conns.pop(conn_id, None)
         if session is None:
             return []
+        self._stalls.forget(conn_id)
+        self._unidentified.discard(conn_id)
         events: list[Event] = []
         self._detach(session, now, events)
         return events
@@ -430,6 +452,13 @@ class Engine:
             d = session.next_deadline(interval, wait)
             if d is not None and (deadline is None or d < deadline):
                 deadline = d
+        stall = self._stalls.next_deadline(self._conns)
+        if stall is not None and (deadline is None or stall < deadline):
+            deadline = stall
+        evict = self._unidentified.due
+        if evict is not None and (deadline is None or evict < deadline):
+            deadline = evict
+        self._last_deadline = deadline
         return deadline
 
     def handle_timeout(self, now: float) -> list[Event]:
@@ -439,13 +468,47 @@ class Engine:
         per call.  While more are due ``next_deadline()`` stays at or before
         ``now``, so an I/O loop serves its sockets and calls again at once."""
         events: list[Event] = []
+        if self._unidentified.due is not None:
+            events.extend(self._unidentified.take_closes())
         self._expiry.expire(now, events)
         interval = self.keepalive_interval
         wait = self.keepalive_wait
         timeout = self.handshake_timeout
         for session in list(self._conns.values()):
             session.handle_timeout(now, interval, wait, timeout, events)
+        for session, error in self._stalls.stalled(now, self._conns):
+            events.extend(session.fail(error))
         return events
+
+    @property
+    def write_stall_timeout(self) -> float | None:
+        """Seconds a write may take before its connection is closed
+        (``SlowReaderError``); ``None``: never.  May be changed at any time."""
+        return self._stalls.timeout
+
+    @write_stall_timeout.setter
+    def write_stall_timeout(self, value: float | None) -> None:
+        if value is not None:
+            _check_seconds(value, "write_stall_timeout")
+        self._stalls.timeout = None if value is None else float(value)
+
+    def writing(self, conn_id: str, now: float) -> bool:
+        """The I/O layer starts, at ``now``, writing the bytes the last
+        ``data_to_send(conn_id)`` returned (call it after every call that
+        returned bytes).  If ``data_sent()`` has not reported them all
+        ``write_stall_timeout`` seconds later, ``handle_timeout()`` closes the
+        connection with ``SlowReaderError`` (see ``_stall``).
+
+        Returns True when this moved ``next_deadline()`` earlier than it
+        last answered: an I/O layer whose timer sleeps until that answer
+        must wake it."""
+        session = self._conns.get(conn_id)
+        timeout = self._stalls.timeout
+        if session is None or timeout is None:
+            return False
+        self._stalls.started(conn_id, session, now)
+        last = self._last_deadline
+        return last is None or now + timeout < last
 
     # ------------------------------------------------------ routing (Router)
 
@@ -513,6 +576,7 @@ class Engine:
     ) -> tuple[PeerQueue, ReceiveWindow | None]:
         """``session`` carries ``ident`` from now on: the peer's queue is
         connected, its messages are sent afresh."""
+        self._unidentified.discard(session.conn_id)
         queue = self._queue(ident)
         queue.connect(now, events)
         self._by_ident[ident] = session

@@ -831,7 +831,8 @@ class Link:
             self._want(conn, selectors.EVENT_WRITE)
             return
         except (OSError, ValueError) as exc:
-            log.error(
+            # a peer's failure, not ours: WARNING, as snakemq_anyio logs it
+            log.warning(
                 "conn=%s peer=%r TLS handshake failed: %s", conn.conn_id, conn.remote_peer, exc
             )
             self._close(conn)
@@ -999,8 +1000,8 @@ class Link:
                 self._dial_timed_out(connector)
         if self._handshaking:
             for conn in [c for c in self._handshaking if c.handshake_deadline <= now]:
-                log.error(
-                    "conn=%s peer=%r TLS handshake timed out after %s s",
+                log.warning(
+                    "conn=%s peer=%r TLS handshake failed: timed out after %s s",
                     conn.conn_id,
                     conn.remote_peer,
                     self.tls_handshake_timeout,

@@ -42,7 +42,9 @@ from snakemq_proto import (
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_WAIT,
     DEFAULT_MAX_PACKET_SIZE,
+    DEFAULT_MAX_UNIDENTIFIED,
     DEFAULT_WINDOW,
+    DEFAULT_WRITE_STALL_TIMEOUT,
     CloseConnection,
     Engine,
     ErrorOccurred,
@@ -108,6 +110,13 @@ class Messaging:
             blocks until half of them are gone (backpressure; the loop's own
             thread never blocks).  ``None`` turns it off.
         legacy: speak exactly as snakeMQ 1.6 (no acknowledgements); for tests.
+        write_stall_timeout: seconds one write to a peer (one buffer of at
+            most 512 KiB plus one message) may wait for the peer to take it;
+            past that the peer is not reading and the connection is closed
+            (``on_error`` with ``SlowReaderError``).  ``None`` never closes.
+        max_unidentified: accepted connections that may await identification
+            at once (512); a new one beyond that closes the oldest, with one
+            warning per streak (logger ``snakemq.engine``).
 
     Callbacks:
         on_connect(conn_id, ident), on_disconnect(conn_id, ident)
@@ -140,6 +149,8 @@ class Messaging:
         window: int = DEFAULT_WINDOW,
         max_queued: int | None = 2 * DEFAULT_WINDOW,
         legacy: bool = False,
+        write_stall_timeout: float | None = DEFAULT_WRITE_STALL_TIMEOUT,
+        max_unidentified: int = DEFAULT_MAX_UNIDENTIFIED,
     ) -> None:
         self._engine = Engine(
             identifier,
@@ -151,6 +162,8 @@ class Messaging:
             window=window,
             max_queued=max_queued,
             legacy=legacy,
+            write_stall_timeout=write_stall_timeout,
+            max_unidentified=max_unidentified,
         )
         self.identifier = identifier
         self.domain = domain
@@ -249,6 +262,18 @@ class Messaging:
         check_seconds(value, "keepalive_wait")
         with self._lock:
             self._engine.keepalive_wait = value
+
+    @property
+    def write_stall_timeout(self) -> float | None:
+        """Seconds a write may wait for the peer to take it before the
+        connection is closed (``None``: never)."""
+        return self._engine.write_stall_timeout
+
+    @write_stall_timeout.setter
+    def write_stall_timeout(self, value: float | None) -> None:
+        with self._lock:
+            self._engine.write_stall_timeout = value
+        self.link.wakeup_poll()
 
     @property
     def engine(self) -> Engine:
@@ -425,6 +450,8 @@ class Messaging:
                 data = data_to_send(conn_id)
                 if data:
                     batches.append((conn_id, out, data))
+            if batches:
+                self._writing(batches)
         send = self.link.send
         for conn_id, out, data in batches:
             if outs.get(conn_id) is not out:
@@ -434,6 +461,14 @@ class Messaging:
                 send(conn_id, out.buf)
             except NoConnection:  # the link dropped it; on_disconnect follows
                 out.buf = None
+
+    def _writing(self, batches: list[tuple[str, _Out, bytes]]) -> None:
+        """Report the writes about to start (the engine's write-stall rule);
+        under the lock."""
+        now = time.monotonic()
+        writing = self._engine.writing
+        for conn_id, _, _ in batches:
+            writing(conn_id, now)
 
     # ------------------------------------------------------------ the loop
 
