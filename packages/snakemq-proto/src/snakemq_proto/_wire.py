@@ -57,6 +57,8 @@ HEADER = struct.Struct("!I")
 _MESSAGE_HEAD = struct.Struct("!B16sII")  # type, uuid, ttl, flags
 _CAPS = struct.Struct("!BII")  # type, capability bits, receive window
 _ACK = struct.Struct("!BI16s")  # type, count, uuid of the last message acknowledged
+_ACK_SIZE = _ACK.size
+_ACK_PACKET = struct.Struct("!IBI16s")  # the packet header, then _ACK
 MESSAGE_HEAD_SIZE = _MESSAGE_HEAD.size
 
 
@@ -222,6 +224,12 @@ def encode_packet(frame_payload: bytes) -> bytes:
     return HEADER.pack(len(frame_payload)) + frame_payload
 
 
+def encode_ack_packet(count: int, last_uuid: bytes) -> bytes:
+    """The packet of ``Ack(count, last_uuid)`` from trusted fields (count
+    1..2**32-1, a 16-byte uuid), in one pack: no frame object (hot path)."""
+    return _ACK_PACKET.pack(_ACK_SIZE, FRAME_ACK, count, last_uuid)
+
+
 # ---------------------------------------------------------------- decoding
 #
 # One decoder per frame type, registered once: the registry is also the list
@@ -259,14 +267,24 @@ def _decode_message(packet: bytes | memoryview) -> Frame:
     )
 
 
-@_decodes(FRAME_ACK)
-def _decode_ack(packet: bytes | memoryview) -> Frame:
-    if len(packet) < _ACK.size:
-        raise MalformedFrameError(f"ACK frame of {len(packet)} bytes, expected {_ACK.size}")
+def decode_ack(packet: bytes | memoryview) -> tuple[int, bytes]:
+    """``(count, last_uuid)`` of an ACK packet, without an ``Ack`` object (the
+    session's hot path; ``decode_frame`` builds the ``Ack`` from it).
+
+    Raises:
+        MalformedFrameError: too short, or a count of 0.
+    """
+    if len(packet) < _ACK_SIZE:
+        raise MalformedFrameError(f"ACK frame of {len(packet)} bytes, expected {_ACK_SIZE}")
     _, count, last_uuid = _ACK.unpack_from(packet)
     if count == 0:
         raise MalformedFrameError("ACK frame acknowledges 0 messages")
-    return Ack(count, last_uuid)
+    return count, last_uuid
+
+
+@_decodes(FRAME_ACK)
+def _decode_ack(packet: bytes | memoryview) -> Frame:
+    return Ack(*decode_ack(packet))
 
 
 @_decodes(FRAME_PING)
