@@ -70,7 +70,18 @@ from ._errors import (
     SnakeMQError,
     UnexpectedFrameError,
 )
-from ._events import CloseConnection, ErrorOccurred, Event, _received, _sent
+from ._events import (
+    CloseConnection,
+    ErrorOccurred,
+    Event,
+    MessageSent,
+    _new,
+    _received,
+    _sent_conn,
+    _sent_ident,
+    _sent_settled,
+    _sent_uuid,
+)
 from ._queue import PeerQueue, _Item
 from ._window import ReceiveWindow
 from ._wire import (
@@ -318,12 +329,18 @@ class Session:
         # queue once completely written, and its MessageSent says so
         legacy = self.legacy
         settled = 0
+        append = events.append
         while marks and marks[0][0] <= written:
             _, item = marks.popleft()
             if item.reported:  # already reported when it was acknowledged
                 continue
-            if report:
-                events.append(_sent(conn_id, ident, item.message.uuid, legacy))
+            if report:  # _sent(), inline: one event per message written
+                event: MessageSent = _new(MessageSent)
+                _sent_conn(event, conn_id)
+                _sent_ident(event, ident)
+                _sent_uuid(event, item.message.uuid)
+                _sent_settled(event, legacy)
+                append(event)
             settled += 1
         if legacy and settled:
             queue.settle_written(settled)

@@ -697,11 +697,10 @@ class Link:
     # ------------------------------------------------------------- internal
 
     def _drain_bell(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except OSError:
-            pass
+        # one recv: the bell holds at most one byte (_bell_rung is set until
+        # here); should it hold more, select reports it again next pass
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
         self._bell_rung = False
 
     def _new_id(self, sock: socket.socket) -> str:
