@@ -388,7 +388,7 @@ class Messaging:
             # that on_loop_pass started and the socket took at once): write
             # what follows now rather than a pass later (and the storage
             # changes data_sent made, as the pass's write step would have).
-            more = done and (self._writer is not None or engine.wants_write(conn_id))
+            more = done and not events and (self._writer is not None or engine.wants_write(conn_id))
         if done:
             out.buf = None
         else:
@@ -396,6 +396,9 @@ class Messaging:
             self.link.send(conn_id, rest)
         if events:
             self._dispatch(events)
+            if done:  # asked after the callbacks: they may have queued more
+                with self._lock:
+                    more = self._writer is not None or self._engine.wants_write(conn_id)
         if more and out.buf is None:
             self._write_out((conn_id,))
 
