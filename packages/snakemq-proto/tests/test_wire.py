@@ -240,6 +240,26 @@ def test_ack_layout() -> None:
     assert Ack(3, uuid).encode() == bytes.fromhex("4100000003") + uuid
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 0xFFFFFFFF), uuids)
+def test_fast_ack_path_is_the_ack_frame(count: int, uuid: bytes) -> None:
+    # the session's hot path writes and reads ACKs without Ack objects
+    packet = wire.encode_ack_packet(count, uuid)
+    assert packet == encode_packet(Ack(count, uuid).encode())
+    assert wire.decode_ack(packet[4:]) == (count, uuid)
+    assert decode_frame(memoryview(packet)[4:]) == Ack(count, uuid)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [(b"\x41\x00\x00\x00", "expected 21"), (b"\x41" + bytes(20), "acknowledges 0")],
+)
+def test_fast_ack_decode_refuses_what_the_frame_decoder_refuses(body: bytes, error: str) -> None:
+    for decode in (wire.decode_ack, decode_frame):
+        with pytest.raises(MalformedFrameError, match=error):
+            decode(body)
+
+
 def test_protocol_version_constant() -> None:
     assert PROTOCOL_VERSION == 1
     assert ProtocolVersion().encode() == b"\x00\x00\x00\x00\x01"

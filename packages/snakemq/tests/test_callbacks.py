@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import socket
 
+import snakemq.link
+import snakemq.messaging
+import snakemq.packeter
 from snakemq.exceptions import PacketTooLargeError
 from snakemq.message import Message
-from sync_helpers import Peer
+from sync_helpers import Peer, Recorder
 
 
 def test_messaging_callbacks(peers: list[Peer]) -> None:
@@ -107,3 +110,21 @@ def test_connections_that_come_and_go_leave_nothing_behind(peers: list[Peer]) ->
     assert srv.messaging._outs == {}
     assert srv.messaging.connected_idents() == {}
     assert srv.link.connections() == []
+
+
+def test_messaging_takes_the_packeters_place_among_the_links_functions() -> None:
+    # reads and finished sends go from the link straight to Messaging; functions
+    # added to the link before and after the packeter keep their order around it
+    link = snakemq.link.Link()
+    try:
+        first, last = Recorder().hook("first"), Recorder().hook("last")
+        link.on_recv_view.add(first)
+        link.on_ready_to_send.add(first)
+        packeter = snakemq.packeter.Packeter(link)
+        link.on_recv_view.add(last)
+        link.on_ready_to_send.add(last)
+        messaging = snakemq.messaging.Messaging("a", "", packeter)
+        assert link.on_recv_view.callbacks == [first, messaging.stream_recv, last]
+        assert link.on_ready_to_send.callbacks == [first, messaging.stream_ready, last]
+    finally:
+        link.cleanup()

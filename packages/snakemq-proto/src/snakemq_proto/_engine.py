@@ -406,7 +406,7 @@ class Engine:
         ``bytes`` of their own).
         """
         session = self._conns.get(conn_id)
-        if session is None or session.closed:
+        if session is None or session.state is ConnState.CLOSED:
             return []
         return session.receive_data(data, now)
 
@@ -433,7 +433,7 @@ class Engine:
         ident = session.ident
         assert ident is not None
         rx.handed(count, ident, self._ledger.batch if self.persistent else None)
-        session.acks_ready()
+        session.acks_ready(drained=True)  # handed() drained the window
         if not rx.unhanded():
             self._closed_rx.pop(conn_id, None)
         live = self._by_ident.get(ident)

@@ -70,7 +70,18 @@ from ._errors import (
     SnakeMQError,
     UnexpectedFrameError,
 )
-from ._events import CloseConnection, ErrorOccurred, Event, _received, _sent
+from ._events import (
+    CloseConnection,
+    ErrorOccurred,
+    Event,
+    MessageSent,
+    _new,
+    _received,
+    _sent_conn,
+    _sent_ident,
+    _sent_settled,
+    _sent_uuid,
+)
 from ._queue import PeerQueue, _Item
 from ._window import ReceiveWindow
 from ._wire import (
@@ -85,7 +96,6 @@ from ._wire import (
     FRAME_PROTOCOL_VERSION,
     KNOWN_FRAME_TYPES,
     PROTOCOL_VERSION,
-    Ack,
     Capabilities,
     Frame,
     Identification,
@@ -94,6 +104,7 @@ from ._wire import (
     Ping,
     Pong,
     ProtocolVersion,
+    decode_ack,
     decode_frame,
     decode_messages,
     encode_packet,
@@ -126,6 +137,10 @@ class ConnState(enum.Enum):
     AWAIT_TAKEOVER = "await-takeover"
     ACTIVE = "active"
     CLOSED = "closed"
+
+    # members are singletons compared by identity: hash them by identity too,
+    # in C (Enum's own __hash__ is a Python call per packet's table lookup)
+    __hash__ = object.__hash__
 
 
 class Router(Protocol):
@@ -314,12 +329,18 @@ class Session:
         # queue once completely written, and its MessageSent says so
         legacy = self.legacy
         settled = 0
+        append = events.append
         while marks and marks[0][0] <= written:
             _, item = marks.popleft()
             if item.reported:  # already reported when it was acknowledged
                 continue
-            if report:
-                events.append(_sent(conn_id, ident, item.message.uuid, legacy))
+            if report:  # _sent(), inline: one event per message written
+                event: MessageSent = _new(MessageSent)
+                _sent_conn(event, conn_id)
+                _sent_ident(event, ident)
+                _sent_uuid(event, item.message.uuid)
+                _sent_settled(event, legacy)
+                append(event)
             settled += 1
         if legacy and settled:
             queue.settle_written(settled)
@@ -444,11 +465,13 @@ class Session:
             self._out(rx.take_ack())
         return events
 
-    def acks_ready(self) -> None:
-        """The receive window may acknowledge more: send the ACK now."""
+    def acks_ready(self, drained: bool = False) -> None:
+        """The receive window may acknowledge more: send the ACK now
+        (``drained``: the caller just drained the window)."""
         rx = self.rx
         assert rx is not None
-        rx.drain()
+        if not drained:
+            rx.drain()
         if rx.ack_count and self.state is ConnState.ACTIVE:
             self._out(rx.take_ack())
 
@@ -584,22 +607,24 @@ class Session:
     def _on_pong(self, frame: Frame | None, now: float, events: list[Event]) -> None:
         pass
 
-    def _on_ack(self, frame: Frame | None, now: float, events: list[Event]) -> None:
-        assert isinstance(frame, Ack)
+    def _on_ack(self, packets: list[memoryview], i: int, now: float, events: list[Event]) -> int:
+        """An ACK (a run handler: decoded without an ``Ack`` object, hot path)."""
+        count, last_uuid = decode_ack(packets[i])
         if self.legacy:
             raise UnexpectedFrameError("ACK from a peer that did not announce acknowledgements")
         queue = self.queue
         assert queue is not None
         router = self.router
         queue.acknowledge(
-            frame.count,
-            frame.last_uuid,
+            count,
+            last_uuid,
             self.sent_marks,
             self.conn_id,
             events,
             router.report_sent,
             router.report_delivered,
         )
+        return i + 1
 
 
 _RunHandler = Callable[[Session, list[memoryview], int, float, list[Event]], int]
@@ -634,7 +659,7 @@ _TRANSITIONS: dict[tuple[ConnState, int], tuple[_RunHandler, ConnState]] = {
         _S.CLOSED,
     ),
     (_S.ACTIVE, FRAME_MESSAGE): (Session._on_messages, _S.ACTIVE),
-    (_S.ACTIVE, FRAME_ACK): (_one_frame(Session._on_ack), _S.ACTIVE),
+    (_S.ACTIVE, FRAME_ACK): (Session._on_ack, _S.ACTIVE),
     (_S.ACTIVE, FRAME_PING): (_one_frame(Session._on_ping), _S.ACTIVE),
     (_S.ACTIVE, FRAME_PONG): (_one_frame(Session._on_pong), _S.ACTIVE),
     (_S.ACTIVE, FRAME_INCOMPATIBLE_PROTOCOL): (_one_frame(Session._on_incompatible), _S.CLOSED),

@@ -37,7 +37,7 @@ from ._errors import UnexpectedFrameError
 from ._events import Event, _received
 from ._message import Message
 from ._storage import StorageBatch
-from ._wire import Ack, encode_packet
+from ._wire import encode_ack_packet
 
 # states of a received message on its way to an acknowledgement
 _RX_UNHANDED = "unhanded"
@@ -168,6 +168,6 @@ class ReceiveWindow:
 
     def take_ack(self) -> bytes:
         """The ACK packet for what ``drain()`` counted (``ack_count`` > 0)."""
-        packet = encode_packet(Ack(self.ack_count, self.ack_last).encode())
+        packet = encode_ack_packet(self.ack_count, self.ack_last)
         self.ack_count = 0
         return packet

@@ -57,6 +57,8 @@ HEADER = struct.Struct("!I")
 _MESSAGE_HEAD = struct.Struct("!B16sII")  # type, uuid, ttl, flags
 _CAPS = struct.Struct("!BII")  # type, capability bits, receive window
 _ACK = struct.Struct("!BI16s")  # type, count, uuid of the last message acknowledged
+_ACK_SIZE = _ACK.size
+_ACK_PACKET = struct.Struct("!IBI16s")  # the packet header, then _ACK
 MESSAGE_HEAD_SIZE = _MESSAGE_HEAD.size
 
 
@@ -222,6 +224,12 @@ def encode_packet(frame_payload: bytes) -> bytes:
     return HEADER.pack(len(frame_payload)) + frame_payload
 
 
+def encode_ack_packet(count: int, last_uuid: bytes) -> bytes:
+    """The packet of ``Ack(count, last_uuid)`` from trusted fields (count
+    1..2**32-1, a 16-byte uuid), in one pack: no frame object (hot path)."""
+    return _ACK_PACKET.pack(_ACK_SIZE, FRAME_ACK, count, last_uuid)
+
+
 # ---------------------------------------------------------------- decoding
 #
 # One decoder per frame type, registered once: the registry is also the list
@@ -259,14 +267,24 @@ def _decode_message(packet: bytes | memoryview) -> Frame:
     )
 
 
-@_decodes(FRAME_ACK)
-def _decode_ack(packet: bytes | memoryview) -> Frame:
-    if len(packet) < _ACK.size:
-        raise MalformedFrameError(f"ACK frame of {len(packet)} bytes, expected {_ACK.size}")
+def decode_ack(packet: bytes | memoryview) -> tuple[int, bytes]:
+    """``(count, last_uuid)`` of an ACK packet, without an ``Ack`` object (the
+    session's hot path; ``decode_frame`` builds the ``Ack`` from it).
+
+    Raises:
+        MalformedFrameError: too short, or a count of 0.
+    """
+    if len(packet) < _ACK_SIZE:
+        raise MalformedFrameError(f"ACK frame of {len(packet)} bytes, expected {_ACK_SIZE}")
     _, count, last_uuid = _ACK.unpack_from(packet)
     if count == 0:
         raise MalformedFrameError("ACK frame acknowledges 0 messages")
-    return Ack(count, last_uuid)
+    return count, last_uuid
+
+
+@_decodes(FRAME_ACK)
+def _decode_ack(packet: bytes | memoryview) -> Frame:
+    return Ack(*decode_ack(packet))
 
 
 @_decodes(FRAME_PING)
@@ -395,7 +413,13 @@ def encode_messages(
     return count, size
 
 
-_trusted_message = Message._trusted
+# a received message's fields are valid by construction: stored straight
+# through the frozen class's slots (Message._trusted, inline: per message)
+_new_message = object.__new__
+_set_data = Message.__dict__["data"].__set__
+_set_ttl = Message.__dict__["ttl"].__set__
+_set_flags = Message.__dict__["flags"].__set__
+_set_uuid = Message.__dict__["uuid"].__set__
 
 
 def decode_messages(packets: Sequence[memoryview], i: int) -> list[Message]:
@@ -426,11 +450,12 @@ def decode_messages(packets: Sequence[memoryview], i: int) -> list[Message]:
                 raise short_message_error(len(packet))
             break
         _, uuid, ttl, flags = unpack(packet)
-        append(
-            _trusted_message(
-                packet[head:].tobytes(), None if ttl == infinite else float(ttl), flags, uuid
-            )
-        )
+        message = _new_message(Message)
+        _set_data(message, packet[head:].tobytes())
+        _set_ttl(message, None if ttl == infinite else float(ttl))
+        _set_flags(message, flags)
+        _set_uuid(message, uuid)
+        append(message)
         i += 1
     return messages
 

@@ -639,7 +639,14 @@ class Link:
                 # A wake-up asked for during the pass (a callback's send_message)
                 # is answered by this pass's on_loop_pass: no empty pass for it.
                 self._wake_requested = False
-                self._after_io(monotonic())
+                if (
+                    self._ready
+                    or self._broken
+                    or self._ready_reads
+                    or self._dialing
+                    or self._handshaking
+                ):
+                    self._after_io(monotonic())
                 self.on_loop_pass()
                 if self._ready:  # sends on_loop_pass started and finished at once
                     self._report_ready()
@@ -690,11 +697,10 @@ class Link:
     # ------------------------------------------------------------- internal
 
     def _drain_bell(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except OSError:
-            pass
+        # one recv: the bell holds at most one byte (_bell_rung is set until
+        # here); should it hold more, select reports it again next pass
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
         self._bell_rung = False
 
     def _new_id(self, sock: socket.socket) -> str:
@@ -914,7 +920,9 @@ class Link:
         if type(sock) is not socket.socket:
             self._read_tls(conn)
             return
-        buf = self._read_buffer()
+        buf = self._rbuf
+        if len(buf) != self.recv_block_size:
+            buf = self._read_buffer()
         try:
             n = sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):

@@ -197,6 +197,7 @@ class Messaging:
         self._deferred: list[Event] = []  # events to dispatch from the loop thread
         self._writer = None if queues_storage is None else StorageWriter(queues_storage)
         self._lease_lost = False  # another process serves our identifier now
+        self._deadline: float | None = None  # engine.next_deadline(), at the pass's start
 
         if self._standby is not None:
             self.link.set_gate(self._take_over, self._standby.lease_poll)
@@ -396,39 +397,47 @@ class Messaging:
                 self._room.notify_all()  # acknowledgements may have made room
         if events:
             self._dispatch(events)
-        self._flush(conn_id)
+        self._flush_wanted.add(conn_id)  # _flush(), inline: every read
 
     def stream_ready(self, conn_id: str, sent_length: int) -> None:
         out = self._outs.get(conn_id)
         if out is None or out.buf is None:
             return
         self._report_what_is_listened()
+        buf = out.buf
+        done = sent_length >= len(buf)
         with self._lock:
-            events = self._engine.data_sent(conn_id, sent_length)
-        rest = out.buf[sent_length:]
-        if len(rest):
-            out.buf = rest
-            self.link.send(conn_id, rest)
-        else:
-            out.buf = None
-        if events:
-            self._dispatch(events)
-        if out.buf is None:
+            engine = self._engine
+            events = engine.data_sent(conn_id, sent_length)
             # The link may report a send after this pass's write step (one
             # that on_loop_pass started and the socket took at once): write
             # what follows now rather than a pass later (and the storage
             # changes data_sent made, as the pass's write step would have).
-            with self._lock:
-                more = self._writer is not None or self._engine.wants_write(conn_id)
-            if more:
-                self._write_out((conn_id,))
+            more = done and not events and (self._writer is not None or engine.wants_write(conn_id))
+        if done:
+            out.buf = None
+        else:
+            out.buf = rest = buf[sent_length:]
+            self.link.send(conn_id, rest)
+        if events:
+            self._dispatch(events)
+            if done:  # asked after the callbacks: they may have queued more
+                with self._lock:
+                    more = self._writer is not None or self._engine.wants_write(conn_id)
+        if more and out.buf is None:
+            self._write_out((conn_id,))
 
     def _report_what_is_listened(self) -> None:
-        # per-message events nobody listens to are not even built
+        # per-message events nobody listens to are not even built (a plain
+        # function assigned in place of a Callback listens); every read and
+        # every finished send asks
         engine = self._engine
-        settled = _listened(self.on_message_settled)  # reported by both (legacy: sent)
-        engine.report_sent = settled or _listened(self.on_message_sent)
-        engine.report_delivered = settled or _listened(self.on_message_delivered)
+        on_settled = self.on_message_settled  # reported by both (legacy: sent)
+        settled = type(on_settled) is not Callback or bool(on_settled.callbacks)
+        on_sent = self.on_message_sent
+        engine.report_sent = settled or type(on_sent) is not Callback or bool(on_sent.callbacks)
+        on_dl = self.on_message_delivered
+        engine.report_delivered = settled or type(on_dl) is not Callback or bool(on_dl.callbacks)
 
     def _flush(self, conn_id: str) -> None:
         """Ask for ``conn_id``'s output to be written at the end of this pass."""
@@ -441,7 +450,8 @@ class Messaging:
         outs = self._outs
         batches: list[tuple[str, _Out, bytes]] = []
         with self._lock:
-            self._store(report=True)
+            if self._writer is not None:
+                self._store(report=True)
             data_to_send = self._engine.data_to_send
             for conn_id in conn_ids:
                 out = outs.get(conn_id)
@@ -473,8 +483,13 @@ class Messaging:
     # ------------------------------------------------------------ the loop
 
     def _next_deadline(self) -> float | None:
+        # the link asks at the start of every pass; _on_loop_pass reuses the
+        # answer (a deadline made during the pass is seen by the next one's
+        # select, which then does not wait; handle_timeout checks each rule
+        # against ``now`` itself, so an earlier guess costs nothing)
         with self._lock:
-            return self._engine.next_deadline()
+            self._deadline = deadline = self._engine.next_deadline()
+        return deadline
 
     def _on_loop_pass(self) -> None:
         self._loop_thread = threading.get_ident()
@@ -482,7 +497,7 @@ class Messaging:
         with self._lock:
             if self._waiting:
                 self._room.notify_all()  # the peer may have gone: waiting producers go on
-            deadline = self._engine.next_deadline()
+            deadline = self._deadline
             due = deadline is not None and deadline <= now
             events = self._engine.handle_timeout(now) if due else []
             if self._deferred:
@@ -599,7 +614,8 @@ class Messaging:
                 self._close(event.conn_id)
         if received:
             assert received_conn is not None
-            self._handed(received_conn, received)
+            with self._lock:  # _handed(), inline: every read
+                self._engine.handed(received_conn, received)
 
     @staticmethod
     def _funcs(callback: Callable[..., object]) -> tuple[Callable[..., object], ...]:
@@ -646,10 +662,6 @@ class Messaging:
         # connection was already gone from the link
         if conn_id in self._outs:
             self.stream_disconnect(conn_id)
-
-
-def _listened(callback: object) -> bool:
-    return type(callback) is not Callback or bool(callback.callbacks)
 
 
 class ReceiveHook:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Protocol
+from collections.abc import Callable
+from typing import ParamSpec, Protocol
 
 from snakemq_proto import DEFAULT_MAX_PACKET_SIZE, PacketDecoder, RemoteProtocolError
 
@@ -27,6 +28,8 @@ SEND_BLOCK_SIZE = 256 * 1024
 """Queued packets are joined into writes of about this size."""
 
 _HEADER_SIZE = 4
+
+P = ParamSpec("P")
 
 
 class StreamHandler(Protocol):
@@ -100,6 +103,11 @@ class Packeter:
         if self._stream is not None and self._stream is not handler:
             raise ValueError("this Packeter already carries a Messaging; make one per Messaging")
         self._stream = handler
+        # reads and finished sends go to the handler straight from the link
+        # (one call less per read and per send): in place, keeping the order
+        link = self.link
+        _rebind(link.on_recv_view, self._on_recv, handler.stream_recv)
+        _rebind(link.on_ready_to_send, self._on_ready_to_send, handler.stream_ready)
 
     def send_packet(self, conn_id: str, buf: bytes) -> int:
         """Queue ``buf`` as one packet to ``conn_id``; return its packet id.
@@ -201,3 +209,12 @@ class Packeter:
         else:
             conn.in_flight = None
             self._send_more(conn_id, conn)
+
+
+def _rebind(callback: Callback[P], old: Callable[P, object], new: Callable[P, object]) -> None:
+    """Put ``new`` in the place of ``old`` among ``callback``'s functions."""
+    funcs = callback.callbacks
+    for i, func in enumerate(funcs):
+        if func == old:
+            funcs[i] = new
+            return
