@@ -72,6 +72,10 @@ PUBLIC = [
     "StorageBatch",
     "StorageError",
     "StoredState",
+    "FillRequest",
+    "QUEUE_WINDOW",
+    "WindowedStorage",
+    "load_state",
     "UnexpectedFrameError",
     "cert_idents",
     "check_ident",
@@ -98,6 +102,9 @@ ENGINE_METHODS = [
     "connection_made",
     "data_sent",
     "data_to_send",
+    "fill_failed",
+    "fill_requests",
+    "filled",
     "handed",
     "handle_timeout",
     "load",
@@ -108,6 +115,7 @@ ENGINE_METHODS = [
     "queue_idents",
     "queued",
     "receive_data",
+    "restore",
     "send_message",
     "take_storage_batch",
     "wants_write",
@@ -150,7 +158,15 @@ def test_engine_methods_are_pinned_and_documented() -> None:
 
 
 def test_engine_signatures_take_now_where_time_matters() -> None:
-    for name in ("receive_data", "connection_lost", "handle_timeout", "send_message", "load"):
+    for name in (
+        "receive_data",
+        "connection_lost",
+        "handle_timeout",
+        "send_message",
+        "load",
+        "restore",
+        "filled",
+    ):
         params = inspect.signature(getattr(snakemq_proto.Engine, name)).parameters
         assert "now" in params, name
     assert "now" in inspect.signature(snakemq_proto.Engine.connection_made).parameters

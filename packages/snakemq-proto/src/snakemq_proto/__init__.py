@@ -69,6 +69,8 @@ from ._redial import RedialHolds
 from ._sqla import SqlAlchemyQueuesStorage, storage_at
 from ._sqlite import SqliteQueuesStorage
 from ._storage import (
+    QUEUE_WINDOW,
+    FillRequest,
     Lease,
     LegacyQueuesStorage,
     LegacyStorageAdapter,
@@ -76,6 +78,8 @@ from ._storage import (
     QueuesStorage,
     StorageBatch,
     StoredState,
+    WindowedStorage,
+    load_state,
     open_storage,
     standby,
 )
@@ -117,6 +121,7 @@ __all__ = [
     "MAX_UUID_LENGTH",
     "OUTPUT_HIGH_WATER",
     "PROTOCOL_VERSION",
+    "QUEUE_WINDOW",
     "UUID_LENGTH",
     "Ack",
     "Backoff",
@@ -127,6 +132,7 @@ __all__ = [
     "Engine",
     "ErrorOccurred",
     "Event",
+    "FillRequest",
     "Frame",
     "HandshakeTimeoutError",
     "Identification",
@@ -168,6 +174,7 @@ __all__ = [
     "StorageWriter",
     "StoredState",
     "UnexpectedFrameError",
+    "WindowedStorage",
     "bind_error",
     "cert_idents",
     "check_address",
@@ -176,6 +183,7 @@ __all__ = [
     "check_ttl",
     "decode_frame",
     "encode_packet",
+    "load_state",
     "new_uuid",
     "open_storage",
     "standby",

@@ -146,6 +146,13 @@ _DELETE: Final = "DELETE FROM snakemq_queue WHERE seq = ?"
 _UPDATE_TTL_IN: Final = "UPDATE snakemq_queue SET ttl = ? WHERE seq = ? AND ident = ?"
 _DELETE_FROM: Final = "DELETE FROM snakemq_queue WHERE seq = ? AND ident = ?"
 _IDENT_OF: Final = "SELECT ident FROM snakemq_queue WHERE seq = ?"
+_READ: Final = (
+    "SELECT seq, uuid, data, ttl, flags FROM snakemq_queue "
+    "WHERE ident = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+)
+_QUEUE_END: Final = "SELECT max(seq) FROM snakemq_queue WHERE ident = ?"
+_NEXT_IDENT: Final = "SELECT min(ident) FROM snakemq_queue WHERE ident > ?"
+_DELETE_REST: Final = "DELETE FROM snakemq_queue WHERE ident = ? AND seq > ? AND seq <= ?"
 _MIGRATE_1: Final = (
     "ALTER TABLE snakemq_queue RENAME TO snakemq_queue_1",
     *_QUEUE_TABLE.split(";"),
@@ -310,6 +317,24 @@ class _Plan:
         else:
             self.where[uuid] = next(iter(copies.values())) if len(copies) == 1 else copies
         return [seq]
+
+    def forget_rest(self, conn: sqlite3.Connection, ident: str, after: int, end: int) -> None:
+        """Rows ``after < seq <= end`` of ident go: those read are forgotten.
+        (Rare, a purge: one pass over the map.)"""
+        for uuid, found in list(self.where.items()):
+            if isinstance(found, int):
+                if after < found <= end and _ident_of(conn, found) == ident:
+                    self._touch(uuid)
+                    del self.where[uuid]
+                continue
+            seq = found.get(ident)
+            if seq is not None and after < seq <= end:
+                self._touch(uuid)
+                copies = {k: v for k, v in found.items() if k != ident}
+                if not copies:
+                    del self.where[uuid]
+                else:
+                    self.where[uuid] = next(iter(copies.values())) if len(copies) == 1 else copies
 
     def undo(self) -> None:
         where = self.where
@@ -625,18 +650,83 @@ class SqliteQueuesStorage:
                     message = trusted(data, ttl, flags, uuid)
                     queue.append(message)
                     _remember(conn, where, message.uuid, ident, seq)
-                seen: dict[str, list[bytes]] = {}
-                for ident, uuid in conn.execute(
-                    "SELECT ident, uuid FROM snakemq_seen ORDER BY ident, seq"
-                ):
-                    window = seen.get(ident)
-                    if window is None:
-                        window = seen[ident] = []
-                    window.append(uuid)
+                seen = self._load_seen(conn)
             except sqlite3.Error as exc:
                 self._fail(exc, "read")
             self._where, self._next_seq = where, seq + 1
         return StoredState(queues=queues, seen=seen)
+
+    def load_window(self, window: int) -> StoredState:
+        """Like ``load()``, but at most ``window`` messages of each queue (the
+        oldest); ``rest`` names where the others are (``read_queue``).  Each
+        queue costs a few index lookups, whatever its length.
+
+        Raises:
+            StorageError: the storage is closed or the file cannot be read.
+        """
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        with self._lock:
+            conn = self._connection()
+            try:
+                queues: dict[str, list[Message]] = {}
+                rest: dict[str, tuple[int, int]] = {}
+                where: dict[bytes, _Where] = {}
+                (top,) = conn.execute("SELECT max(seq) FROM snakemq_queue").fetchone()
+                ident = conn.execute("SELECT min(ident) FROM snakemq_queue").fetchone()[0]
+                while ident is not None:
+                    rows = self._read(conn, where, ident, 0, top or 0, window)
+                    queues[ident] = [m for _, m in rows]
+                    (end,) = conn.execute(_QUEUE_END, (ident,)).fetchone()
+                    if rows[-1][0] < end:
+                        rest[ident] = (rows[-1][0], end)
+                    ident = conn.execute(_NEXT_IDENT, (ident,)).fetchone()[0]
+                seen = self._load_seen(conn)
+            except sqlite3.Error as exc:
+                self._fail(exc, "read")
+            self._where, self._next_seq = where, (top or 0) + 1
+        return StoredState(queues=queues, seen=seen, rest=rest, window=window)
+
+    def read_queue(self, ident: str, after: int, end: int, count: int) -> list[tuple[int, Message]]:
+        """``(seq, message)`` of ident's next ``count`` rows with
+        ``after < seq <= end``, oldest first, as stored.
+
+        Raises:
+            StorageError: the storage is closed or the file cannot be read.
+        """
+        with self._lock:
+            conn = self._connection()
+            try:
+                return self._read(conn, self._rows(conn), ident, after, end, count)
+            except sqlite3.Error as exc:
+                self._fail(exc, "read")
+
+    @staticmethod
+    def _read(
+        conn: sqlite3.Connection,
+        where: dict[bytes, _Where],
+        ident: str,
+        after: int,
+        end: int,
+        count: int,
+    ) -> list[tuple[int, Message]]:
+        trusted = Message._trusted
+        rows = []
+        for seq, uuid, data, ttl, flags in conn.execute(_READ, (ident, after, end, count)):
+            message = trusted(data, ttl, flags, uuid)
+            rows.append((seq, message))
+            _remember(conn, where, message.uuid, ident, seq)
+        return rows
+
+    @staticmethod
+    def _load_seen(conn: sqlite3.Connection) -> dict[str, list[bytes]]:
+        seen: dict[str, list[bytes]] = {}
+        for ident, uuid in conn.execute("SELECT ident, uuid FROM snakemq_seen ORDER BY ident, seq"):
+            window = seen.get(ident)
+            if window is None:
+                window = seen[ident] = []
+            window.append(uuid)
+        return seen
 
     def _rows(self, conn: sqlite3.Connection) -> dict[bytes, _Where]:
         """``uuid -> seq`` of every stored row (read once, then kept up to date)."""
@@ -715,6 +805,8 @@ class SqliteQueuesStorage:
                 for seq in plan.seqs(uuid, ident)
             ]
             deletes = [(seq,) for uuid in batch.delete for seq in plan.forget(uuid)]
+            for ident, after, end in batch.delete_rest:
+                plan.forget_rest(conn, ident, after, end)
             deletes_from = [
                 (seq, ident)
                 for ident, uuid in batch.delete_from
@@ -734,6 +826,8 @@ class SqliteQueuesStorage:
                     conn.executemany(_DELETE, deletes)
                 if deletes_from:
                     conn.executemany(_DELETE_FROM, deletes_from)
+                if batch.delete_rest:
+                    conn.executemany(_DELETE_REST, batch.delete_rest)
                 if batch.seen:
                     self._apply_seen(conn, batch.seen, batch.seen_keep)
                 conn.execute("COMMIT")
@@ -768,7 +862,10 @@ class SqliteQueuesStorage:
                 self._transaction(conn, [], [], chunk)
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             rest = StorageBatch(
-                update_ttl_in=batch.update_ttl_in, seen=batch.seen, seen_keep=batch.seen_keep
+                update_ttl_in=batch.update_ttl_in,
+                seen=batch.seen,
+                seen_keep=batch.seen_keep,
+                delete_rest=batch.delete_rest,
             )
             if update or rest:
                 self._transaction(conn, [], update, rest if rest else empty)
