@@ -24,6 +24,7 @@ from snakemq_proto import (
     StorageBatch,
     load_state,
 )
+from snakemq_proto._queue import EXPIRE_BATCH
 
 W = 8
 
@@ -45,9 +46,11 @@ def stored(storage: SqliteQueuesStorage, ident: str, n: int, ttl: float | None) 
     return messages
 
 
-def restored(storage: SqliteQueuesStorage, clock: Clock) -> tuple[Engine, list[Event]]:
+def restored(
+    storage: SqliteQueuesStorage, clock: Clock, window: int = W
+) -> tuple[Engine, list[Event]]:
     a = Engine("alice", persistent=True)
-    events = a.restore(load_state(storage, W), clock.now)
+    events = a.restore(load_state(storage, window), clock.now)
     return a, events
 
 
@@ -141,6 +144,24 @@ def test_rows_on_disk_expire_when_their_ttl_runs_out_as_if_loaded(
     assert events + more == [MessageDropped("bob", m.uuid) for m in bob]
     assert storage.load().queues == {}
     assert a.queued("bob") == [] and a.queue_idents() == []
+
+
+def test_a_mass_expiry_drops_the_rows_read_meanwhile_after_the_older_ones(
+    storage: SqliteQueuesStorage, clock: Clock
+) -> None:
+    # one handle_timeout() drops at most EXPIRE_BATCH: the head is down to
+    # half while older messages are still due when the next rows are read
+    window = 2 * EXPIRE_BATCH
+    bob = stored(storage, "bob", 2 * window + 100, 10.0)
+    a, _ = restored(storage, clock, window)
+    clock.advance(11)
+    events: list[Event] = []
+    while a.next_deadline() is not None:
+        dropped = a.handle_timeout(clock.now)
+        assert len(dropped) <= EXPIRE_BATCH
+        events += dropped + serve(a, storage, clock)[1]
+    assert events == [MessageDropped("bob", m.uuid) for m in bob]
+    assert storage.load().queues == {}
 
 
 def test_rows_read_while_connected_carry_the_ttl_left_when_the_peer_came(

@@ -262,6 +262,7 @@ class Messaging:
         self._state = Lifecycle.RUNNING
         if state is not None:
             self._dispatch(self._engine.restore(state, time.monotonic()))
+            self._request_flush()  # the flusher also serves the first reads of the queues
         tg.start_soon(self._timer, name="snakemq timer")
         tg.start_soon(self._acker, name="snakemq acker")
         if self._flusher is not None:
