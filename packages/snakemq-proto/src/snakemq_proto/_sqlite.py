@@ -662,6 +662,7 @@ class SqliteQueuesStorage:
         queue costs a few index lookups, whatever its length.
 
         Raises:
+            ValueError: ``window`` is not an int >= 1.
             StorageError: the storage is closed or the file cannot be read.
         """
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
