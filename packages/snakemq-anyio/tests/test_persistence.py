@@ -20,8 +20,8 @@ from snakemq_anyio import (
     SqliteQueuesStorage,
     StorageError,
 )
-from snakemq_proto import StorageBatch
-from snakemq_proto.testing import small_fs
+from snakemq_proto import QUEUE_WINDOW, StorageBatch
+from snakemq_proto.testing import small_fs, store_backlog
 
 pytestmark = pytest.mark.anyio
 
@@ -32,9 +32,16 @@ SENDER = Path(__file__).with_name("persistent_sender.py")
 async def _sender(
     backend: str, db: Path | str, port: int, count: int
 ) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream]]:
-    process = await anyio.open_process(
-        [sys.executable, str(SENDER), backend, str(db), str(port), str(count)]
-    )
+    async with _child(SENDER, backend, str(db), str(port), str(count)) as child:
+        yield child
+
+
+@asynccontextmanager
+async def _child(
+    script: Path, *args: str
+) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream]]:
+    """Run ``python script *args``; killed (if still running) and reaped at exit."""
+    process = await anyio.open_process([sys.executable, str(script), *args])
     try:
         assert process.stdout is not None
         yield process, BufferedByteReceiveStream(process.stdout)
@@ -208,3 +215,81 @@ async def test_a_disk_filled_by_the_queue_recovers_and_delivered_messages_stay_g
                     await after.delivered()
         with SqliteQueuesStorage(db) as reopened:  # a restart resends nothing
             assert reopened.load().queues == {}
+
+
+WINDOWED_SENDER = """
+import os, sys, time
+import anyio
+from snakemq_anyio import MessageDelivered, Messaging, SqliteQueuesStorage
+
+def rss():  # resident bytes, from /proc/self/statm
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def peak_rss():  # the high-water mark, from /proc/self/status
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+
+async def main(db, port, n):
+    base = rss()
+    started = time.monotonic()
+    async with Messaging("sender", storage=SqliteQueuesStorage(db)) as m:
+        ready = time.monotonic() - started
+        print("loaded", rss() - base, ready, len(m.queued("receiver")), flush=True)
+        with m.events(max_buffered=n + 100) as events:
+            await m.add_connector(("127.0.0.1", port))
+            delivered = 0
+            async for event in events:
+                if isinstance(event, MessageDelivered):
+                    delivered += 1
+                    if delivered == n:
+                        break
+        print("empty", peak_rss() - base, len(m.queued("receiver")), flush=True)
+
+anyio.run(main, sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), backend=sys.argv[1])
+"""
+
+
+async def test_a_restored_backlog_is_held_through_a_window_not_whole(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """Issue 14: 200k persistent messages in a real SQLite file; the sender
+    restarts (a fresh process) and loads only a window of them: its RSS grows
+    by a few MiB, not by the backlog (~140 MiB loaded whole).  Every message
+    arrives once, in order, with its TTL, across a connection the receiver
+    drops half-way (the unacknowledged ones are sent again)."""
+    n = 200_000
+    db = tmp_path / "sender.db"
+    store_backlog(db, "receiver", n, ttl=3600)
+    script = tmp_path / "windowed_sender.py"
+    script.write_text(WINDOWED_SENDER)
+    got: list[Message] = []
+    with anyio.fail_after(120):
+        async with Messaging("receiver") as receiver:
+            _host, port = await receiver.add_listener(("127.0.0.1", 0))
+            async with _child(script, anyio_backend, str(db), str(port), str(n)) as (
+                process,
+                lines,
+            ):
+                loaded = (await lines.receive_until(b"\n", 200)).split()
+                grown, ready, queued = int(loaded[1]), float(loaded[2]), int(loaded[3])
+                assert grown < 30 * 2**20, f"loading grew RSS by {grown / 2**20:.0f} MiB"
+                assert ready < 2.0, f"restart took {ready:.2f} s"
+                assert queued == QUEUE_WINDOW
+                dropped = False
+                while len(got) < n:
+                    got += [m for _ident, m in await receiver.receive_batch()]
+                    if not dropped and len(got) >= n // 2:
+                        receiver.disconnect("sender")  # the sender reconnects and resends
+                        dropped = True
+                ended = (await lines.receive_until(b"\n", 200)).split()
+                assert ended[0] == b"empty" and int(ended[2]) == 0
+                peak = int(ended[1])
+                assert peak < 60 * 2**20, f"delivering grew peak RSS by {peak / 2**20:.0f} MiB"
+                assert await process.wait() == 0
+    assert [m.data[:6] for m in got] == [b"%06d" % i for i in range(n)]
+    assert all(3000 < (m.ttl or 0) <= 3600 for m in got)
+    with SqliteQueuesStorage(str(db)) as storage:
+        assert storage.load().queues == {}

@@ -74,6 +74,10 @@ PUBLIC = [
     "StorageBatch",
     "StorageError",
     "StoredState",
+    "FillRequest",
+    "QUEUE_WINDOW",
+    "WindowedStorage",
+    "load_state",
     "UnexpectedFrameError",
     "cert_idents",
     "check_ident",
@@ -100,6 +104,9 @@ ENGINE_METHODS = [
     "connection_made",
     "data_sent",
     "data_to_send",
+    "fill_failed",
+    "fill_requests",
+    "filled",
     "handed",
     "handle_timeout",
     "load",
@@ -110,6 +117,7 @@ ENGINE_METHODS = [
     "queue_idents",
     "queued",
     "receive_data",
+    "restore",
     "send_message",
     "take_storage_batch",
     "wants_write",
@@ -160,6 +168,8 @@ def test_engine_signatures_take_now_where_time_matters() -> None:
         "send_message",
         "load",
         "writing",
+        "restore",
+        "filled",
     ):
         params = inspect.signature(getattr(snakemq_proto.Engine, name)).parameters
         assert "now" in params, name

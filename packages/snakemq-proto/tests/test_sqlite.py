@@ -276,8 +276,8 @@ BATCHES = st.builds(
 )
 
 
-class SameAsMemory(RuleBasedStateMachine):
-    """Random batches applied to both storages leave both in the same state."""
+class _BothStorages(RuleBasedStateMachine):
+    """Random batches applied to a memory and an SQLite storage."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -296,13 +296,21 @@ class SameAsMemory(RuleBasedStateMachine):
         self.sqlite.close()
         self.sqlite = SqliteQueuesStorage(self.path)
 
+    def teardown(self) -> None:
+        try:
+            self.sqlite.close()
+            with SqliteQueuesStorage(self.path) as reopened:
+                assert reopened.load() == self.memory.load()
+        finally:
+            shutil.rmtree(self.dir)
+
+
+class SameAsMemory(_BothStorages):
+    """Random batches applied to both storages leave both in the same state."""
+
     @invariant()
     def same_state(self) -> None:
         assert self.sqlite.load() == self.memory.load()
-
-    def teardown(self) -> None:
-        self.sqlite.close()
-        shutil.rmtree(self.dir)
 
 
 SameAsMemory.TestCase.settings = settings(
@@ -312,6 +320,20 @@ SameAsMemory.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_same_semantics_as_memory_storage = SameAsMemory.TestCase
+
+
+class SameAsMemoryUnread(_BothStorages):
+    """The same, but the SQLite storage is not read back after every batch:
+    several batches in a row find their rows through the storage's own
+    ``uuid -> seq`` map (kept since the last load or open), not a fresh one."""
+
+    @rule()
+    def same_state(self) -> None:
+        assert self.sqlite.load() == self.memory.load()
+
+
+SameAsMemoryUnread.TestCase.settings = SameAsMemory.TestCase.settings
+test_same_semantics_as_memory_storage_without_reads = SameAsMemoryUnread.TestCase
 
 
 # ------------------------------------------------------------------ crash safety
@@ -413,7 +435,7 @@ def test_newer_schema_is_refused(db: pathlib.Path) -> None:
     conn = sqlite3.connect(db)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(StorageError, match=r"schema version 2.*newer.*Upgrade"):
+    with pytest.raises(StorageError, match=rf"schema version {SCHEMA_VERSION + 1}.*newer.*Upgrade"):
         SqliteQueuesStorage(db)
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*) FROM snakemq_queue").fetchone()[0] == 1
@@ -589,7 +611,8 @@ def test_a_16_queue_file_is_migrated_in_place(db: pathlib.Path) -> None:
     }
     conn = sqlite3.connect(db)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert "items" not in tables and conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "items" not in tables
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
     with SqliteQueuesStorage(db) as s:  # and it opens as ours from now on
         assert s.load() == state
@@ -603,11 +626,11 @@ def test_a_16_file_with_a_bad_row_is_refused_and_left_alone(db: pathlib.Path) ->
     assert db.read_bytes() == before
 
 
-def test_a_16_migration_that_fails_half_way_leaves_the_original(
+def _open_capped_fails_and_leaves_the_file(
     db: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the file may not grow by more than two pages: the copy fails mid-way
-    _write_16_file(db, [("bob", b"%032x" % i, b"y" * 4000, None, 0) for i in range(200)])
+    """Opening ``db`` may not grow it by more than two pages: a migration
+    fails mid-way and must leave the file as it was."""
     before = db.read_bytes()
     conn = sqlite3.connect(db)
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -624,6 +647,14 @@ def test_a_16_migration_that_fails_half_way_leaves_the_original(
         SqliteQueuesStorage(db)
     monkeypatch.undo()
     assert db.read_bytes() == before
+
+
+def test_a_16_migration_that_fails_half_way_leaves_the_original(
+    db: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the file may not grow by more than two pages: the copy fails mid-way
+    _write_16_file(db, [("bob", b"%032x" % i, b"y" * 4000, None, 0) for i in range(200)])
+    _open_capped_fails_and_leaves_the_file(db, monkeypatch)
     with SqliteQueuesStorage(db) as s:
         assert len(s.load().queues["bob"]) == 200
 
@@ -722,3 +753,82 @@ def test_a_full_disk_with_nothing_to_delete_keeps_refusing_then_recovers() -> No
             storage.apply(StorageBatch(push=[("bob", m)]))
             assert storage.load().queues == {"bob": [*stored, m]}
             assert os.path.getsize(storage.reserve_path) == storage.reserve_bytes
+
+
+# ------------------------------------------------------------ schema 1 files
+
+# snakemq's schema 1, exactly: the queue table had a unique index on (uuid, ident).
+_SCHEMA_1 = f"""
+CREATE TABLE snakemq_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+CREATE TABLE snakemq_queue (
+    seq INTEGER PRIMARY KEY,
+    ident TEXT NOT NULL,
+    uuid BLOB NOT NULL CHECK (typeof(uuid) = 'blob' AND length(uuid) = 16),
+    data BLOB NOT NULL CHECK (typeof(data) = 'blob'),
+    ttl REAL CHECK (ttl IS NULL OR ttl >= 0),
+    flags INTEGER NOT NULL CHECK (flags BETWEEN 0 AND 4294967295),
+    UNIQUE (uuid, ident)
+);
+CREATE TABLE snakemq_seen (
+    ident TEXT NOT NULL, uuid BLOB NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (ident, uuid)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX snakemq_seen_order ON snakemq_seen (ident, seq);
+INSERT INTO snakemq_meta (key, value) VALUES ('application', 'snakemq'), ('schema_version', '1');
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = 1;
+"""
+
+
+def _write_schema_1_file(path: pathlib.Path, rows: list[tuple[str, Message]]) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(_SCHEMA_1)
+    with conn:
+        conn.executemany(
+            "INSERT INTO snakemq_queue (ident, uuid, data, ttl, flags) VALUES (?, ?, ?, ?, ?)",
+            [(ident, m.uuid, m.data, m.ttl, m.flags) for ident, m in rows],
+        )
+        conn.execute("INSERT INTO snakemq_seen VALUES ('carol', ?, 0)", (b"s" * 16,))
+    conn.close()
+
+
+def test_a_schema_1_file_is_migrated_in_place_and_keeps_its_order(db: pathlib.Path) -> None:
+    shared = message(1000)  # one message sent to two peers: two rows, one uuid
+    rows = [("bob", message(1)), ("alice", message(2)), ("bob", shared), ("alice", shared)]
+    rows += [("bob", message(i)) for i in range(3, 300)]
+    _write_schema_1_file(db, rows)
+    with SqliteQueuesStorage(db) as s:
+        state = s.load()
+        assert state.queues == {
+            "bob": [message(1), shared, *[message(i) for i in range(3, 300)]],
+            "alice": [message(2), shared],
+        }
+        assert state.seen == {"carol": [b"s" * 16]}
+        # rows of the migrated file are found by their seq: delete and update work
+        s.apply(
+            StorageBatch(
+                delete=[message(1).uuid],
+                delete_from=[("bob", shared.uuid)],
+                update_ttl=[(message(2).uuid, 5.0)],
+            )
+        )
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert not any(name.startswith("sqlite_autoindex_snakemq_queue") for name in indexes)
+    conn.close()
+    with SqliteQueuesStorage(db) as s:
+        assert s.load().queues == {
+            "bob": [message(i) for i in range(3, 300)],
+            "alice": [message(2).with_ttl(5.0), shared],
+        }
+
+
+def test_a_schema_1_migration_that_fails_half_way_leaves_the_original(
+    db: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_schema_1_file(
+        db, [("bob", Message(b"y" * 4000, uuid=bytes([i]) * 16)) for i in range(200)]
+    )
+    _open_capped_fails_and_leaves_the_file(db, monkeypatch)
+    with SqliteQueuesStorage(db) as s:
+        assert len(s.load().queues["bob"]) == 200

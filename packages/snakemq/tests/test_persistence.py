@@ -17,7 +17,8 @@ from snakemq.exceptions import StorageError
 from snakemq.message import FLAG_PERSISTENT, Message
 from snakemq.storage import MemoryQueuesStorage, StorageBatch
 from snakemq.storage.sqlite import SqliteQueuesStorage
-from snakemq_proto.testing import small_fs
+from snakemq_proto import QUEUE_WINDOW
+from snakemq_proto.testing import small_fs, store_backlog
 from sync_helpers import WAIT, Peer
 
 SENDER = textwrap.dedent(
@@ -290,3 +291,95 @@ def test_a_disk_filled_by_the_queue_recovers_and_delivered_messages_stay_gone(
         sender.messaging.storage.close()
         with SqliteQueuesStorage(db) as reopened:  # a restart resends nothing
             assert reopened.load().queues == {}
+
+
+WINDOWED_SENDER = textwrap.dedent(
+    """
+    import os, sys, time
+    import snakemq.link, snakemq.packeter, snakemq.messaging
+    from snakemq.storage.sqlite import SqliteQueuesStorage
+
+    def rss():  # resident bytes, from /proc/self/statm
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    port, db = int(sys.argv[1]), sys.argv[2]
+    base = rss()
+    link = snakemq.link.Link()
+    link.reconnect_interval = 0.05
+    started = time.monotonic()
+    messaging = snakemq.messaging.Messaging(
+        "sender", "", snakemq.packeter.Packeter(link), SqliteQueuesStorage(db)
+    )
+    ready = time.monotonic() - started
+    print("loaded", rss() - base, ready, len(messaging.queued("receiver")), flush=True)
+    peak = [0]
+    count = [0]
+
+    def delivered(ident, uuid):
+        count[0] += 1
+        if count[0] % 1000 == 0:
+            peak[0] = max(peak[0], rss() - base)
+        with messaging.lock:
+            done = not messaging.engine.queue_idents()
+        if done:
+            print("empty", peak[0], flush=True)
+            link.stop()
+
+    messaging.on_message_delivered.add(delivered)
+    link.add_connector(("127.0.0.1", port))
+    link.loop()
+    """
+)
+
+
+def test_a_restored_backlog_is_held_through_a_window_not_whole(
+    peers: list[Peer], tmp_path: Path
+) -> None:
+    """Issue 14: 200k persistent messages in a real SQLite file; the sender
+    restarts (a fresh process) and loads only a window of them: its RSS grows
+    by a few MiB, not by the backlog (~100 MiB loaded whole).  Every message
+    arrives once, in order, with its TTL, across a connection the receiver
+    drops half-way (the unacknowledged ones are sent again)."""
+    n = 200_000
+    db = tmp_path / "queues.db"
+    store_backlog(db, "receiver", n, ttl=3600)
+    receiver = Peer("receiver")
+    peers.append(receiver)
+    port = receiver.listen()
+    got: list[Message] = []
+
+    def recv(conn_id: str, ident: str, message: Message) -> None:
+        got.append(message)
+        if len(got) == n // 2:
+            receiver.link.close(conn_id)  # the loop thread: the sender reconnects
+
+    receiver.messaging.on_message_recv.add(recv)
+    receiver.start()
+    script = tmp_path / "windowed_sender.py"
+    script.write_text(WINDOWED_SENDER)
+    sender = subprocess.Popen(
+        [sys.executable, str(script), str(port), str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    try:
+        loaded = lines_until(sender, lambda line: line.startswith("loaded"))[-1].split()
+        grown, ready, queued = int(loaded[1]), float(loaded[2]), int(loaded[3])
+        assert grown < 30 * 2**20, f"loading grew RSS by {grown / 2**20:.0f} MiB"
+        assert ready < 2.0, f"restart took {ready:.2f} s"
+        assert queued == QUEUE_WINDOW
+        peak = int(lines_until(sender, lambda line: line.startswith("empty"))[-1].split()[1])
+        assert peak < 40 * 2**20, f"delivering grew RSS by {peak / 2**20:.0f} MiB"
+        assert sender.wait(WAIT) == 0
+    finally:
+        sender.kill()
+        sender.wait()
+        assert sender.stdout is not None
+        sender.stdout.close()
+    assert len(receiver.rec.get("on_disconnect")) >= 1
+    assert [m.data[:6] for m in got] == [b"%06d" % i for i in range(n)]
+    assert all(3000 < (m.ttl or 0) <= 3600 for m in got)
+    with SqliteQueuesStorage(str(db)) as storage:
+        assert storage.load().queues == {}

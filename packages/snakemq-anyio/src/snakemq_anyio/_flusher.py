@@ -7,6 +7,10 @@ the next (group commit).  Batches are numbered as they are taken; a persistent
 ``send_message`` waits until the batch holding its message was applied
 (``wait_stored``) and raises ``StorageError`` if that batch failed.  A failed
 batch is kept by the writer and applied again first, with the next one.
+
+After each batch the same task serves the engine's reads of restored queues
+(``engine.fill_requests()``, a window of rows each) in the worker thread, so
+storage calls stay in one order and off the event loop.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ from collections.abc import Callable
 
 import anyio
 import anyio.to_thread
-from snakemq_proto import QueuesStorage, StorageBatch, StorageError, StorageWriter
+from snakemq_proto import (
+    FillRequest,
+    Message,
+    QueuesStorage,
+    StorageBatch,
+    StorageError,
+    StorageWriter,
+    WindowedStorage,
+)
 
 from ._wakeup import Wakeup
 
@@ -31,6 +43,9 @@ class StorageFlusher:
     Args:
         storage: the open storage (closed by ``close()``).
         take_batch: ``engine.take_storage_batch``.
+        take_fills: ``engine.fill_requests``.
+        filled: called on the loop with each request and the rows read
+            (``None`` if reading failed).
     """
 
     __slots__ = (
@@ -38,18 +53,28 @@ class StorageFlusher:
         "_applied_wakeup",
         "_closed",
         "_failed",
+        "_fill_failing",
+        "_filled",
         "_requested",
         "_take_batch",
+        "_take_fills",
         "_taken",
         "_wakeup",
         "_writer",
     )
 
     def __init__(
-        self, storage: QueuesStorage, take_batch: Callable[[], StorageBatch | None]
+        self,
+        storage: QueuesStorage,
+        take_batch: Callable[[], StorageBatch | None],
+        take_fills: Callable[[], list[FillRequest]] = list,
+        filled: Callable[[FillRequest, list[tuple[int, Message]] | None], None] | None = None,
     ) -> None:
         self._writer = StorageWriter(storage)
         self._take_batch = take_batch
+        self._take_fills = take_fills
+        self._filled = filled
+        self._fill_failing = False
         self._requested = False
         self._wakeup = Wakeup()
         self._taken = 0  # batches taken from the engine
@@ -87,6 +112,28 @@ class StorageFlusher:
                         writer.succeeded()
             self._applied = number
             self._applied_wakeup.set()
+            await self._fill()
+
+    async def _fill(self) -> None:
+        """Read what the engine's restored queues ask for (worker thread)."""
+        filled = self._filled
+        storage = self._writer.storage
+        if filled is None or not isinstance(storage, WindowedStorage):
+            return
+        for r in self._take_fills():
+            try:
+                with anyio.CancelScope(shield=True):
+                    rows = await anyio.to_thread.run_sync(
+                        storage.read_queue, r.ident, r.after, r.end, r.count
+                    )
+            except Exception:
+                if not self._fill_failing:  # logged once per failure streak
+                    log.exception("cannot read the queue of %r from the storage", r.ident)
+                self._fill_failing = True
+                filled(r, None)
+                continue
+            self._fill_failing = False
+            filled(r, rows)
 
     async def wait_stored(self) -> None:
         """Wait until what the engine queued so far is applied.

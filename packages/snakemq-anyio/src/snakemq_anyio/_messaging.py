@@ -60,6 +60,7 @@ from snakemq_proto import (
     Engine,
     ErrorOccurred,
     Event,
+    FillRequest,
     LegacyQueuesStorage,
     Message,
     MessageDelivered,
@@ -74,6 +75,7 @@ from snakemq_proto import (
     SSLConfig,
     check_address,
     check_seconds,
+    load_state,
 )
 
 from ._connection import CLOSE_FLUSH_TIMEOUT, RECEIVE_SIZE, Connection, Connections
@@ -258,18 +260,22 @@ class Messaging:
         state = None
         if storage is not None:
             try:
-                state = await anyio.to_thread.run_sync(storage.load)
+                # a window of each queue, if the storage can (see _filled)
+                state = await anyio.to_thread.run_sync(load_state, storage)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(storage.close)
                 raise
-            self._flusher = StorageFlusher(storage, self._engine.take_storage_batch)
+            self._flusher = StorageFlusher(
+                storage, self._engine.take_storage_batch, self._engine.fill_requests, self._filled
+            )
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         self._state = Lifecycle.RUNNING
         if state is not None:
-            self._dispatch(self._engine.load(state.queues, state.seen, time.monotonic()))
+            self._dispatch(self._engine.restore(state, time.monotonic()))
+            self._request_flush()  # the flusher also serves the first reads of the queues
         tg.start_soon(self._timer, name="snakemq timer")
         tg.start_soon(self._acker, name="snakemq acker")
         if self._flusher is not None:
@@ -427,6 +433,18 @@ class Messaging:
             conn = conns.get(conn_id)
             if conn is not None:
                 conn.kick()
+        self._request_flush()
+
+    def _filled(self, request: FillRequest, rows: list[tuple[int, Message]] | None) -> None:
+        """The flusher read the next rows of a restored queue (``None``: it
+        could not; asked for again at the next flush)."""
+        engine = self._engine
+        if rows is None:
+            engine.fill_failed(request)
+            return
+        self._dispatch(engine.filled(request, rows, time.monotonic()))
+        self._conns.kick_all()
+        self._wake_timer()
         self._request_flush()
 
     def _request_flush(self) -> None:

@@ -70,6 +70,8 @@ from ._sqla import SqlAlchemyQueuesStorage, storage_at
 from ._sqlite import SqliteQueuesStorage
 from ._stall import DEFAULT_WRITE_STALL_TIMEOUT
 from ._storage import (
+    QUEUE_WINDOW,
+    FillRequest,
     Lease,
     LegacyQueuesStorage,
     LegacyStorageAdapter,
@@ -77,6 +79,8 @@ from ._storage import (
     QueuesStorage,
     StorageBatch,
     StoredState,
+    WindowedStorage,
+    load_state,
     open_storage,
     standby,
 )
@@ -121,6 +125,7 @@ __all__ = [
     "MAX_UUID_LENGTH",
     "OUTPUT_HIGH_WATER",
     "PROTOCOL_VERSION",
+    "QUEUE_WINDOW",
     "UUID_LENGTH",
     "Ack",
     "Backoff",
@@ -131,6 +136,7 @@ __all__ = [
     "Engine",
     "ErrorOccurred",
     "Event",
+    "FillRequest",
     "Frame",
     "HandshakeTimeoutError",
     "Identification",
@@ -172,6 +178,7 @@ __all__ = [
     "StorageWriter",
     "StoredState",
     "UnexpectedFrameError",
+    "WindowedStorage",
     "bind_error",
     "cert_idents",
     "check_address",
@@ -180,6 +187,7 @@ __all__ = [
     "check_ttl",
     "decode_frame",
     "encode_packet",
+    "load_state",
     "new_uuid",
     "open_storage",
     "standby",

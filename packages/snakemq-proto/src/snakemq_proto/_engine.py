@@ -84,7 +84,7 @@ from ._message import Message, check_ident
 from ._queue import ExpiryTimer, PeerQueue
 from ._session import ConnState, Session
 from ._stall import WriteStalls
-from ._storage import StorageBatch
+from ._storage import FillRequest, StorageBatch, StoredState
 from ._unidentified import DEFAULT_MAX_UNIDENTIFIED, UnidentifiedCap
 from ._window import PeerWindow, ReceiveWindow
 from ._wire import (
@@ -223,6 +223,7 @@ class Engine:
         self._closed_rx: dict[str, Session] = {}  # closed, still awaiting handed()
         self._by_ident: dict[str, Session] = {}
         self._queues: dict[str, PeerQueue] = {}
+        self._on_disk: list[PeerQueue] = []  # restored queues with rows not read yet
         self._windows: dict[str, PeerWindow] = {}
         self._ledger = StorageLedger(seen_keep=self.dedup_window)
         self._expiry = ExpiryTimer()
@@ -256,9 +257,56 @@ class Engine:
             self._window(ident).load(list(uuids))
         return events
 
+    def restore(self, state: StoredState, now: float) -> list[Event]:
+        """``load()`` a state from ``snakemq_proto.load_state()``: with a
+        ``WindowedStorage`` each queue's rows after its window stay on disk
+        and are asked for by ``fill_requests()``."""
+        events = self.load(state.queues, state.seen, now)
+        for ident, (after, end) in state.rest.items():
+            queue = self._queue(ident)
+            queue.set_disk(after, end, state.window, now)
+            self._on_disk.append(queue)
+        return events
+
+    def fill_requests(self) -> list[FillRequest]:
+        """Reads a restored queue needs from its storage (each once, until
+        ``filled()``): call ``storage.read_queue(r.ident, r.after, r.end,
+        r.count)`` in order with the storage batches, then ``filled()``."""
+        on_disk = self._on_disk
+        if not on_disk:
+            return []
+        requests = []
+        for queue in on_disk:
+            wanted = queue.fill_request()
+            if wanted is not None:
+                requests.append(FillRequest(queue.ident, *wanted))
+        self._on_disk = [q for q in on_disk if q.disk is not None]
+        return requests
+
+    def filled(
+        self, request: FillRequest, rows: Sequence[tuple[int, Message]], now: float
+    ) -> list[Event]:
+        """The rows ``storage.read_queue()`` returned for ``request``: they
+        join the queue (those whose TTL ran out meanwhile are dropped)."""
+        events: list[Event] = []
+        queue = self._queues.get(request.ident)
+        if queue is None:
+            return events  # purged and forgotten meanwhile
+        queue.filled(rows, request.count, now, events)
+        if queue.disk is None:
+            self._on_disk = [q for q in self._on_disk if q.disk is not None]
+        return events
+
+    def fill_failed(self, request: FillRequest) -> None:
+        """Reading ``request`` failed: ``fill_requests()`` asks again."""
+        queue = self._queues.get(request.ident)
+        if queue is not None:
+            queue.filling = False
+
     def queued(self, ident: str) -> list[Message]:
         """The messages waiting for ``ident`` (in-flight ones included), oldest
-        first, each with its remaining TTL as of its last accounting."""
+        first, each with its remaining TTL as of its last accounting.  Of a
+        restored queue, the rows still on disk are not listed."""
         queue = self._queues.get(ident)
         return [] if queue is None else queue.queued()
 
@@ -278,7 +326,7 @@ class Engine:
 
     def queue_idents(self) -> list[str]:
         """Identifiers that have a non-empty queue."""
-        return [ident for ident, q in self._queues.items() if q.items]
+        return [ident for ident, q in self._queues.items() if q.items or q.disk is not None]
 
     def connected_idents(self) -> dict[str, str]:
         """``{ident: conn_id}`` of every identified connection."""
@@ -619,7 +667,7 @@ class Engine:
         if ident in self._by_ident:
             return
         queue = self._queues.get(ident)
-        if queue is not None and queue.items:
+        if queue is not None and (queue.items or queue.disk is not None):
             return
         window = self._windows.get(ident)
         if window is not None and (window.seen or window.pending):

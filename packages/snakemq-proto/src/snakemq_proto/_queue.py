@@ -47,6 +47,20 @@ Pacing
 Storage
     A stored item's row is deleted through the ``StorageLedger`` whenever the
     item leaves (delivered, written to a legacy peer, expired, purged).
+
+Window (a queue restored from a ``WindowedStorage``)
+    Only the oldest ``window`` stored messages are loaded; the rows after
+    them stay on disk (``disk = (after, end)``: ``after < seq <= end``).
+    ``items`` is then the *head* (the first ``gap`` items, read from disk)
+    followed by the *tail* (messages sent since the restart, which come
+    after every row on disk).  Only the head is encoded; when it shrank to
+    half the window, ``fill_request()`` asks the I/O layer to read the next
+    rows, which ``filled()`` inserts at the gap.  When the disk is read to
+    its end the tail joins the head.  TTL of rows on disk: every row read
+    ages by the time the peer was away since the restart (``_aged``), so
+    it expires at the same moment as if it had been loaded at the restart;
+    one due on reading is dropped then (``MessageDropped``), at the latest
+    when every older message of the queue has left.
 """
 
 from __future__ import annotations
@@ -105,6 +119,12 @@ class ExpiryTimer:
         heapq.heappush(self._heap, (expires, next(self._seq), item, queue))
         return True
 
+    def start_at(self, item: _Item, expires: float, queue: PeerQueue) -> None:
+        """``item`` runs out at ``expires``, which may be past: then it is
+        dropped by the next ``expire()``, in its place among the others."""
+        item.expires = expires
+        heapq.heappush(self._heap, (expires, next(self._seq), item, queue))
+
     def stop(self, item: _Item) -> None:
         """``item`` stops aging (delivered, purged or its peer connected)."""
         if item.expires is not None:
@@ -159,7 +179,20 @@ class PeerQueue:
     the queue changes them.
     """
 
-    __slots__ = ("_ledger", "_timer", "connected", "ident", "in_flight", "items")
+    __slots__ = (
+        "_aged",
+        "_aging_since",
+        "_ledger",
+        "_timer",
+        "connected",
+        "disk",
+        "filling",
+        "gap",
+        "ident",
+        "in_flight",
+        "items",
+        "window",
+    )
 
     def __init__(self, ident: str, ledger: StorageLedger, timer: ExpiryTimer) -> None:
         self.ident = ident
@@ -168,6 +201,82 @@ class PeerQueue:
         self.connected = False
         self._ledger = ledger
         self._timer = timer
+        self.disk: tuple[int, int] | None = None  # rows not read yet (see Window)
+        self.gap = 0  # while disk: items before the rows on disk (the head)
+        self.window = 0
+        self.filling = False  # a fill_request() is being served
+        self._aged = 0.0  # seconds the peer was away since the restart, until _aging_since
+        self._aging_since: float | None = None
+
+    # ------------------------------------------------------------ window
+
+    def set_disk(self, after: int, end: int, window: int, now: float) -> None:
+        """Rows ``after < seq <= end`` of the storage come after ``items``."""
+        self.disk = (after, end)
+        self.gap = len(self.items)
+        self.window = window
+        self._aged = 0.0
+        self._aging_since = None if self.connected else now
+
+    def _head(self) -> int:
+        """How many items may be encoded: the head while rows wait on disk."""
+        return len(self.items) if self.disk is None else self.gap
+
+    def fill_request(self) -> tuple[int, int, int] | None:
+        """``(after, end, count)`` to read when the head shrank to half the
+        window (once: until ``filled()``)."""
+        disk = self.disk
+        if disk is None or self.filling or self.gap > self.window // 2:
+            return None
+        self.filling = True
+        return disk[0], disk[1], self.window - self.gap
+
+    def filled(
+        self, rows: Sequence[tuple[int, Message]], count: int, now: float, events: list[Event]
+    ) -> None:
+        """The rows read for ``fill_request()`` (``count`` asked): insert
+        them at the gap, aged by the time the peer was away."""
+        self.filling = False
+        disk = self.disk
+        if disk is None:
+            return  # purged meanwhile
+        aged = self._aged
+        since = self._aging_since
+        ledger = self._ledger
+        timer = self._timer
+        ident = self.ident
+        new: list[_Item] = []
+        for _, message in rows:
+            ttl = message.ttl
+            uuid = message.uuid
+            ledger.loaded(uuid)
+            if ttl is None:
+                new.append(_Item(message, None, stored=True))
+                continue
+            item = _Item(message, ttl - aged, stored=True)
+            if since is not None:
+                # away: it runs out when it would have, had it been loaded at
+                # the restart (the same sum as for the loaded ones, so equal
+                # deadlines stay in queue order), maybe already: then the next
+                # expire() drops it after the older ones due
+                timer.start_at(item, (since - aged) + ttl if aged else since + ttl, self)
+            elif item.ttl is not None and item.ttl <= 0:
+                self.dropped(item, events)  # ran out before the peer came
+                continue
+            elif aged:
+                assert item.ttl is not None
+                ledger.update_ttl(ident, uuid, item.ttl)
+            new.append(item)
+        items = self.items
+        gap = self.gap
+        if len(items) == gap:
+            items.extend(new)
+        else:
+            both = list(items)
+            self.items = deque(both[:gap] + new + both[gap:])
+        self.gap = gap + len(new)
+        after = rows[-1][0] if rows else disk[1]
+        self.disk = None if len(rows) < count or after >= disk[1] else (after, disk[1])
 
     # ------------------------------------------------------------ producers
 
@@ -202,6 +311,9 @@ class PeerQueue:
         keep = list(itertools.islice(self.items, self.in_flight))
         removed = list(itertools.islice(self.items, self.in_flight, None))
         self.items = deque(keep)
+        if self.disk is not None:  # the rows never read go too (not listed)
+            self._ledger.batch.delete_rest.append((self.ident, *self.disk))
+            self.disk = None
         timer = self._timer
         for item in removed:
             timer.stop(item)
@@ -218,11 +330,19 @@ class PeerQueue:
 
     def full(self, limit: int | None) -> bool:
         """A producer should wait: connected and ``limit`` messages wait."""
-        return limit is not None and self.connected and len(self.items) >= limit
+        return (
+            limit is not None
+            and self.connected
+            and (len(self.items) >= limit or self.disk is not None)
+        )
 
     def has_room(self, limit: int | None) -> bool:
         """A waiting producer may go on: away, or drained to half of ``limit``."""
-        return limit is None or not self.connected or len(self.items) <= limit // 2
+        return (
+            limit is None
+            or not self.connected
+            or (self.disk is None and len(self.items) <= limit // 2)
+        )
 
     # ------------------------------------------------------------ the peer
 
@@ -234,8 +354,12 @@ class PeerQueue:
         ident = self.ident
         timer = self._timer
         ledger = self._ledger
+        if self._aging_since is not None:
+            self._aged += now - self._aging_since
+            self._aging_since = None
         kept: deque[_Item] = deque()
-        for item in self.items:
+        gap = self.gap
+        for index, item in enumerate(self.items):
             expires = item.expires
             if expires is not None:
                 remaining = expires - now
@@ -243,12 +367,15 @@ class PeerQueue:
                 if remaining <= 0:
                     # due, but handle_timeout() did not run yet
                     self.dropped(item, events)
+                    if index < self.gap:
+                        gap -= 1
                     continue
                 item.ttl = remaining
                 if item.stored:
                     ledger.update_ttl(ident, item.message.uuid, remaining)
             kept.append(item)
         self.items = kept
+        self.gap = gap
         timer.compact()
 
     def disconnect(self, now: float, events: list[Event]) -> None:
@@ -256,20 +383,26 @@ class PeerQueue:
         (``ttl=0`` ones are dropped: they were only for a connected peer)."""
         self.connected = False
         self.in_flight = 0
+        if self.disk is not None:
+            self._aging_since = now
         timer = self._timer
         kept: deque[_Item] = deque()
-        for item in self.items:
+        gap = self.gap
+        for index, item in enumerate(self.items):
             if timer.start(item, now, self):
                 kept.append(item)
             else:
                 self.dropped(item, events)
+                if index < self.gap:
+                    gap -= 1
         self.items = kept
+        self.gap = gap
 
     def sendable(self, window: int | None) -> bool:
         """Whether items wait to be encoded (``window``: the peer's receive
         window, ``None`` for a legacy peer)."""
         in_flight = self.in_flight
-        return len(self.items) > in_flight and (window is None or in_flight < window)
+        return self._head() > in_flight and (window is None or in_flight < window)
 
     def encode(
         self,
@@ -284,7 +417,7 @@ class PeerQueue:
         ``encode_messages()``), as far as ``window`` and ``limit`` allow;
         they join the in-flight prefix.  Returns the new size of ``out``."""
         items = self.items
-        n = len(items)
+        n = self._head()
         i = self.in_flight
         stop = n if window is None else min(n, window)
         if i < stop:
@@ -306,6 +439,8 @@ class PeerQueue:
             if item.stored:
                 ledger.unstore(ident, item.message.uuid)
         self.in_flight -= count
+        if self.disk is not None:
+            self.gap -= count
 
     def acknowledge(
         self,
@@ -350,6 +485,8 @@ class PeerQueue:
             if report_delivered:
                 events.append(_delivered(ident, uuid))
         self.in_flight -= count
+        if self.disk is not None:
+            self.gap -= count
 
     # ------------------------------------------------------------- expiry
 
@@ -362,6 +499,9 @@ class PeerQueue:
     def remove(self, gone: list[_Item]) -> None:
         """Take expired items out of the queue."""
         items = self.items
+        if self.disk is not None:
+            ids = {id(g) for g in gone}
+            self.gap -= sum(1 for x in itertools.islice(items, self.gap) if id(x) in ids)
         if len(gone) == 1:
             items.remove(gone[0])
         elif items and items[0] is gone[0] and len(items) >= len(gone):

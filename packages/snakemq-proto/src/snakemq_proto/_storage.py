@@ -38,6 +38,9 @@ class StorageBatch:
             but for ident's queue only.
         delete_from: ``(ident, uuid)``: like ``delete`` but from ident's queue
             only.
+        delete_rest: ``(ident, after, end)``: delete ident's rows that were
+            never read (``after < seq <= end``, see ``WindowedStorage``); only
+            an engine restored from a ``WindowedStorage`` makes them.
 
     The engine uses ``update_ttl_in`` and ``delete_from`` only while one
     message (one uuid) is stored in several queues — a program that sends
@@ -52,6 +55,7 @@ class StorageBatch:
     seen_keep: int = 0
     update_ttl_in: list[tuple[str, bytes, float | None]] = attrs.field(factory=list)
     delete_from: list[tuple[str, bytes]] = attrs.field(factory=list)
+    delete_rest: list[tuple[str, int, int]] = attrs.field(factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -61,6 +65,7 @@ class StorageBatch:
             or self.seen
             or self.update_ttl_in
             or self.delete_from
+            or self.delete_rest
         )
 
     def extend(self, other: StorageBatch) -> None:
@@ -72,14 +77,34 @@ class StorageBatch:
         self.seen_keep = max(self.seen_keep, other.seen_keep)
         self.update_ttl_in.extend(other.update_ttl_in)
         self.delete_from.extend(other.delete_from)
+        self.delete_rest.extend(other.delete_rest)
 
 
 @attrs.frozen
 class StoredState:
-    """What a storage holds: queues in order, and the de-duplication window."""
+    """What a storage holds: queues in order, and the de-duplication window.
+
+    From ``WindowedStorage.load_window(window)``: ``queues`` holds at most
+    ``window`` messages per ident and ``rest`` maps an ident whose queue goes
+    on to ``(after, end)``: its further rows are those with
+    ``after < seq <= end``, read later with ``read_queue``.
+    """
 
     queues: Mapping[str, Sequence[Message]]
     seen: Mapping[str, Sequence[bytes]]
+    rest: Mapping[str, tuple[int, int]] = attrs.field(factory=dict)
+    window: int = 0
+
+
+@attrs.frozen
+class FillRequest:
+    """The engine wants ``storage.read_queue(ident, after, end, count)``
+    (``Engine.fill_requests()``); give the rows to ``Engine.filled()``."""
+
+    ident: str
+    after: int
+    end: int
+    count: int
 
 
 @runtime_checkable
@@ -98,6 +123,34 @@ class QueuesStorage(Protocol):
     def close(self) -> None:
         """Release the storage; further calls are errors."""
         ...
+
+
+@runtime_checkable
+class WindowedStorage(QueuesStorage, Protocol):
+    """A storage that can load a window of each queue and read the rest
+    later, so memory is bounded by the window, not by the backlog."""
+
+    def load_window(self, window: int) -> StoredState:
+        """Like ``load()``, but at most ``window`` messages per queue (the
+        oldest); ``rest`` says where the other rows are."""
+        ...
+
+    def read_queue(self, ident: str, after: int, end: int, count: int) -> list[tuple[int, Message]]:
+        """``(seq, message)`` of ident's next ``count`` rows with
+        ``after < seq <= end``, oldest first (``ttl``: as stored)."""
+        ...
+
+
+QUEUE_WINDOW = 8192
+"""Messages per queue a ``WindowedStorage`` loads (and keeps read ahead)."""
+
+
+def load_state(storage: QueuesStorage, window: int = QUEUE_WINDOW) -> StoredState:
+    """``storage.load_window(window)`` if the storage can (a
+    ``WindowedStorage``), else ``storage.load()``: everything."""
+    if isinstance(storage, WindowedStorage):
+        return storage.load_window(window)
+    return storage.load()
 
 
 class MemoryQueuesStorage:

@@ -30,7 +30,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["TestPostgres", "postgres_bin_dir", "postgres_fixtures", "remount_read_only", "small_fs"]
+__all__ = [
+    "TestPostgres",
+    "postgres_bin_dir",
+    "postgres_fixtures",
+    "remount_read_only",
+    "small_fs",
+    "store_backlog",
+]
 
 PASSWORD = "snakemq-test-pw"
 
@@ -302,3 +309,22 @@ def small_fs(size: str = "2m") -> Iterator[Path]:
 def remount_read_only(where: Path) -> None:
     """Remount a ``small_fs`` read-only."""
     subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+
+def store_backlog(path: str | os.PathLike[str], ident: str, count: int, ttl: float | None) -> None:
+    """Store ``count`` persistent 100-byte messages for ``ident`` in the
+    SQLite file ``path``: message ``i`` starts with ``b"%06d" % i``."""
+    from ._message import FLAG_PERSISTENT, Message
+    from ._sqlite import SqliteQueuesStorage
+    from ._storage import StorageBatch
+
+    with SqliteQueuesStorage(path) as storage:
+        for start in range(0, count, 50_000):
+            storage.apply(
+                StorageBatch(
+                    push=[
+                        (ident, Message(b"%06d" % i + b"x" * 94, ttl=ttl, flags=FLAG_PERSISTENT))
+                        for i in range(start, min(count, start + 50_000))
+                    ]
+                )
+            )

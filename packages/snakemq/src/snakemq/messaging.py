@@ -49,6 +49,7 @@ from snakemq_proto import (
     Engine,
     ErrorOccurred,
     Event,
+    FillRequest,
     Lease,
     LegacyQueuesStorage,
     Message,
@@ -64,8 +65,10 @@ from snakemq_proto import (
     RedialHolds,
     StorageError,
     StorageWriter,
+    WindowedStorage,
     cert_idents,
     check_seconds,
+    load_state,
     open_storage,
     standby,
 )
@@ -198,6 +201,7 @@ class Messaging:
         self._writer = None if queues_storage is None else StorageWriter(queues_storage)
         self._lease_lost = False  # another process serves our identifier now
         self._deadline: float | None = None  # engine.next_deadline(), at the pass's start
+        self._fill_failing = False  # reading a restored queue failed (logged once)
 
         if self._standby is not None:
             self.link.set_gate(self._take_over, self._standby.lease_poll)
@@ -209,9 +213,9 @@ class Messaging:
         self.link.add_deadline_hook(self._next_deadline)
 
     def _load(self, storage: QueuesStorage) -> None:
-        state = storage.load()
+        state = load_state(storage)  # a window of each queue, if the storage can
         with self._lock:
-            events = self._engine.load(state.queues, state.seen, time.monotonic())
+            events = self._engine.restore(state, time.monotonic())
             self._deferred.extend(events)
             self._store(report=False)
 
@@ -500,6 +504,10 @@ class Messaging:
             deadline = self._deadline
             due = deadline is not None and deadline <= now
             events = self._engine.handle_timeout(now) if due else []
+            fills = self._engine.fill_requests()
+            if fills:  # a restored queue's window moved: read its next rows
+                events += self._fill(fills, now)
+                due = True
             if self._deferred:
                 events = self._deferred + events
                 self._deferred = []
@@ -517,6 +525,26 @@ class Messaging:
             self._write_out(wanted)
         if self._lease_lost:
             self._step_down()
+
+    def _fill(self, requests: list[FillRequest], now: float) -> list[Event]:
+        """Serve the engine's reads of restored queues (lock held; a few
+        thousand rows each, see ``snakemq_proto.QUEUE_WINDOW``)."""
+        storage = self.storage
+        assert storage is not None and isinstance(storage, WindowedStorage)
+        events: list[Event] = []
+        for request in requests:
+            try:
+                rows = storage.read_queue(request.ident, request.after, request.end, request.count)
+            except StorageError:
+                # the rows stay on disk; asked for again on a later pass
+                if not self._fill_failing:
+                    log.exception("cannot read the queue of %r from the storage", request.ident)
+                self._fill_failing = True
+                self._engine.fill_failed(request)
+                continue
+            self._fill_failing = False
+            events += self._engine.filled(request, rows, now)
+        return events
 
     def _dispatch(self, events: list[Event]) -> None:
         """Call the user's callbacks for ``events`` (lock not held).
