@@ -64,7 +64,7 @@ from ._sqlite import SqliteQueuesStorage
 from ._storage import QueuesStorage, StorageBatch, StoredState, seen_window_appends
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Table
+    from sqlalchemy import Connection
 
 __all__ = ["SCHEMA_VERSION_SQLA", "SqlAlchemyQueuesStorage", "storage_at"]
 
@@ -136,6 +136,48 @@ class _Tables:
         )
 
 
+class _Statements:
+    """The statements ``apply`` runs, built once (bound parameters only)."""
+
+    def __init__(self, sa: Any, t: _Tables, dialect: str) -> None:
+        bp = sa.bindparam
+        q, s = t.queue.c, t.seen.c
+        insert: Any
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        upsert = insert(t.queue)
+        self.upsert = upsert.on_conflict_do_update(
+            index_elements=[q.owner, q.uuid, q.ident],
+            set_={
+                "data": upsert.excluded.data,
+                "ttl": upsert.excluded.ttl,
+                "flags": upsert.excluded.flags,
+            },
+        )
+        self.update_ttl = (
+            sa.update(t.queue).where(q.owner == bp("o"), q.uuid == bp("u")).values(ttl=bp("t"))
+        )
+        self.update_ttl_in = (
+            sa.update(t.queue)
+            .where(q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u"))
+            .values(ttl=bp("t"))
+        )
+        self.delete = sa.delete(t.queue).where(
+            q.owner == bp("o"), q.uuid.in_(bp("us", expanding=True))
+        )
+        self.delete_from = sa.delete(t.queue).where(
+            q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u")
+        )
+        mine = (s.owner == bp("o"), s.ident == bp("i"))
+        self.seen_bounds = sa.select(sa.func.min(s.seq), sa.func.max(s.seq)).where(*mine)
+        self.seen_find = sa.select(s.uuid, s.seq).where(*mine, s.uuid.in_(bp("us", expanding=True)))
+        self.seen_prune = sa.delete(t.seen).where(*mine, s.seq < bp("low"))
+        self.seen_forget = sa.delete(t.seen).where(*mine, s.uuid.in_(bp("us", expanding=True)))
+        self.seen_insert = sa.insert(t.seen)
+
+
 class SqlAlchemyQueuesStorage:
     """Persistent queues in a database server (PostgreSQL) shared by peers.
 
@@ -188,6 +230,7 @@ class SqlAlchemyQueuesStorage:
         self._owner: str | None = None
         self._held = False
         self._lost = False
+        self._st: _Statements | None = None
         self.lease_poll = float(lease_poll)
         shown = _mask(str(args[0])) if args else _mask(str(kwargs.get("url", "")))
         self.url = shown
@@ -553,8 +596,7 @@ class SqlAlchemyQueuesStorage:
         self._run("write", lambda conn: self._write(conn, owner, batch))
 
     def _write(self, conn: Connection, owner: str, batch: StorageBatch) -> None:
-        sa, t = self._sa, self._t
-        q = t.queue.c
+        st = self._statements()
         gone = set(batch.delete)
         push = [
             {
@@ -569,71 +611,45 @@ class SqlAlchemyQueuesStorage:
             if m.uuid not in gone
         ]
         if push:
-            insert = self._insert(t.queue)
-            conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[q.owner, q.uuid, q.ident],
-                    set_={
-                        "data": insert.excluded.data,
-                        "ttl": insert.excluded.ttl,
-                        "flags": insert.excluded.flags,
-                    },
-                ),
-                push,
-            )
-        bp = sa.bindparam
+            conn.execute(st.upsert, push)
         update = [
             {"o": owner, "u": uuid, "t": ttl} for uuid, ttl in batch.update_ttl if uuid not in gone
         ]
         if update:
-            conn.execute(
-                sa.update(t.queue).where(q.owner == bp("o"), q.uuid == bp("u")).values(ttl=bp("t")),
-                update,
-            )
+            conn.execute(st.update_ttl, update)
         if batch.update_ttl_in:
             conn.execute(
-                sa.update(t.queue)
-                .where(q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u"))
-                .values(ttl=bp("t")),
+                st.update_ttl_in,
                 [{"o": owner, "i": i, "u": u, "t": ttl} for i, u, ttl in batch.update_ttl_in],
             )
         delete = list(dict.fromkeys(batch.delete))
         for start in range(0, len(delete), _IN_CHUNK):
-            conn.execute(
-                sa.delete(t.queue).where(
-                    q.owner == owner, q.uuid.in_(delete[start : start + _IN_CHUNK])
-                )
-            )
+            conn.execute(st.delete, {"o": owner, "us": delete[start : start + _IN_CHUNK]})
         if batch.delete_from:
             conn.execute(
-                sa.delete(t.queue).where(q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u")),
-                [{"o": owner, "i": i, "u": u} for i, u in batch.delete_from],
+                st.delete_from, [{"o": owner, "i": i, "u": u} for i, u in batch.delete_from]
             )
         if batch.seen:
             self._apply_seen(conn, owner, batch.seen, batch.seen_keep)
 
-    def _insert(self, table: Table) -> Any:
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            return postgresql.insert(table)
-        from sqlalchemy.dialects import sqlite
-
-        return sqlite.insert(table)
+    def _statements(self) -> _Statements:
+        # built once: SQLAlchemy then reuses their compiled form (building an
+        # upsert per batch cost more CPU than the round trip to the server)
+        st = self._st
+        if st is None:
+            st = self._st = _Statements(self._sa, self._t, self.dialect)
+        return st
 
     def _apply_seen(
         self, conn: Connection, owner: str, seen: Iterable[tuple[str, bytes]], keep: int
     ) -> None:
-        sa, t = self._sa, self._t
-        s = t.seen.c
+        st = self._statements()
         by_ident: dict[str, list[bytes]] = {}
         for ident, uuid in seen:
             by_ident.setdefault(ident, []).append(uuid)
         for ident, uuids in by_ident.items():
-            mine = (s.owner == owner, s.ident == ident)
-            low, high = conn.execute(
-                sa.select(sa.func.min(s.seq), sa.func.max(s.seq)).where(*mine)
-            ).one()
+            mine = {"o": owner, "i": ident}
+            low, high = conn.execute(st.seen_bounds, mine).one()
             if low is None:
                 low = high = 0
             else:
@@ -642,9 +658,7 @@ class SqlAlchemyQueuesStorage:
             distinct = list(dict.fromkeys(uuids))
             for start in range(0, len(distinct), _IN_CHUNK):
                 chunk = distinct[start : start + _IN_CHUNK]
-                for uuid, at in conn.execute(
-                    sa.select(s.uuid, s.seq).where(*mine, s.uuid.in_(chunk))
-                ):
+                for uuid, at in conn.execute(st.seen_find, {**mine, "us": chunk}):
                     position[bytes(uuid)] = at
             appended, low = seen_window_appends(uuids, position, low, high, keep)
             rows = [
@@ -653,10 +667,10 @@ class SqlAlchemyQueuesStorage:
                 if at >= low
             ]
             # stale copies first: a re-appended uuid gets a new seq
-            conn.execute(sa.delete(t.seen).where(*mine, s.seq < low))
+            conn.execute(st.seen_prune, {**mine, "low": low})
             if rows:
-                conn.execute(sa.delete(t.seen).where(*mine, s.uuid.in_([r["uuid"] for r in rows])))
-                conn.execute(sa.insert(t.seen), rows)
+                conn.execute(st.seen_forget, {**mine, "us": [r["uuid"] for r in rows]})
+                conn.execute(st.seen_insert, rows)
 
     def _owner_or_fail(self) -> str:
         owner = self._owner
