@@ -70,6 +70,7 @@ PUBLIC = [
     "standby",
     "storage_at",
     "StorageBatch",
+    "LeaseLostError",
     "StorageError",
     "StoredState",
     "UnexpectedFrameError",

@@ -44,6 +44,21 @@ Connection loss: a call that fails because the connection broke is retried
 once on a new connection (its transaction was rolled back, and every batch
 is idempotent); if that fails too, ``StorageError`` is raised and the
 caller keeps the batch to retry.
+
+A server that stops answering (hung, or the network dropped without a
+reset) is noticed in bounded time: every call has ``call_timeout`` seconds
+(default 10); past it, a watchdog thread shuts the connection's socket
+down, which ends the blocked call with a broken connection (then as
+above).  TCP keepalives are on, on both ends (libpq's ``keepalives*`` and
+the server's ``tcp_keepalives_*`` for the session): a peer machine that
+vanished is dropped by the server within about ``KEEPALIVE_IDLE +
+KEEPALIVE_INTERVAL * KEEPALIVE_COUNT`` seconds, which releases its lease.
+``connect_args`` given to the constructor override each of these.
+
+Renewing the lease: ``check_lease()`` (called every ``lease_poll`` seconds
+by a holder, see ``LeaseWatch``) runs one round trip; a broken connection
+is replaced and the lock taken again, and if another process holds it now
+this one has lost it (``lost``; ``LeaseLostError`` from every call).
 """
 
 from __future__ import annotations
@@ -53,12 +68,14 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
-from ._errors import StorageError
+from ._errors import LeaseLostError, StorageError
 from ._message import Message, check_ident
 from ._sqlite import SqliteQueuesStorage
 from ._storage import QueuesStorage, StorageBatch, StoredState, seen_window_appends
@@ -78,6 +95,15 @@ _DIALECTS: Final = ("postgresql", "sqlite")
 _IN_CHUNK: Final = 500
 _SCHEMA_LOCK: Final = 0x534E4D51_00000001  # advisory lock serialising schema creation
 _T = TypeVar("_T")
+
+CALL_TIMEOUT: Final = 10.0
+"""Default seconds one storage call may wait for the server."""
+KEEPALIVE_IDLE: Final = 10
+"""Seconds of silence on the connection before TCP keepalive probes start."""
+KEEPALIVE_INTERVAL: Final = 5
+"""Seconds between two keepalive probes."""
+KEEPALIVE_COUNT: Final = 3
+"""Unanswered probes after which the connection is dropped."""
 
 
 def lease_key(ident: str) -> int:
@@ -192,8 +218,11 @@ class SqlAlchemyQueuesStorage:
             omitted).
         lease: hold the identity's advisory lock (PostgreSQL) so only one
             process serves ``ident``; ``False`` turns it off.
-        lease_poll: seconds between a standby's attempts to take the lock.
+        lease_poll: seconds between a standby's attempts to take the lock,
+            and between a holder's checks that it still holds it.
         connect_timeout: seconds to wait for the server when connecting.
+        call_timeout: seconds one call (a transaction) may wait for the
+            server before its connection is dropped (a hung server).
 
     Raises:
         TypeError, ValueError: a wrong argument.
@@ -210,6 +239,7 @@ class SqlAlchemyQueuesStorage:
         lease: bool = True,
         lease_poll: float = 1.0,
         connect_timeout: float = 5.0,
+        call_timeout: float = CALL_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         try:
@@ -222,6 +252,15 @@ class SqlAlchemyQueuesStorage:
             raise TypeError(f"lease_poll must be a number of seconds, got {lease_poll!r}")
         if not lease_poll > 0:
             raise ValueError(f"lease_poll must be > 0 seconds, got {lease_poll!r}")
+        if isinstance(call_timeout, bool) or not isinstance(call_timeout, int | float):
+            raise TypeError(f"call_timeout must be a number of seconds, got {call_timeout!r}")
+        if not call_timeout > 0:
+            raise ValueError(f"call_timeout must be > 0 seconds, got {call_timeout!r}")
+        self.call_timeout = float(call_timeout)
+        self._watch = threading.Condition()  # the watchdog of calls that hang
+        self._call_deadline: float | None = None
+        self._watchdog: threading.Thread | None = None
+        self._aborted = False
         self._sa = sa
         self._t = _Tables(sa)
         self._lock = threading.RLock()
@@ -253,6 +292,21 @@ class SqlAlchemyQueuesStorage:
         if self.dialect == "postgresql":
             connect_args = kwargs.setdefault("connect_args", {})
             connect_args.setdefault("connect_timeout", max(1, round(connect_timeout)))
+            for key, value in (
+                ("keepalives", 1),
+                ("keepalives_idle", KEEPALIVE_IDLE),
+                ("keepalives_interval", KEEPALIVE_INTERVAL),
+                ("keepalives_count", KEEPALIVE_COUNT),
+            ):
+                connect_args.setdefault(key, value)
+            # the server's end of the same: it drops a vanished holder's
+            # session (and so its lease) as soon
+            connect_args.setdefault(
+                "options",
+                f"-c tcp_keepalives_idle={KEEPALIVE_IDLE} "
+                f"-c tcp_keepalives_interval={KEEPALIVE_INTERVAL} "
+                f"-c tcp_keepalives_count={KEEPALIVE_COUNT}",
+            )
         self._lease = lease and self.dialect == "postgresql"
         try:
             self._engine = sa.create_engine(url, *args[1:], **kwargs)
@@ -271,11 +325,16 @@ class SqlAlchemyQueuesStorage:
 
     # ------------------------------------------------------------ connection
 
-    def _fail(self, exc: BaseException, doing: str) -> NoReturn:
+    def _fail(self, exc: BaseException, doing: str, *, hung: bool = False) -> NoReturn:
         text = str(getattr(exc, "orig", None) or exc)
         low = text.lower()
         url = self.url
-        if "password authentication failed" in low or "authentication failed" in low:
+        if hung:
+            hint = (
+                f"the server did not answer in {self.call_timeout:g} s (call_timeout); "
+                "the connection was dropped and the next call reconnects"
+            )
+        elif "password authentication failed" in low or "authentication failed" in low:
             hint = "the server refused the user name or password; check them in the URL"
         elif "does not exist" in low and "database" in low:
             hint = "the database does not exist; create it (CREATE DATABASE) or fix the URL"
@@ -297,15 +356,18 @@ class SqlAlchemyQueuesStorage:
         text = text.strip().replace("\n", " ")
         raise StorageError(f"cannot {doing} queue storage {url!r}: {hint} ({text})") from exc
 
+    def _lost_error(self) -> LeaseLostError:
+        return LeaseLostError(
+            f"queue storage {self.url!r}: ident {self._owner!r} was taken over by another "
+            "process while the connection to the server was lost; this process no longer "
+            "serves it (stop it, or restart it as a standby)"
+        )
+
     def _connection(self) -> Connection:
         if self._closed:
             raise StorageError(f"queue storage {self.url!r} is closed")
         if self._lost:
-            raise StorageError(
-                f"queue storage {self.url!r}: ident {self._owner!r} was taken over by another "
-                "process while the connection to the server was lost; this process no longer "
-                "serves it (stop it, or restart it as a standby)"
-            )
+            raise self._lost_error()
         conn = self._conn
         if conn is None:
             conn = self._conn = self._engine.connect()
@@ -338,6 +400,8 @@ class SqlAlchemyQueuesStorage:
         with self._lock:
             if self._closed:
                 raise StorageError(f"queue storage {self.url!r} is closed")
+            if self._lost:
+                raise self._lost_error()
             if lease and self._lease and not self._held:
                 raise StorageError(
                     f"queue storage {self.url!r}: this process does not hold ident "
@@ -346,12 +410,16 @@ class SqlAlchemyQueuesStorage:
             for attempt in (0, 1):
                 was_connected = self._conn is not None
                 try:
-                    conn = self._connection()
-                    with conn.begin():
-                        return work(conn)
+                    with self._deadline():
+                        conn = self._connection()
+                        with conn.begin():
+                            return work(conn)
                 except sa.exc.DBAPIError as exc:
-                    broken = exc.connection_invalidated or isinstance(
-                        exc, sa.exc.OperationalError | sa.exc.InterfaceError
+                    hung = self._aborted
+                    broken = (
+                        hung
+                        or exc.connection_invalidated
+                        or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
                     )
                     if broken:
                         self._drop_connection()
@@ -359,11 +427,65 @@ class SqlAlchemyQueuesStorage:
                             logger.warning(
                                 "queue storage %s: connection lost (%s); reconnecting",
                                 self.url,
-                                str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
+                                f"no answer from the server in {self.call_timeout:g} s"
+                                if hung
+                                else str(exc.orig).strip().splitlines()[0]
+                                if exc.orig
+                                else exc,
                             )
                             continue
-                    self._fail(exc, doing)
+                    self._fail(exc, doing, hung=hung)
             raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.contextmanager
+    def _deadline(self) -> Any:
+        """Arm the watchdog for one attempt of a call."""
+        watch = self._watch
+        with watch:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch_calls, name="snakemq storage watchdog", daemon=True
+                )
+                self._watchdog.start()
+            self._call_deadline = time.monotonic() + self.call_timeout
+            self._aborted = False
+            watch.notify()
+        try:
+            yield
+        finally:
+            with watch:
+                self._call_deadline = None
+
+    def _watch_calls(self) -> None:
+        """The watchdog thread: a call past its deadline has its socket shut
+        down, so the thread blocked in it gets a broken connection."""
+        watch = self._watch
+        with watch:
+            while not self._closed:
+                deadline = self._call_deadline
+                if deadline is None:
+                    watch.wait()
+                    continue
+                left = deadline - time.monotonic()
+                if left > 0:
+                    watch.wait(left)
+                    continue
+                self._call_deadline = None
+                self._abort_call()
+
+    def _abort_call(self) -> None:
+        conn = self._conn
+        try:
+            driver = conn.connection.dbapi_connection if conn is not None else None
+            fd = driver.pgconn.socket if driver is not None else -1
+        except Exception:  # closed meanwhile, or not psycopg: nothing to abort
+            return
+        if fd < 0:
+            return
+        self._aborted = True
+        # shutdown acts on the socket, not on the (duplicated) descriptor
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
     # ---------------------------------------------------------------- schema
 
@@ -529,6 +651,25 @@ class SqlAlchemyQueuesStorage:
             logger.info("queue storage %s: serving ident %r", self.url, owner)
             return True
 
+    def check_lease(self) -> bool:
+        """Confirm, with one round trip, that this process still serves the
+        ident; return ``held``.  A broken connection is replaced and the lock
+        taken again; if another process took it meanwhile, this returns
+        False and ``lost`` is True (stop serving the ident).
+
+        Raises:
+            StorageError: the server cannot be reached: whether the lease is
+                still held is unknown (a standby cannot take it either
+                while the server is down).
+        """
+        if not self._lease or not self._held:
+            return self.held
+        try:
+            self._run("check the lease of", lambda conn: conn.execute(self._sa.text("SELECT 1")))
+        except LeaseLostError:
+            return False
+        return True
+
     def _try_lock(self, conn: Connection) -> bool:
         # session lock, taken outside any transaction's lifetime: it survives
         # the commit and is released by the server when the session ends
@@ -688,6 +829,8 @@ class SqlAlchemyQueuesStorage:
                 return
             self.release()
             self._closed = True
+            with self._watch:
+                self._watch.notify()
             conn, self._conn = self._conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):  # a broken connection
