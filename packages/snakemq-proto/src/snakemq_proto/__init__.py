@@ -54,6 +54,7 @@ from ._events import (
     PeerDisconnected,
     RedialHeld,
 )
+from ._lease import LeaseWatch, RenewableLease, lease_watch
 from ._message import (
     FLAG_PERSISTENT,
     INFINITE_TTL,
@@ -137,6 +138,7 @@ __all__ = [
     "KeepaliveTimeoutError",
     "Lease",
     "LeaseLostError",
+    "LeaseWatch",
     "LegacyQueuesStorage",
     "LegacyStorageAdapter",
     "LocalProtocolError",
@@ -160,6 +162,7 @@ __all__ = [
     "RedialHeld",
     "RedialHolds",
     "RemoteProtocolError",
+    "RenewableLease",
     "SSLConfig",
     "SlowReaderError",
     "SnakeMQError",
@@ -178,6 +181,7 @@ __all__ = [
     "check_ttl",
     "decode_frame",
     "encode_packet",
+    "lease_watch",
     "new_uuid",
     "open_storage",
     "standby",
