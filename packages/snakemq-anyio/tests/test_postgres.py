@@ -12,8 +12,7 @@ import psycopg
 import pytest
 from snakemq_anyio import FLAG_PERSISTENT, Message, Messaging, StorageError
 from snakemq_proto import LeaseLostError, SqlAlchemyQueuesStorage
-from snakemq_proto._sqla import lease_key
-from snakemq_proto.testing import TestPostgres
+from snakemq_proto.testing import TestPostgres, cut_holder_and_take_over
 from test_persistence import _kill_after, _sender
 
 pytestmark = pytest.mark.anyio
@@ -144,21 +143,6 @@ async def test_storage_of_16_interface_plugs_in(anyio_backend: str) -> None:
                     await anyio.sleep(0.02)  # the flusher applies the deletes
 
 
-def _terminate_holder_and_take_its_lock(url: str, ident: str) -> psycopg.Connection[Any]:
-    """End the holder's database session (a cut connection) and take its
-    lease in the same statement, as another process would: the lock is
-    queued before the session is gone, so the holder cannot take it back."""
-    conn = psycopg.connect(url, autocommit=True)
-    row = conn.execute(
-        "SELECT pg_terminate_backend(l.pid), pg_advisory_lock(%s) FROM pg_locks l "
-        "JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' "
-        "AND d.datname = current_database() AND l.pid <> pg_backend_pid()",
-        (lease_key(ident),),
-    ).fetchone()
-    assert row is not None and row[0] is True
-    return conn
-
-
 async def _refused(port: int) -> bool:
     try:
         stream = await anyio.connect_tcp("127.0.0.1", port)
@@ -200,7 +184,7 @@ async def test_holder_that_lost_its_lease_steps_down(anyio_backend: str, pg_url:
                         ):
                             await anyio.sleep(0.02)  # delivered and deleted: the holder idles
                         other = await anyio.to_thread.run_sync(
-                            _terminate_holder_and_take_its_lock, pg_url, "sender"
+                            cut_holder_and_take_over, pg_url, "sender"
                         )
                         stepped = time.monotonic()
                         await anyio.sleep_forever()  # the step-down cancels this body

@@ -14,7 +14,7 @@ import pytest
 from snakemq.exceptions import StorageError
 from snakemq.message import FLAG_PERSISTENT, Message
 from snakemq.storage.sqla import SqlAlchemyQueuesStorage
-from snakemq_proto.testing import TestPostgres
+from snakemq_proto.testing import TestPostgres, cut_holder_and_take_over
 from sync_helpers import WAIT, Peer
 from test_persistence import lines_until, run_sender
 
@@ -324,3 +324,32 @@ def test_holder_that_lost_its_lease_steps_down(peers: list[Peer], pg_url: str) -
         storage.close()
         if successor is not None:
             successor.close()
+
+
+def test_idle_holder_that_lost_its_lease_steps_down(peers: list[Peer], pg_url: str) -> None:
+    receiver = Peer("receiver")
+    storage = SqlAlchemyQueuesStorage(pg_url, lease_poll=0.2)
+    holder = Peer("sender", storage)
+    peers += [receiver, holder]
+    holder.connect(receiver.listen())
+    receiver.start()
+    holder.start()
+    other = None
+    try:
+        holder.send("receiver", b"before", ttl=None, flags=FLAG_PERSISTENT)
+        receiver.rec.wait(lambda: receiver.received() == [b"before"], what="first message")
+        # the holder's session is cut and another process takes the lease; the
+        # holder sends nothing more: its lease check (every 0.2 s) finds out
+        other = cut_holder_and_take_over(pg_url, "sender")
+        cut = time.monotonic()
+        receiver.rec.wait_count("on_disconnect", 1)
+        assert holder._thread is not None
+        holder._thread.join(WAIT)
+        assert not holder._thread.is_alive(), "the holder's loop goes on"
+        assert time.monotonic() - cut < 5.0
+        assert storage.lost
+    finally:
+        holder.stop()
+        storage.close()
+        if other is not None:
+            other.close()

@@ -48,6 +48,7 @@ from snakemq_proto import (
     ErrorOccurred,
     Event,
     Lease,
+    LeaseWatch,
     LegacyQueuesStorage,
     Message,
     MessageDelivered,
@@ -64,6 +65,7 @@ from snakemq_proto import (
     StorageWriter,
     cert_idents,
     check_seconds,
+    lease_watch,
     open_storage,
     standby,
 )
@@ -184,11 +186,13 @@ class Messaging:
         self._deferred: list[Event] = []  # events to dispatch from the loop thread
         self._writer = None if queues_storage is None else StorageWriter(queues_storage)
         self._lease_lost = False  # another process serves our identifier now
+        self._lease_watch: LeaseWatch | None = None  # a holder's lease checks
 
         if self._standby is not None:
             self.link.set_gate(self._take_over, self._standby.lease_poll)
         elif queues_storage is not None:
             self._load(queues_storage)
+            self._lease_watch = lease_watch(queues_storage)
 
         packeter.set_stream_handler(self)
         self.link.on_loop_pass.add(self._on_loop_pass)
@@ -216,6 +220,7 @@ class Messaging:
             return False
         log.warning("standby %r took over: serving it now", self.identifier)
         self._standby = None
+        self._lease_watch = lease_watch(self.storage)
         return True
 
     @property
@@ -337,6 +342,7 @@ class Messaging:
             self.identifier,
         )
         self._lease_lost = False
+        self._lease_watch = None
         for conn_id in list(self._outs):
             self._close(conn_id)
         self.link.stop()
@@ -439,7 +445,12 @@ class Messaging:
 
     def _next_deadline(self) -> float | None:
         with self._lock:
-            return self._engine.next_deadline()
+            deadline = self._engine.next_deadline()
+        watch = self._lease_watch
+        if watch is not None:
+            check = watch.deadline(time.monotonic())
+            deadline = check if deadline is None else min(deadline, check)
+        return deadline
 
     def _on_loop_pass(self) -> None:
         self._loop_thread = threading.get_ident()
@@ -465,6 +476,9 @@ class Messaging:
             self._flush_wanted = set()
         if wanted or self._writer is not None:
             self._write_out(wanted)
+        watch = self._lease_watch
+        if watch is not None and watch.due(now) and watch.check(now):
+            self._lease_lost = True  # the check is one round trip, bounded by the storage
         if self._lease_lost:
             self._step_down()
 
