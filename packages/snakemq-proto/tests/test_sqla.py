@@ -112,7 +112,7 @@ def test_killed_holder_session_releases_the_lease(pg_url: str) -> None:
         # the holder's process dies: the server ends its session
         sql(
             pg_url,
-            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d "
+            "SELECT pg_terminate_backend(l.pid, 10000) FROM pg_locks l JOIN pg_database d "
             "ON d.oid = l.database WHERE l.locktype = 'advisory' "
             "AND d.datname = current_database() AND l.pid <> pg_backend_pid()",
         )
@@ -384,7 +384,10 @@ def test_call_to_a_hung_server_ends_in_bounded_time(pg_url: str) -> None:
         while not standby_.try_acquire():
             assert time.monotonic() < deadline, "the hung session's lease was never released"
             threading.Event().wait(0.05)
-        assert standby_.load().queues == {"bob": [msg(1)]}
+        # the unanswered write may have been committed once the server went on
+        # (as any commit whose answer was lost): a retry of the same message
+        # is idempotent, and the receiver drops a copy by its uuid
+        assert standby_.load().queues["bob"] in ([msg(1)], [msg(1), msg(2)])
     finally:
         holder.close()
         standby_.close()
