@@ -10,8 +10,8 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
-from snakemq_anyio import FLAG_PERSISTENT, Message, Messaging, StorageError
-from snakemq_proto import LeaseLostError, SqlAlchemyQueuesStorage
+from snakemq_anyio import FLAG_PERSISTENT, LeaseLostError, Message, Messaging, StorageError
+from snakemq_proto import SqlAlchemyQueuesStorage
 from snakemq_proto.testing import TestPostgres, cut_holder_and_take_over
 from test_persistence import _kill_after, _sender
 
