@@ -19,6 +19,9 @@ class FakeLease:
         self.answers = list(answers)
         self.checks = 0
 
+    def wait_acquire(self, seconds: float) -> bool:
+        return False
+
     def check_lease(self) -> bool:
         self.checks += 1
         answer = self.answers.pop(0)

@@ -74,6 +74,7 @@ PUBLIC = [
     "LeaseWatch",
     "RenewableLease",
     "lease_watch",
+    "take_over_attempt",
     "StorageError",
     "StoredState",
     "UnexpectedFrameError",

@@ -24,6 +24,7 @@ from snakemq_proto import (
     StorageError,
     open_storage,
     standby,
+    take_over_attempt,
 )
 from snakemq_proto._sqla import CALL_TIMEOUT, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
 from snakemq_proto.testing import PASSWORD, TestPostgres
@@ -448,3 +449,22 @@ def test_keepalives_have_defaults_that_connect_args_override(pg_url: str) -> Non
         client, server = _settings(storage)
         assert client["keepalives_idle"] == "30"
         assert server != str(KEEPALIVE_IDLE)  # the system's default: not set for the session
+
+
+def test_waiting_standby_takes_over_the_moment_the_holder_lets_go(pg_url: str) -> None:
+    holder = SqlAlchemyQueuesStorage(pg_url, ident="alice")
+    waiting = SqlAlchemyQueuesStorage(pg_url, ident="alice", lease_poll=5.0)
+    try:
+        started = time.monotonic()
+        assert not waiting.try_acquire(wait=0.3)  # the server said no after 0.3 s
+        assert time.monotonic() - started >= 0.3
+        letting_go = threading.Timer(0.2, holder.close)
+        letting_go.start()
+        started = time.monotonic()
+        assert take_over_attempt(waiting)  # waits up to lease_poll (5 s) on the server
+        assert time.monotonic() - started < 2.0
+        letting_go.join()
+        assert waiting.held and waiting.load().queues == {}
+    finally:
+        holder.close()
+        waiting.close()

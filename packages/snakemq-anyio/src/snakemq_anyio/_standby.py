@@ -28,16 +28,18 @@ from snakemq_proto import (
     open_storage,
     standby,
     storage_at,
+    take_over_attempt,
 )
 
 log = logging.getLogger("snakemq_anyio")
 
 
 async def _try(lease: Lease) -> bool:
-    """One attempt to take over; a server that cannot be reached is a reason
-    to keep waiting, not to give up (it is logged)."""
+    """One attempt to take over (it may wait on the server up to
+    ``lease_poll`` seconds); a server that cannot be reached is a reason to
+    keep waiting, not to give up (it is logged)."""
     try:
-        return await anyio.to_thread.run_sync(lease.try_acquire)
+        return await anyio.to_thread.run_sync(take_over_attempt, lease)
     except StorageError as exc:
         log.warning("standby: %s; trying again", exc)
         return False
@@ -55,8 +57,11 @@ async def open_for(
         lease = standby(opened)
         if lease is not None:
             log.info("%r is a standby: another process serves it", ident)
-            while not await _try(lease):
-                await anyio.sleep(lease.lease_poll)
+            while True:
+                started = time.monotonic()  # an attempt starts every lease_poll s
+                if await _try(lease):
+                    break
+                await anyio.sleep(max(0.0, started + lease.lease_poll - time.monotonic()))
             log.warning("%r took over: serving it now", ident)
     except BaseException:
         with anyio.CancelScope(shield=True):

@@ -54,7 +54,7 @@ from ._events import (
     PeerDisconnected,
     RedialHeld,
 )
-from ._lease import LeaseWatch, RenewableLease, lease_watch
+from ._lease import LeaseWatch, RenewableLease, lease_watch, take_over_attempt
 from ._message import (
     FLAG_PERSISTENT,
     INFINITE_TTL,
@@ -186,4 +186,5 @@ __all__ = [
     "open_storage",
     "standby",
     "storage_at",
+    "take_over_attempt",
 ]

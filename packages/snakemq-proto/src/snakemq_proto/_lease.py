@@ -19,7 +19,14 @@ the lease from a server it cannot reach either, so the holder goes on (its
 persistent sends raise meanwhile) and checks again; the failure is logged
 once per streak.
 
-``LeaseWatch`` is the schedule and that rule, without a clock or a thread:
+A standby starts an attempt to take over every ``lease_poll`` seconds
+(``take_over_attempt``).  A lease that can wait on the server waits up to
+``lease_poll`` seconds in each attempt, so the attempts cover all the time
+and the standby takes over the moment the server ends the holder's session;
+an attempt that fails at once (the server is down) leaves the rest of the
+``lease_poll`` seconds as a pause.
+
+``LeaseWatch`` is the holder's schedule and rule, without a clock or a thread:
 ``now`` comes in, and ``check`` runs in whatever thread the I/O layer gives
 it (the sync loop's, or an anyio worker thread).
 """
@@ -30,8 +37,9 @@ import logging
 from typing import Protocol, runtime_checkable
 
 from ._errors import StorageError
+from ._storage import Lease
 
-__all__ = ["LeaseWatch", "RenewableLease", "lease_watch"]
+__all__ = ["LeaseWatch", "RenewableLease", "lease_watch", "take_over_attempt"]
 
 log = logging.getLogger("snakemq.storage")
 
@@ -51,6 +59,11 @@ class RenewableLease(Protocol):
     def check_lease(self) -> bool:
         """Confirm the lease with the server; False once another process
         holds it.  Raises ``StorageError`` when the server cannot tell."""
+        ...
+
+    def wait_acquire(self, seconds: float) -> bool:
+        """Try to take the lease, waiting up to ``seconds`` for the server to
+        grant it; return whether it is held."""
         ...
 
 
@@ -100,3 +113,12 @@ def lease_watch(storage: object) -> LeaseWatch | None:
     if isinstance(storage, RenewableLease) and storage.leased:
         return LeaseWatch(storage)
     return None
+
+
+def take_over_attempt(lease: Lease) -> bool:
+    """One attempt of a standby to take its identifier over (blocking I/O);
+    return whether it serves it now.  Start one every ``lease.lease_poll``
+    seconds: a ``RenewableLease`` waits on the server up to that long."""
+    if isinstance(lease, RenewableLease):
+        return lease.wait_acquire(lease.lease_poll)
+    return lease.try_acquire()

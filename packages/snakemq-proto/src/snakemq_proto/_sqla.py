@@ -95,6 +95,7 @@ _DIALECTS: Final = ("postgresql", "sqlite")
 _IN_CHUNK: Final = 500
 _SCHEMA_LOCK: Final = 0x534E4D51_00000001  # advisory lock serialising schema creation
 _T = TypeVar("_T")
+_LOCK_NOT_AVAILABLE: Final = "55P03"  # SQLSTATE of a lock_timeout
 
 CALL_TIMEOUT: Final = 10.0
 """Default seconds one storage call may wait for the server."""
@@ -633,9 +634,15 @@ class SqlAlchemyQueuesStorage:
         connection to the server was broken: every call raises then."""
         return self._lost
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, wait: float = 0.0) -> bool:
         """Try once to take the ident's lease; return ``held``.  Once held,
         a 1.6 table is migrated into the owner's queues.
+
+        Args:
+            wait: seconds to wait on the server for the lease (at most half
+                of ``call_timeout``): the server grants it the moment the
+                holder's session ends, so a standby that keeps waiting takes
+                over at once.  ``0`` asks without waiting.
 
         Raises:
             StorageError: the server cannot be used.
@@ -648,7 +655,7 @@ class SqlAlchemyQueuesStorage:
                 return True
 
             def take(conn: Connection) -> bool:
-                if self._lease and not self._try_lock(conn):
+                if self._lease and not self._try_lock(conn, wait):
                     return False
                 self._held = True
                 return True
@@ -682,13 +689,30 @@ class SqlAlchemyQueuesStorage:
             return False
         return True
 
-    def _try_lock(self, conn: Connection) -> bool:
+    def wait_acquire(self, seconds: float) -> bool:
+        """``try_acquire(wait=seconds)``: what a standby calls in a loop."""
+        return self.try_acquire(wait=seconds)
+
+    def _try_lock(self, conn: Connection, wait: float = 0.0) -> bool:
         # session lock, taken outside any transaction's lifetime: it survives
         # the commit and is released by the server when the session ends
-        got = conn.execute(
-            self._sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": lease_key(str(self._owner))}
-        ).scalar()
-        return bool(got)
+        sa = self._sa
+        key = {"k": lease_key(str(self._owner))}
+        wait = min(wait, self.call_timeout / 2)
+        if wait <= 0:
+            return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), key).scalar())
+        try:
+            with conn.begin_nested():  # a lock timeout rolls back only this savepoint
+                conn.execute(
+                    sa.text("SELECT set_config('lock_timeout', :t, true)"),
+                    {"t": f"{max(1, round(wait * 1000))}ms"},
+                )
+                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), key)
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                return False
+            raise
+        return True
 
     def release(self) -> None:
         """Give the lease up (a standby can take over); idempotent."""

@@ -68,6 +68,7 @@ from snakemq_proto import (
     lease_watch,
     open_storage,
     standby,
+    take_over_attempt,
 )
 
 from .callbacks import Callback
@@ -211,7 +212,7 @@ class Messaging:
         if lease is None:
             return True
         try:
-            if not lease.try_acquire():
+            if not take_over_attempt(lease):  # may wait on the server up to lease_poll
                 return False
             assert self.storage is not None
             self._load(self.storage)
