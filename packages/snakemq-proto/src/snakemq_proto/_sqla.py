@@ -34,7 +34,8 @@ migrated when a peer first opens it: its rows move, in order, into
 One identity, one holder (PostgreSQL): the storage takes a *session
 advisory lock* keyed by its owner on its own connection.  The server
 releases it when that connection dies (the process was killed, the machine
-lost), so a standby polling ``try_acquire()`` takes over.  ``load`` and
+lost), so a standby waiting in ``try_acquire(wait=...)`` takes over at
+once (``pg_advisory_lock`` under ``lock_timeout``).  ``load`` and
 ``apply`` refuse to run without the lock.  If the connection breaks (the
 server restarted), the next call reconnects and takes the lock again; if a
 standby took it meanwhile, the call raises ``StorageError`` and the storage
@@ -231,8 +232,9 @@ class SqlAlchemyQueuesStorage:
             omitted).
         lease: hold the identity's advisory lock (PostgreSQL) so only one
             process serves ``ident``; ``False`` turns it off.
-        lease_poll: seconds between a standby's attempts to take the lock,
-            and between a holder's checks that it still holds it.
+        lease_poll: seconds a standby's attempt to take the lock waits on
+            the server (``take_over_attempt``), and between a holder's
+            checks that it still holds it.
         connect_timeout: seconds to wait for the server when connecting.
         call_timeout: seconds one call (a transaction) may wait for the
             server before its connection is dropped (a hung server).
