@@ -84,7 +84,7 @@ class System:
     tls: bool = True
     persistent: bool = True
     #: The workload modes it can run (pyzmq REQ/REP: only round trips).
-    modes: tuple[str, ...] = ("throughput", "latency", "rpc", "noread")
+    modes: tuple[str, ...] = ("throughput", "latency", "rpc", "noread", "failover")
     postgres: bool = True  # SqlAlchemyQueuesStorage (snakeMQ 1.6's needs SQLAlchemy 1)
 
 
@@ -94,7 +94,7 @@ class Workload:
 
     name: str
     label: str
-    mode: str  # "throughput", "latency", "rpc" or "noread"
+    mode: str  # "throughput", "latency", "rpc", "noread" or "failover"
     size: int
     count: int
     quick_count: int
@@ -110,6 +110,9 @@ class Workload:
     #: Pin both driver processes to this CPU (round trips: without it, where the scheduler
     #: puts the two processes decides the figure on a small shared machine).
     cpu: int | None = None
+    #: The workload this one's figure is also given as a ratio of, per system and
+    #: from the same run (PostgreSQL / SQLite).
+    versus: str = ""
 
     @property
     def round_trips(self) -> bool:
@@ -204,6 +207,21 @@ WORKLOADS: dict[str, Workload] = {
             10_000,
             200,
             "msg/s",
+            persistent=True,
+            postgres=True,
+            versus="100B-persistent",
+        ),
+        # The sender's holder is SIGKILLed once the receiver has its messages; a
+        # standby (same ident, same database, default lease_poll) takes over and
+        # sends: time from the kill to its first message at the receiver.
+        Workload(
+            "failover-pg",
+            "failover PostgreSQL",
+            "failover",
+            100,
+            100,
+            20,
+            "ms",
             persistent=True,
             postgres=True,
         ),
@@ -563,14 +581,20 @@ def run_once(
             [python, driver, json.dumps(send_config)], workdir / "send.stderr", env
         )
         procs.append(send)
-        measuring, other = (recv, send) if workload.mode == "throughput" else (send, recv)
-        if workload.mode == "noread":
+        measuring, other = (
+            (recv, send) if workload.mode in ("throughput", "failover") else (send, recv)
+        )
+        if workload.mode == "failover":
+            result = _await_failover(
+                recv, send, send_config, [python, driver], workdir, env, procs, deadline, tag
+            )
+        elif workload.mode == "noread":
             budget = workload.quick_budget if quick else workload.budget
             result = _await_pushing(send, recv, min(deadline, time.monotonic() + budget), tag)
         else:
             result = _await_result(measuring, other, deadline, tag)
         rss_recv = recv.peak_rss_kib()
-        rss_send = send.peak_rss_kib()
+        rss_send = send.peak_rss_kib() or result.get("rss_send_kib")
         if measuring is recv and rss_recv is None:
             rss_recv = result.get("rss_kib")
         if measuring is send and rss_send is None:
@@ -598,6 +622,8 @@ def run_once(
         out["elapsed_s"] = elapsed
         out["msgs_per_s"] = (count - 1) / elapsed
         out["mb_per_s"] = (count - 1) * workload.size / elapsed / 1e6
+    elif workload.mode == "failover":
+        out["failover_ms"] = result["failover_ms"]
     elif workload.mode == "noread":
         out["pushed"] = result["pushed"]
         out["completed"] = result["pushed"] >= count
@@ -643,19 +669,55 @@ def _await_pushing(
             return {"pushed": pushed}
 
 
+def _await_failover(
+    recv: DriverProcess,
+    holder: DriverProcess,
+    config: dict[str, Any],
+    argv: list[str],
+    workdir: Path,
+    env: dict[str, str],
+    procs: list[DriverProcess],
+    deadline: float,
+    tag: str,
+) -> dict[str, Any]:
+    # The holder's messages all arrived; a standby opens the same database and
+    # waits; the holder is SIGKILLed; the receiver reports when the standby's
+    # first message arrived (time.monotonic() is one clock for every process).
+    _await_tagged(recv, holder, "PROGRESS", deadline, f"{tag}: the holder's messages")
+    standby_config = {**config, "standby": True}
+    standby = DriverProcess([*argv, json.dumps(standby_config)], workdir / "standby.stderr", env)
+    procs.append(standby)
+    _await_tagged(standby, recv, "STANDBY", deadline, f"{tag}: the standby")
+    killed_at = time.monotonic()
+    holder.kill()
+    result = _await_tagged(recv, standby, "RESULT", deadline, f"{tag}: the standby's messages")
+    return {
+        **result,
+        "failover_ms": (result["taken_over_at"] - killed_at) * 1000,
+        "rss_send_kib": standby.peak_rss_kib(),  # the holder is gone
+    }
+
+
+def _await_tagged(
+    measuring: DriverProcess, other: DriverProcess, tag_line: str, deadline: float, what: str
+) -> dict[str, Any]:
+    """Wait for ``measuring``'s ``tag_line`` while ``other`` stays alive."""
+    # Poll in short slices so a crash of the side that does not report is seen at once.
+    while True:
+        other.check_alive(f"{what}: the other side")
+        try:
+            return measuring.expect(tag_line, min(deadline, time.monotonic() + 0.5), tag_line)
+        except RunError as exc:
+            if "timed out" not in str(exc):
+                raise RunError(f"{what}: {exc}") from None
+            if time.monotonic() >= deadline:
+                raise RunError(f"{what}: timed out after the run's limit") from None
+
+
 def _await_result(
     measuring: DriverProcess, other: DriverProcess, deadline: float, tag: str
 ) -> dict[str, Any]:
-    # Poll in short slices so a crash of the side that does not report is seen at once.
-    while True:
-        other.check_alive(f"{tag}: the other side")
-        try:
-            return measuring.expect("RESULT", min(deadline, time.monotonic() + 0.5), "RESULT")
-        except RunError as exc:
-            if "timed out" not in str(exc):
-                raise RunError(f"{tag}: {exc}") from None
-            if time.monotonic() >= deadline:
-                raise RunError(f"{tag}: timed out after the run's limit") from None
+    return _await_tagged(measuring, other, "RESULT", deadline, tag)
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -666,14 +728,20 @@ def _metric_keys(workload: Workload) -> tuple[str, ...]:
         return ("median_us", "p99_us")
     if workload.mode == "noread":
         return ("rss_max_mib", "pushed")
+    if workload.mode == "failover":
+        return ("failover_ms",)
     return ("msgs_per_s", "mb_per_s")
 
 
 def headline(workload: Workload) -> str:
     """The metric the table shows for a workload."""
-    return {"msg/s": "msgs_per_s", "MB/s": "mb_per_s", "us": "median_us", "MiB": "rss_max_mib"}[
-        workload.unit
-    ]
+    return {
+        "msg/s": "msgs_per_s",
+        "MB/s": "mb_per_s",
+        "us": "median_us",
+        "MiB": "rss_max_mib",
+        "ms": "failover_ms",
+    }[workload.unit]
 
 
 def _median(values: Sequence[float | int | None]) -> float | None:
@@ -879,6 +947,11 @@ def _report(
                     base = results.get(ref, {}).get(wname, {}).get(key)
                     ratios[ref] = cell[key] / base if base else None
                 cell.setdefault("ratios", {})[key] = ratios
+            versus = WORKLOADS[wname].versus
+            key = headline(WORKLOADS[wname])
+            against = results[sname].get(versus, {}).get(key)
+            if versus and cell.get(key) is not None and against:
+                cell["versus"] = {"workload": versus, "ratio": cell[key] / against}
 
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -987,6 +1060,20 @@ def format_table(report: dict[str, Any]) -> str:
         for wname, key, label in _rows(report):
             if ref is None or key != "pushed":
                 out.append(line(label, [cell_text(s, wname, key, ref) for s in systems]))
+    compared = [w for w in report["workloads"] if WORKLOADS[w].versus in report["workloads"]]
+    if compared:
+        out.append("")
+        out.append(line("ratio to another workload, same system", systems))
+        out.append("-" * (label_width + width * len(systems)))
+        for wname in compared:
+            label = f"{report['workloads'][wname]['label']} / {WORKLOADS[WORKLOADS[wname].versus].label}"
+            cells = []
+            for sname in systems:
+                versus = results[sname][wname].get("versus")
+                cells.append(
+                    _fmt(versus["ratio"], "ratio") if versus else cell_text(sname, wname, "-", None)
+                )
+            out.append(line(label, cells))
     out.append("")
     out.append(line("peak RSS MiB send/recv", systems))
     out.append("-" * (label_width + width * len(systems)))
@@ -1058,7 +1145,7 @@ def draw_chart(report: dict[str, Any], path: Path) -> None:
             text = {"n/a": "n/a", "unavailable": "absent"}.get(status, "FAIL")
             # Missing figures are written at the foot of their slot (axes coordinates in y).
             ax.text(x, 0.03, text, ha="center", fontsize=8, transform=ax.get_xaxis_transform())
-        lower_better = key.endswith(("_us", "_mib"))
+        lower_better = key.endswith(("_us", "_mib", "_ms"))
         ax.set_title(label + ("  (lower is better)" if lower_better else ""), fontsize=10)
         ax.set_xticks(range(len(systems)))
         ax.set_xticklabels(systems, rotation=25, ha="right", fontsize=8)

@@ -50,6 +50,8 @@ def test_every_supported_workload_completes(system: str, tmp_path: Path) -> None
                 assert only["cpus"] == [workload.cpu]
             else:
                 assert len(only["cpus"]) == len(os.sched_getaffinity(0))
+        elif workload.mode == "failover":
+            assert cell["failover_ms"] > 0
         elif workload.mode == "noread":
             # A system may push back before all are queued; it must have pushed something.
             assert 0 < only["pushed"] <= workload.quick_count
@@ -57,6 +59,10 @@ def test_every_supported_workload_completes(system: str, tmp_path: Path) -> None
         else:
             assert cell["msgs_per_s"] > 0
             assert cell["mb_per_s"] == pytest.approx(cell["msgs_per_s"] * workload.size / 1e6)
+        if workload.versus:  # PostgreSQL / SQLite, from the same run
+            key = harness.headline(workload)
+            against = report["results"][system][workload.versus][key]
+            assert cell["versus"]["ratio"] == pytest.approx(cell[key] / against)
 
 
 def test_outputs_table_json_chart_and_ratios(tmp_path: Path) -> None:

@@ -68,7 +68,10 @@ def run_receiver(config: dict[str, Any]) -> None:
         link.loop()
         _common.block_forever()
 
-    if config["mode"] == "rpc":
+    if config["mode"] == "failover":
+        failover = _common.FailoverMeter(config["count"])
+        messaging.on_message_recv.add(lambda conn_id, ident, message: failover.add(message.data))
+    elif config["mode"] == "rpc":
         server = snakemq.rpc.RpcServer(snakemq.messaging.ReceiveHook(messaging))
         server.register_object(_common.RpcEcho(), "bench")
     elif config["mode"] == "latency":
@@ -138,6 +141,22 @@ def run_sender(config: dict[str, Any]) -> None:
 
     count = config["count"]
     persistent = bool(config.get("storage"))
+
+    if config["mode"] == "failover":
+        # holder or standby (the same configuration: a standby's link neither
+        # listens nor dials until it took the ident over, then this runs)
+        data = _common.failover_payload(config)
+
+        def send_all(conn_id: Any, ident: str) -> None:
+            if ident == _common.RECEIVER_IDENT:
+                for _ in range(count):
+                    messaging.send_message(ident, _message(data, True))
+
+        messaging.on_connect.add(send_all)
+        if messaging.standby:
+            _common.standing_by()
+        link.loop()
+        return
 
     if config["mode"] == "noread":
 

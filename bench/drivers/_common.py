@@ -228,3 +228,44 @@ class LatencyMeter:
                 "cpus": sorted(os.sched_getaffinity(0)),
             },
         )
+
+
+#: Failover: the first byte of the holder's messages and of the standby's.
+HOLDER_MARK = b"h"
+STANDBY_MARK = b"s"
+
+
+class FailoverMeter:
+    """The receiver of the failover workload: counts the holder's messages
+    (``PROGRESS`` once all arrived) and reports, as ``RESULT``, the monotonic
+    time (comparable across processes on Linux) of the first message the
+    standby sent after it took over."""
+
+    def __init__(self, count: int) -> None:
+        self.expected = count
+        self.received = 0
+        self.reported = False
+
+    def add(self, data: bytes) -> bool:
+        """Record one message; True once the standby's first one arrived."""
+        if self.reported:
+            return True
+        if data[:1] == STANDBY_MARK:
+            self.reported = True
+            emit("RESULT", {"taken_over_at": time.monotonic(), "received": self.received})
+            return True
+        self.received += 1
+        if self.received == self.expected:
+            emit("PROGRESS", {"received": self.received})
+        return False
+
+
+def failover_payload(config: dict[str, Any]) -> bytes:
+    """What a failover sender sends: marked as the holder's or the standby's."""
+    mark = STANDBY_MARK if config.get("standby") else HOLDER_MARK
+    return mark * int(config["size"])
+
+
+def standing_by() -> None:
+    """Tell the harness this sender opened its storage and waits as a standby."""
+    emit("STANDBY", {})

@@ -14,6 +14,7 @@ from typing import Any
 
 import _common
 import anyio
+import anyio.to_thread
 import snakemq_anyio
 import snakemq_anyio.rpc
 
@@ -51,6 +52,10 @@ async def run_receiver(config: dict[str, Any]) -> None:
         if config["mode"] == "noread":
             await messaging.wait_connected(_common.SENDER_IDENT)
             await anyio.sleep_forever()
+        if config["mode"] == "failover":
+            failover = _common.FailoverMeter(config["count"])
+            async for _ident, message in messaging:
+                failover.add(message.data)
         if config["mode"] == "latency":
             async for ident, message in messaging:
                 await messaging.send_message(
@@ -66,6 +71,9 @@ async def run_receiver(config: dict[str, Any]) -> None:
 
 async def run_sender(config: dict[str, Any]) -> None:
     """Throughput sender, or ping-pong client for the latency workload."""
+    if config["mode"] == "failover":
+        await _failover_sender(config)
+        return
     async with snakemq_anyio.Messaging(_common.SENDER_IDENT, storage=_storage(config)) as messaging:
         await messaging.add_connector(
             (config["host"], config["port"]), ssl_config=_ssl_config(config)
@@ -127,6 +135,28 @@ async def run_sender(config: dict[str, Any]) -> None:
 
         for _ in range(config["count"]):
             await messaging.send_message(to, snakemq_anyio.Message(payload, ttl=_common.TTL))
+        await anyio.sleep_forever()
+
+
+async def _failover_sender(config: dict[str, Any]) -> None:
+    """Holder or standby of the failover workload: the same configuration; a
+    standby's ``async with Messaging`` enters once it took the ident over."""
+    from snakemq_anyio import SqlAlchemyQueuesStorage
+
+    storage = await anyio.to_thread.run_sync(
+        lambda: SqlAlchemyQueuesStorage(config["storage"], ident=_common.SENDER_IDENT)
+    )
+    if not storage.held:
+        _common.standing_by()
+    async with snakemq_anyio.Messaging(_common.SENDER_IDENT, storage=storage) as messaging:
+        await messaging.add_connector((config["host"], config["port"]))
+        await messaging.wait_connected(_common.RECEIVER_IDENT)
+        data = _common.failover_payload(config)
+        for _ in range(config["count"]):
+            await messaging.send_message(
+                _common.RECEIVER_IDENT,
+                snakemq_anyio.Message(data, ttl=_common.TTL, flags=snakemq_anyio.FLAG_PERSISTENT),
+            )
         await anyio.sleep_forever()
 
 

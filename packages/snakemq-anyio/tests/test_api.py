@@ -31,6 +31,7 @@ def test_public_surface() -> None:
         "IdentityMismatchError",
         "IncompatibleProtocolError",
         "KeepaliveTimeoutError",
+        "LeaseLostError",
         "MalformedFrameError",
         "MemoryQueuesStorage",
         "Message",

@@ -10,8 +10,9 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
-from snakemq_anyio import FLAG_PERSISTENT, Message, Messaging, StorageError
-from snakemq_proto.testing import TestPostgres
+from snakemq_anyio import FLAG_PERSISTENT, LeaseLostError, Message, Messaging, StorageError
+from snakemq_proto import SqlAlchemyQueuesStorage
+from snakemq_proto.testing import TestPostgres, cut_holder_and_take_over
 from test_persistence import _kill_after, _sender
 
 pytestmark = pytest.mark.anyio
@@ -140,3 +141,84 @@ async def test_storage_of_16_interface_plugs_in(anyio_backend: str) -> None:
                 await receipt.delivered()
                 while legacy.queues["receiver"]:
                     await anyio.sleep(0.02)  # the flusher applies the deletes
+
+
+async def _refused(port: int) -> bool:
+    try:
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+    except OSError:
+        return True
+    await stream.aclose()
+    return False
+
+
+async def test_holder_that_lost_its_lease_steps_down(anyio_backend: str, pg_url: str) -> None:
+    got: list[bytes] = []
+    holder_storage = await anyio.to_thread.run_sync(
+        lambda: SqlAlchemyQueuesStorage(pg_url, lease_poll=0.2)
+    )
+    with anyio.fail_after(60):
+        async with Messaging("receiver") as receiver:
+            _host, port = await receiver.add_listener(("127.0.0.1", 0))
+            async with anyio.create_task_group() as tg:
+
+                async def collect() -> None:
+                    async for _ident, message in receiver:
+                        got.append(message.data)
+
+                tg.start_soon(collect)
+                with pytest.raises(LeaseLostError, match="taken over"):
+                    async with Messaging("sender", storage=holder_storage) as holder:
+                        _host, holder_port = await holder.add_listener(("127.0.0.1", 0))
+                        await holder.add_connector(("127.0.0.1", port))
+                        for i in range(20):
+                            await holder.send_message(
+                                "receiver", Message(b"%d" % i, ttl=None, flags=FLAG_PERSISTENT)
+                            )
+                        for i in range(3):  # never delivered: they must survive the failover
+                            await holder.send_message(
+                                "away", Message(b"away %d" % i, ttl=None, flags=FLAG_PERSISTENT)
+                            )
+                        while len(got) < 20 or (
+                            await anyio.to_thread.run_sync(_rows, pg_url, "receiver") > 0
+                        ):
+                            await anyio.sleep(0.02)  # delivered and deleted: the holder idles
+                        other = await anyio.to_thread.run_sync(
+                            cut_holder_and_take_over, pg_url, "sender"
+                        )
+                        stepped = time.monotonic()
+                        await anyio.sleep_forever()  # the step-down cancels this body
+                stepped_down = time.monotonic() - stepped
+                assert stepped_down < 5.0
+                assert await _refused(holder_port), "the holder still listens"
+                with anyio.fail_after(5):
+                    while receiver.is_connected("sender"):
+                        await anyio.sleep(0.02)  # the holder's connection is closed
+                # the other process goes away: a standby takes over and carries on
+                await anyio.to_thread.run_sync(other.close)
+                async with Messaging("sender", storage=pg_url) as standby:
+                    assert [m.data for m in standby.queued("away")] == [
+                        b"away 0",
+                        b"away 1",
+                        b"away 2",
+                    ]
+                    await standby.add_connector(("127.0.0.1", port))
+                    for i in range(20, 40):
+                        await standby.send_message(
+                            "receiver", Message(b"%d" % i, ttl=None, flags=FLAG_PERSISTENT)
+                        )
+                    while len(got) < 40:
+                        await anyio.sleep(0.02)
+                    assert not await anyio.to_thread.run_sync(lambda: holder_storage.check_lease())
+                tg.cancel_scope.cancel()
+    assert got == [b"%d" % i for i in range(40)], "lost or handed twice"
+
+
+def _rows(url: str, ident: str) -> int:
+    """Stored messages for ``ident`` in the database of ``url``."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM snakemq_queue WHERE ident = %s", (ident,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])

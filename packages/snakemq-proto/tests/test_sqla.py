@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
+import time
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -10,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from snakemq_proto import (
     Lease,
+    LeaseLostError,
     MemoryQueuesStorage,
     Message,
     QueuesStorage,
@@ -18,7 +24,9 @@ from snakemq_proto import (
     StorageError,
     open_storage,
     standby,
+    take_over_attempt,
 )
+from snakemq_proto._sqla import CALL_TIMEOUT, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
 from snakemq_proto.testing import PASSWORD, TestPostgres
 from test_sqlite import BATCHES
 
@@ -105,7 +113,7 @@ def test_killed_holder_session_releases_the_lease(pg_url: str) -> None:
         # the holder's process dies: the server ends its session
         sql(
             pg_url,
-            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d "
+            "SELECT pg_terminate_backend(l.pid, 10000) FROM pg_locks l JOIN pg_database d "
             "ON d.oid = l.database WHERE l.locktype = 'advisory' "
             "AND d.datname = current_database() AND l.pid <> pg_backend_pid()",
         )
@@ -315,3 +323,148 @@ def test_same_semantics_as_memory_storage(pg_url: str) -> None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
     SameAsMemory.TestCase().runTest()
+
+
+def _holder_backend(url: str) -> int:
+    """The server process of the session that holds an advisory lock."""
+    rows = sql(
+        url,
+        "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND d.datname = current_database() "
+        "AND l.pid <> pg_backend_pid()",
+    )
+    assert len(rows) == 1, rows
+    return int(str(rows[0][0]))
+
+
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[None]:
+    """The server process ``pid`` stops answering (SIGSTOP: no reset, no
+    close), and always resumes afterwards."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _bounded(call: Callable[[], object], seconds: float) -> BaseException | None:
+    """Run ``call`` in a thread; fail if it is still blocked after ``seconds``."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the call still waits for the server after {seconds} s"
+    return outcome[0]
+
+
+def test_call_to_a_hung_server_ends_in_bounded_time(pg_url: str) -> None:
+    holder = SqlAlchemyQueuesStorage(pg_url, ident="alice", call_timeout=1.0)
+    standby_ = SqlAlchemyQueuesStorage(pg_url, ident="alice")
+    try:
+        holder.apply(StorageBatch(push=[("bob", msg(1))]))
+        with _stopped(_holder_backend(pg_url)):
+            started = time.monotonic()
+            error = _bounded(lambda: holder.apply(StorageBatch(push=[("bob", msg(2))])), 10.0)
+            took = time.monotonic() - started
+            # the hung session still holds the lock: the new one cannot take it back
+            assert isinstance(error, LeaseLostError), error
+            assert holder.lost
+            assert 1.0 <= took < 5.0
+            assert not standby_.try_acquire()  # the stopped session holds it yet
+        # resumed, the server ends the session whose socket was shut down
+        deadline = time.monotonic() + 10
+        while not standby_.try_acquire():
+            assert time.monotonic() < deadline, "the hung session's lease was never released"
+            threading.Event().wait(0.05)
+        # the unanswered write may have been committed once the server went on
+        # (as any commit whose answer was lost): a retry of the same message
+        # is idempotent, and the receiver drops a copy by its uuid
+        assert standby_.load().queues["bob"] in ([msg(1)], [msg(1), msg(2)])
+    finally:
+        holder.close()
+        standby_.close()
+
+
+def test_lease_check_notices_a_hung_session_and_a_lost_lease(pg_url: str) -> None:
+    holder = SqlAlchemyQueuesStorage(pg_url, ident="alice", call_timeout=1.0)
+    try:
+        assert holder.check_lease()
+        with _stopped(_holder_backend(pg_url)):
+            error = _bounded(lambda: _expect(holder.check_lease, False), 10.0)
+            assert error is None
+            assert holder.lost
+        with pytest.raises(LeaseLostError, match="taken over"):
+            holder.load()
+    finally:
+        holder.close()
+
+
+def test_lease_check_reconnects_and_keeps_the_lease(pg_url: str) -> None:
+    holder = SqlAlchemyQueuesStorage(pg_url, ident="alice")
+    try:
+        sql(pg_url, "SELECT pg_terminate_backend(%s)", _holder_backend(pg_url))
+        assert holder.check_lease()  # nobody took it meanwhile: taken again
+        assert not holder.lost
+        assert _holder_backend(pg_url) > 0
+        with SqlAlchemyQueuesStorage(pg_url, ident="alice") as other:
+            assert not other.held
+    finally:
+        holder.close()
+
+
+def _expect(call: Callable[[], object], value: object) -> None:
+    assert call() == value
+
+
+def _settings(storage: SqlAlchemyQueuesStorage) -> tuple[dict[str, str], str]:
+    """libpq's parameters of a connection the storage makes, and the server's
+    tcp_keepalives_idle for that session."""
+    with storage._engine.connect() as conn:
+        client = conn.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+        server = conn.exec_driver_sql("SHOW tcp_keepalives_idle").scalar()
+    return client, str(server)
+
+
+def test_keepalives_have_defaults_that_connect_args_override(pg_url: str) -> None:
+    with SqlAlchemyQueuesStorage(pg_url, ident="alice") as storage:
+        client, server = _settings(storage)
+        assert client["keepalives"] == "1"
+        assert client["keepalives_idle"] == str(KEEPALIVE_IDLE)
+        assert client["keepalives_interval"] == str(KEEPALIVE_INTERVAL)
+        assert client["keepalives_count"] == str(KEEPALIVE_COUNT)
+        assert server == str(KEEPALIVE_IDLE)
+        assert storage.call_timeout == CALL_TIMEOUT
+    with SqlAlchemyQueuesStorage(
+        pg_url, ident="alice", connect_args={"keepalives_idle": 30, "options": ""}
+    ) as storage:
+        client, server = _settings(storage)
+        assert client["keepalives_idle"] == "30"
+        assert server != str(KEEPALIVE_IDLE)  # the system's default: not set for the session
+
+
+def test_waiting_standby_takes_over_the_moment_the_holder_lets_go(pg_url: str) -> None:
+    holder = SqlAlchemyQueuesStorage(pg_url, ident="alice")
+    waiting = SqlAlchemyQueuesStorage(pg_url, ident="alice", lease_poll=5.0)
+    try:
+        started = time.monotonic()
+        assert not waiting.try_acquire(wait=0.3)  # the server said no after 0.3 s
+        assert time.monotonic() - started >= 0.3
+        letting_go = threading.Timer(0.2, holder.close)
+        letting_go.start()
+        started = time.monotonic()
+        assert take_over_attempt(waiting)  # waits up to lease_poll (5 s) on the server
+        assert time.monotonic() - started < 2.0
+        letting_go.join()
+        assert waiting.held and waiting.load().queues == {}
+    finally:
+        holder.close()
+        waiting.close()

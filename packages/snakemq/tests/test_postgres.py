@@ -14,7 +14,7 @@ import pytest
 from snakemq.exceptions import StorageError
 from snakemq.message import FLAG_PERSISTENT, Message
 from snakemq.storage.sqla import SqlAlchemyQueuesStorage
-from snakemq_proto.testing import TestPostgres
+from snakemq_proto.testing import TestPostgres, cut_holder_and_take_over
 from sync_helpers import WAIT, Peer
 from test_persistence import lines_until, run_sender
 
@@ -283,44 +283,38 @@ def test_cli_takes_a_database_url_wherever_it_takes_a_file(pg_url: str) -> None:
     assert "wrong" not in bad.stderr
 
 
-def test_holder_that_lost_its_lease_steps_down(peers: list[Peer], pg_url: str) -> None:
-    import psycopg
-
+@pytest.mark.parametrize("noticed_by", ["its next write", "its lease check"])
+def test_holder_that_lost_its_lease_steps_down(
+    peers: list[Peer], pg_url: str, noticed_by: str
+) -> None:
     receiver = Peer("receiver")
-    storage = SqlAlchemyQueuesStorage(pg_url)
+    # lease checks every 0.2 s, or none during the test (then a write finds out)
+    storage = SqlAlchemyQueuesStorage(pg_url, lease_poll=60 if "write" in noticed_by else 0.2)
     holder = Peer("sender", storage)
     peers += [receiver, holder]
     holder.connect(receiver.listen())
     receiver.start()
     holder.start()
-    successor = None
+    other = None
     try:
         holder.send("receiver", b"before", ttl=None, flags=FLAG_PERSISTENT)
         receiver.rec.wait(lambda: receiver.received() == [b"before"], what="first message")
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            deadline = time.monotonic() + WAIT
-            while conn.execute("SELECT count(*) FROM snakemq_queue").fetchone() != (0,):
-                assert time.monotonic() < deadline, "the delivered message was not deleted"
-                time.sleep(0.02)  # the holder's loop deletes it: then it is idle
-            # the holder's session dies (a network cut); another process takes the lease
-            conn.execute(
-                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d "
-                "ON d.oid = l.database WHERE l.locktype = 'advisory' "
-                "AND d.datname = current_database() AND l.pid <> pg_backend_pid()"
-            )
-        successor = SqlAlchemyQueuesStorage(pg_url, ident="sender")
-        assert successor.held
-        # the holder learns it at its next write, and stops serving "sender"
-        with pytest.raises(StorageError, match="taken over"):
-            holder.send("receiver", b"after", ttl=None, flags=FLAG_PERSISTENT)
-        holder.link.wakeup_poll()
+        # the holder's session is cut (a network cut) and another process takes the lease
+        other = cut_holder_and_take_over(pg_url, "sender")
+        cut = time.monotonic()
+        if "write" in noticed_by:
+            with pytest.raises(StorageError, match="taken over"):
+                holder.send("receiver", b"after", ttl=None, flags=FLAG_PERSISTENT)
+            holder.link.wakeup_poll()
+        # the holder stops serving "sender": connections closed, loop ended
         receiver.rec.wait_count("on_disconnect", 1)
         assert holder._thread is not None
         holder._thread.join(WAIT)
         assert not holder._thread.is_alive(), "the holder's loop goes on"
+        assert time.monotonic() - cut < 5.0
         assert storage.lost
     finally:
         holder.stop()
         storage.close()
-        if successor is not None:
-            successor.close()
+        if other is not None:
+            other.close()

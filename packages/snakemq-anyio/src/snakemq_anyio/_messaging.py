@@ -83,7 +83,7 @@ from ._dialing import Dialer, TLSHandshakeError
 from ._flusher import StorageFlusher
 from ._inbox import Inbox
 from ._receipt import DeliveryError, MessageDroppedError, MessagingClosedError, Receipt
-from ._standby import open_for
+from ._standby import LeaseKeeper, open_for
 from ._stream import EventStream, MessagingEvent
 from ._wakeup import Wakeup
 
@@ -219,6 +219,7 @@ class Messaging:
         self._persistent_check = PersistentWithoutStorage(ident, self._persistent, log)
         self._tg: anyio.abc.TaskGroup | None = None
         self._flusher: StorageFlusher | None = None  # made when entered
+        self._keeper: LeaseKeeper | None = None  # a holder's lease checks
         self._inbox = Inbox(max_buffered, max_buffered_bytes)
         self._conns = Connections(
             engine,
@@ -280,6 +281,9 @@ class Messaging:
         tg.start_soon(self._acker, name="snakemq acker")
         if self._flusher is not None:
             tg.start_soon(self._flusher.run, name="snakemq flusher")
+        self._keeper = LeaseKeeper.of(self.ident, storage)
+        if self._keeper is not None:  # steps down (cancels tg) when the lease is lost
+            tg.start_soon(self._keeper.run, tg.cancel_scope, name="snakemq lease")
         return self
 
     async def __aexit__(
@@ -298,7 +302,10 @@ class Messaging:
                 # the body's own error propagates as it is, not in an exception group
                 await tg.__aexit__(None, None, None)
                 return None
-            return await tg.__aexit__(exc_type, exc, tb)
+            suppressed = await tg.__aexit__(exc_type, exc, tb)
+            if self._keeper is not None:
+                self._keeper.raise_if_lost()
+            return suppressed
         finally:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()

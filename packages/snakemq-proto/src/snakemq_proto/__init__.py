@@ -32,6 +32,7 @@ from ._errors import (
     IdentityMismatchError,
     IncompatibleProtocolError,
     KeepaliveTimeoutError,
+    LeaseLostError,
     LocalProtocolError,
     MalformedFrameError,
     PacketTooLargeError,
@@ -53,6 +54,7 @@ from ._events import (
     PeerDisconnected,
     RedialHeld,
 )
+from ._lease import LeaseWatch, RenewableLease, lease_watch, take_over_attempt
 from ._message import (
     FLAG_PERSISTENT,
     INFINITE_TTL,
@@ -145,6 +147,8 @@ __all__ = [
     "IncompatibleProtocolError",
     "KeepaliveTimeoutError",
     "Lease",
+    "LeaseLostError",
+    "LeaseWatch",
     "LegacyQueuesStorage",
     "LegacyStorageAdapter",
     "LocalProtocolError",
@@ -168,6 +172,7 @@ __all__ = [
     "RedialHeld",
     "RedialHolds",
     "RemoteProtocolError",
+    "RenewableLease",
     "SSLConfig",
     "SlowReaderError",
     "SnakeMQError",
@@ -187,9 +192,11 @@ __all__ = [
     "check_ttl",
     "decode_frame",
     "encode_packet",
+    "lease_watch",
     "load_state",
     "new_uuid",
     "open_storage",
     "standby",
     "storage_at",
+    "take_over_attempt",
 ]

@@ -67,3 +67,9 @@ class LocalProtocolError(SnakeMQError):
 
 class StorageError(SnakeMQError):
     """A queue storage cannot be opened or used (corrupt, locked, foreign)."""
+
+
+class LeaseLostError(StorageError):
+    """Another process serves this identifier now (it took the storage's
+    lease while this one could not renew it): this process must stop serving
+    it.  To become a standby again, open the storage anew."""

@@ -34,7 +34,8 @@ migrated when a peer first opens it: its rows move, in order, into
 One identity, one holder (PostgreSQL): the storage takes a *session
 advisory lock* keyed by its owner on its own connection.  The server
 releases it when that connection dies (the process was killed, the machine
-lost), so a standby polling ``try_acquire()`` takes over.  ``load`` and
+lost), so a standby waiting in ``try_acquire(wait=...)`` takes over at
+once (``pg_advisory_lock`` under ``lock_timeout``).  ``load`` and
 ``apply`` refuse to run without the lock.  If the connection breaks (the
 server restarted), the next call reconnects and takes the lock again; if a
 standby took it meanwhile, the call raises ``StorageError`` and the storage
@@ -44,6 +45,21 @@ Connection loss: a call that fails because the connection broke is retried
 once on a new connection (its transaction was rolled back, and every batch
 is idempotent); if that fails too, ``StorageError`` is raised and the
 caller keeps the batch to retry.
+
+A server that stops answering (hung, or the network dropped without a
+reset) is noticed in bounded time: every call has ``call_timeout`` seconds
+(default 10); past it, a watchdog thread shuts the connection's socket
+down, which ends the blocked call with a broken connection (then as
+above).  TCP keepalives are on, on both ends (libpq's ``keepalives*`` and
+the server's ``tcp_keepalives_*`` for the session): a peer machine that
+vanished is dropped by the server within about ``KEEPALIVE_IDLE +
+KEEPALIVE_INTERVAL * KEEPALIVE_COUNT`` seconds, which releases its lease.
+``connect_args`` given to the constructor override each of these.
+
+Renewing the lease: ``check_lease()`` (called every ``lease_poll`` seconds
+by a holder, see ``LeaseWatch``) runs one round trip; a broken connection
+is replaced and the lock taken again, and if another process holds it now
+this one has lost it (``lost``; ``LeaseLostError`` from every call).
 """
 
 from __future__ import annotations
@@ -53,18 +69,20 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
-from ._errors import StorageError
+from ._errors import LeaseLostError, StorageError
 from ._message import Message, check_ident
 from ._sqlite import SqliteQueuesStorage
 from ._storage import QueuesStorage, StorageBatch, StoredState, seen_window_appends
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Table
+    from sqlalchemy import Connection
 
 __all__ = ["SCHEMA_VERSION_SQLA", "SqlAlchemyQueuesStorage", "storage_at"]
 
@@ -78,6 +96,16 @@ _DIALECTS: Final = ("postgresql", "sqlite")
 _IN_CHUNK: Final = 500
 _SCHEMA_LOCK: Final = 0x534E4D51_00000001  # advisory lock serialising schema creation
 _T = TypeVar("_T")
+_LOCK_NOT_AVAILABLE: Final = "55P03"  # SQLSTATE of a lock_timeout
+
+CALL_TIMEOUT: Final = 10.0
+"""Default seconds one storage call may wait for the server."""
+KEEPALIVE_IDLE: Final = 10
+"""Seconds of silence on the connection before TCP keepalive probes start."""
+KEEPALIVE_INTERVAL: Final = 5
+"""Seconds between two keepalive probes."""
+KEEPALIVE_COUNT: Final = 3
+"""Unanswered probes after which the connection is dropped."""
 
 
 def lease_key(ident: str) -> int:
@@ -136,6 +164,60 @@ class _Tables:
         )
 
 
+class _Statements:
+    """The statements ``apply`` runs, built once (bound parameters only)."""
+
+    def __init__(self, sa: Any, t: _Tables, dialect: Any) -> None:
+        bp = sa.bindparam
+        q, s = t.queue.c, t.seen.c
+        insert: Any
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        upsert = insert(t.queue)
+        self.upsert = upsert.on_conflict_do_update(
+            index_elements=[q.owner, q.uuid, q.ident],
+            set_={
+                "data": upsert.excluded.data,
+                "ttl": upsert.excluded.ttl,
+                "flags": upsert.excluded.flags,
+            },
+        )
+        self.update_ttl = (
+            sa.update(t.queue).where(q.owner == bp("o"), q.uuid == bp("u")).values(ttl=bp("t"))
+        )
+        self.update_ttl_in = (
+            sa.update(t.queue)
+            .where(q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u"))
+            .values(ttl=bp("t"))
+        )
+        self.delete = sa.delete(t.queue).where(
+            q.owner == bp("o"), q.uuid.in_(bp("us", expanding=True))
+        )
+        self.delete_from = sa.delete(t.queue).where(
+            q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u")
+        )
+        mine = (s.owner == bp("o"), s.ident == bp("i"))
+        self.seen_bounds = sa.select(sa.func.min(s.seq), sa.func.max(s.seq)).where(*mine)
+        self.seen_find = sa.select(s.uuid, s.seq).where(*mine, s.uuid.in_(bp("us", expanding=True)))
+        self.seen_prune = sa.delete(t.seen).where(*mine, s.seq < bp("low"))
+        self.seen_forget = sa.delete(t.seen).where(*mine, s.uuid.in_(bp("us", expanding=True)))
+        self.seen_insert = sa.insert(t.seen)
+        #: the upsert in the driver's own SQL (``_one_statement``)
+        self.upsert_sql = str(
+            self.upsert.inline().compile(
+                dialect=dialect, column_keys=["owner", "ident", "uuid", "data", "ttl", "flags"]
+            )
+        )
+
+
+def _only_push(batch: StorageBatch) -> bool:
+    return not (
+        batch.update_ttl or batch.update_ttl_in or batch.delete or batch.delete_from or batch.seen
+    )
+
+
 class SqlAlchemyQueuesStorage:
     """Persistent queues in a database server (PostgreSQL) shared by peers.
 
@@ -150,8 +232,12 @@ class SqlAlchemyQueuesStorage:
             omitted).
         lease: hold the identity's advisory lock (PostgreSQL) so only one
             process serves ``ident``; ``False`` turns it off.
-        lease_poll: seconds between a standby's attempts to take the lock.
+        lease_poll: seconds a standby's attempt to take the lock waits on
+            the server (``take_over_attempt``), and between a holder's
+            checks that it still holds it.
         connect_timeout: seconds to wait for the server when connecting.
+        call_timeout: seconds one call (a transaction) may wait for the
+            server before its connection is dropped (a hung server).
 
     Raises:
         TypeError, ValueError: a wrong argument.
@@ -168,6 +254,7 @@ class SqlAlchemyQueuesStorage:
         lease: bool = True,
         lease_poll: float = 1.0,
         connect_timeout: float = 5.0,
+        call_timeout: float = CALL_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         try:
@@ -180,6 +267,15 @@ class SqlAlchemyQueuesStorage:
             raise TypeError(f"lease_poll must be a number of seconds, got {lease_poll!r}")
         if not lease_poll > 0:
             raise ValueError(f"lease_poll must be > 0 seconds, got {lease_poll!r}")
+        if isinstance(call_timeout, bool) or not isinstance(call_timeout, int | float):
+            raise TypeError(f"call_timeout must be a number of seconds, got {call_timeout!r}")
+        if not call_timeout > 0:
+            raise ValueError(f"call_timeout must be > 0 seconds, got {call_timeout!r}")
+        self.call_timeout = float(call_timeout)
+        self._watch = threading.Condition()  # the watchdog of calls that hang
+        self._call_deadline: float | None = None
+        self._watchdog: threading.Thread | None = None
+        self._aborted = False
         self._sa = sa
         self._t = _Tables(sa)
         self._lock = threading.RLock()
@@ -188,6 +284,7 @@ class SqlAlchemyQueuesStorage:
         self._owner: str | None = None
         self._held = False
         self._lost = False
+        self._st: _Statements | None = None
         self.lease_poll = float(lease_poll)
         shown = _mask(str(args[0])) if args else _mask(str(kwargs.get("url", "")))
         self.url = shown
@@ -210,6 +307,21 @@ class SqlAlchemyQueuesStorage:
         if self.dialect == "postgresql":
             connect_args = kwargs.setdefault("connect_args", {})
             connect_args.setdefault("connect_timeout", max(1, round(connect_timeout)))
+            for key, value in (
+                ("keepalives", 1),
+                ("keepalives_idle", KEEPALIVE_IDLE),
+                ("keepalives_interval", KEEPALIVE_INTERVAL),
+                ("keepalives_count", KEEPALIVE_COUNT),
+            ):
+                connect_args.setdefault(key, value)
+            # the server's end of the same: it drops a vanished holder's
+            # session (and so its lease) as soon
+            connect_args.setdefault(
+                "options",
+                f"-c tcp_keepalives_idle={KEEPALIVE_IDLE} "
+                f"-c tcp_keepalives_interval={KEEPALIVE_INTERVAL} "
+                f"-c tcp_keepalives_count={KEEPALIVE_COUNT}",
+            )
         self._lease = lease and self.dialect == "postgresql"
         try:
             self._engine = sa.create_engine(url, *args[1:], **kwargs)
@@ -228,11 +340,16 @@ class SqlAlchemyQueuesStorage:
 
     # ------------------------------------------------------------ connection
 
-    def _fail(self, exc: BaseException, doing: str) -> NoReturn:
+    def _fail(self, exc: BaseException, doing: str, *, hung: bool = False) -> NoReturn:
         text = str(getattr(exc, "orig", None) or exc)
         low = text.lower()
         url = self.url
-        if "password authentication failed" in low or "authentication failed" in low:
+        if hung:
+            hint = (
+                f"the server did not answer in {self.call_timeout:g} s (call_timeout); "
+                "the connection was dropped and the next call reconnects"
+            )
+        elif "password authentication failed" in low or "authentication failed" in low:
             hint = "the server refused the user name or password; check them in the URL"
         elif "does not exist" in low and "database" in low:
             hint = "the database does not exist; create it (CREATE DATABASE) or fix the URL"
@@ -254,15 +371,18 @@ class SqlAlchemyQueuesStorage:
         text = text.strip().replace("\n", " ")
         raise StorageError(f"cannot {doing} queue storage {url!r}: {hint} ({text})") from exc
 
+    def _lost_error(self) -> LeaseLostError:
+        return LeaseLostError(
+            f"queue storage {self.url!r}: ident {self._owner!r} was taken over by another "
+            "process while the connection to the server was lost; this process no longer "
+            "serves it (stop it, or restart it as a standby)"
+        )
+
     def _connection(self) -> Connection:
         if self._closed:
             raise StorageError(f"queue storage {self.url!r} is closed")
         if self._lost:
-            raise StorageError(
-                f"queue storage {self.url!r}: ident {self._owner!r} was taken over by another "
-                "process while the connection to the server was lost; this process no longer "
-                "serves it (stop it, or restart it as a standby)"
-            )
+            raise self._lost_error()
         conn = self._conn
         if conn is None:
             conn = self._conn = self._engine.connect()
@@ -295,6 +415,8 @@ class SqlAlchemyQueuesStorage:
         with self._lock:
             if self._closed:
                 raise StorageError(f"queue storage {self.url!r} is closed")
+            if self._lost:
+                raise self._lost_error()
             if lease and self._lease and not self._held:
                 raise StorageError(
                     f"queue storage {self.url!r}: this process does not hold ident "
@@ -303,12 +425,16 @@ class SqlAlchemyQueuesStorage:
             for attempt in (0, 1):
                 was_connected = self._conn is not None
                 try:
-                    conn = self._connection()
-                    with conn.begin():
-                        return work(conn)
+                    with self._deadline():
+                        conn = self._connection()
+                        with conn.begin():
+                            return work(conn)
                 except sa.exc.DBAPIError as exc:
-                    broken = exc.connection_invalidated or isinstance(
-                        exc, sa.exc.OperationalError | sa.exc.InterfaceError
+                    hung = self._aborted
+                    broken = (
+                        hung
+                        or exc.connection_invalidated
+                        or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
                     )
                     if broken:
                         self._drop_connection()
@@ -316,11 +442,65 @@ class SqlAlchemyQueuesStorage:
                             logger.warning(
                                 "queue storage %s: connection lost (%s); reconnecting",
                                 self.url,
-                                str(exc.orig).strip().splitlines()[0] if exc.orig else exc,
+                                f"no answer from the server in {self.call_timeout:g} s"
+                                if hung
+                                else str(exc.orig).strip().splitlines()[0]
+                                if exc.orig
+                                else exc,
                             )
                             continue
-                    self._fail(exc, doing)
+                    self._fail(exc, doing, hung=hung)
             raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.contextmanager
+    def _deadline(self) -> Any:
+        """Arm the watchdog for one attempt of a call."""
+        watch = self._watch
+        with watch:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch_calls, name="snakemq storage watchdog", daemon=True
+                )
+                self._watchdog.start()
+            self._call_deadline = time.monotonic() + self.call_timeout
+            self._aborted = False
+            watch.notify()
+        try:
+            yield
+        finally:
+            with watch:
+                self._call_deadline = None
+
+    def _watch_calls(self) -> None:
+        """The watchdog thread: a call past its deadline has its socket shut
+        down, so the thread blocked in it gets a broken connection."""
+        watch = self._watch
+        with watch:
+            while not self._closed:
+                deadline = self._call_deadline
+                if deadline is None:
+                    watch.wait()
+                    continue
+                left = deadline - time.monotonic()
+                if left > 0:
+                    watch.wait(left)
+                    continue
+                self._call_deadline = None
+                self._abort_call()
+
+    def _abort_call(self) -> None:
+        conn = self._conn
+        try:
+            driver = conn.connection.dbapi_connection if conn is not None else None
+            fd = driver.pgconn.socket if driver is not None else -1
+        except Exception:  # closed meanwhile, or not psycopg: nothing to abort
+            return
+        if fd < 0:
+            return
+        self._aborted = True
+        # shutdown acts on the socket, not on the (duplicated) descriptor
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
     # ---------------------------------------------------------------- schema
 
@@ -456,9 +636,15 @@ class SqlAlchemyQueuesStorage:
         connection to the server was broken: every call raises then."""
         return self._lost
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, wait: float = 0.0) -> bool:
         """Try once to take the ident's lease; return ``held``.  Once held,
         a 1.6 table is migrated into the owner's queues.
+
+        Args:
+            wait: seconds to wait on the server for the lease (at most half
+                of ``call_timeout``): the server grants it the moment the
+                holder's session ends, so a standby that keeps waiting takes
+                over at once.  ``0`` asks without waiting.
 
         Raises:
             StorageError: the server cannot be used.
@@ -471,7 +657,7 @@ class SqlAlchemyQueuesStorage:
                 return True
 
             def take(conn: Connection) -> bool:
-                if self._lease and not self._try_lock(conn):
+                if self._lease and not self._try_lock(conn, wait):
                     return False
                 self._held = True
                 return True
@@ -486,13 +672,49 @@ class SqlAlchemyQueuesStorage:
             logger.info("queue storage %s: serving ident %r", self.url, owner)
             return True
 
-    def _try_lock(self, conn: Connection) -> bool:
+    def check_lease(self) -> bool:
+        """Confirm, with one round trip, that this process still serves the
+        ident; return ``held``.  A broken connection is replaced and the lock
+        taken again; if another process took it meanwhile, this returns
+        False and ``lost`` is True (stop serving the ident).
+
+        Raises:
+            StorageError: the server cannot be reached: whether the lease is
+                still held is unknown (a standby cannot take it either
+                while the server is down).
+        """
+        if not self._lease or not self._held:
+            return self.held
+        try:
+            self._run("check the lease of", lambda conn: conn.execute(self._sa.text("SELECT 1")))
+        except LeaseLostError:
+            return False
+        return True
+
+    def wait_acquire(self, seconds: float) -> bool:
+        """``try_acquire(wait=seconds)``: what a standby calls in a loop."""
+        return self.try_acquire(wait=seconds)
+
+    def _try_lock(self, conn: Connection, wait: float = 0.0) -> bool:
         # session lock, taken outside any transaction's lifetime: it survives
         # the commit and is released by the server when the session ends
-        got = conn.execute(
-            self._sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": lease_key(str(self._owner))}
-        ).scalar()
-        return bool(got)
+        sa = self._sa
+        key = {"k": lease_key(str(self._owner))}
+        wait = min(wait, self.call_timeout / 2)
+        if wait <= 0:
+            return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), key).scalar())
+        try:
+            with conn.begin_nested():  # a lock timeout rolls back only this savepoint
+                conn.execute(
+                    sa.text("SELECT set_config('lock_timeout', :t, true)"),
+                    {"t": f"{max(1, round(wait * 1000))}ms"},
+                )
+                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), key)
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+                return False
+            raise
+        return True
 
     def release(self) -> None:
         """Give the lease up (a standby can take over); idempotent."""
@@ -553,8 +775,7 @@ class SqlAlchemyQueuesStorage:
         self._run("write", lambda conn: self._write(conn, owner, batch))
 
     def _write(self, conn: Connection, owner: str, batch: StorageBatch) -> None:
-        sa, t = self._sa, self._t
-        q = t.queue.c
+        st = self._statements()
         gone = set(batch.delete)
         push = [
             {
@@ -568,72 +789,62 @@ class SqlAlchemyQueuesStorage:
             for ident, m in batch.push
             if m.uuid not in gone
         ]
+        if push and len(push) == 1 and self.dialect == "postgresql" and _only_push(batch):
+            self._one_statement(conn, st.upsert_sql, push[0])
+            return
         if push:
-            insert = self._insert(t.queue)
-            conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[q.owner, q.uuid, q.ident],
-                    set_={
-                        "data": insert.excluded.data,
-                        "ttl": insert.excluded.ttl,
-                        "flags": insert.excluded.flags,
-                    },
-                ),
-                push,
-            )
-        bp = sa.bindparam
+            conn.execute(st.upsert, push)
         update = [
             {"o": owner, "u": uuid, "t": ttl} for uuid, ttl in batch.update_ttl if uuid not in gone
         ]
         if update:
-            conn.execute(
-                sa.update(t.queue).where(q.owner == bp("o"), q.uuid == bp("u")).values(ttl=bp("t")),
-                update,
-            )
+            conn.execute(st.update_ttl, update)
         if batch.update_ttl_in:
             conn.execute(
-                sa.update(t.queue)
-                .where(q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u"))
-                .values(ttl=bp("t")),
+                st.update_ttl_in,
                 [{"o": owner, "i": i, "u": u, "t": ttl} for i, u, ttl in batch.update_ttl_in],
             )
         delete = list(dict.fromkeys(batch.delete))
         for start in range(0, len(delete), _IN_CHUNK):
-            conn.execute(
-                sa.delete(t.queue).where(
-                    q.owner == owner, q.uuid.in_(delete[start : start + _IN_CHUNK])
-                )
-            )
+            conn.execute(st.delete, {"o": owner, "us": delete[start : start + _IN_CHUNK]})
         if batch.delete_from:
             conn.execute(
-                sa.delete(t.queue).where(q.owner == bp("o"), q.ident == bp("i"), q.uuid == bp("u")),
-                [{"o": owner, "i": i, "u": u} for i, u in batch.delete_from],
+                st.delete_from, [{"o": owner, "i": i, "u": u} for i, u in batch.delete_from]
             )
         if batch.seen:
             self._apply_seen(conn, owner, batch.seen, batch.seen_keep)
 
-    def _insert(self, table: Table) -> Any:
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
+    def _one_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> None:
+        """Run one statement as its own transaction: one round trip to the
+        server instead of three (BEGIN, the statement, COMMIT) — what a
+        persistent ``send_message`` of the sync package costs."""
+        raw: Any = conn.connection.dbapi_connection
+        # idle here (every call commits): psycopg would send BEGIN with the statement
+        raw.autocommit = True
+        try:
+            conn.exec_driver_sql(sql, params)
+        finally:
+            with contextlib.suppress(Exception):  # a broken connection is dropped anyway
+                raw.autocommit = False
 
-            return postgresql.insert(table)
-        from sqlalchemy.dialects import sqlite
-
-        return sqlite.insert(table)
+    def _statements(self) -> _Statements:
+        # built once: SQLAlchemy then reuses their compiled form (building an
+        # upsert per batch cost more CPU than the round trip to the server)
+        st = self._st
+        if st is None:
+            st = self._st = _Statements(self._sa, self._t, self._engine.dialect)
+        return st
 
     def _apply_seen(
         self, conn: Connection, owner: str, seen: Iterable[tuple[str, bytes]], keep: int
     ) -> None:
-        sa, t = self._sa, self._t
-        s = t.seen.c
+        st = self._statements()
         by_ident: dict[str, list[bytes]] = {}
         for ident, uuid in seen:
             by_ident.setdefault(ident, []).append(uuid)
         for ident, uuids in by_ident.items():
-            mine = (s.owner == owner, s.ident == ident)
-            low, high = conn.execute(
-                sa.select(sa.func.min(s.seq), sa.func.max(s.seq)).where(*mine)
-            ).one()
+            mine = {"o": owner, "i": ident}
+            low, high = conn.execute(st.seen_bounds, mine).one()
             if low is None:
                 low = high = 0
             else:
@@ -642,9 +853,7 @@ class SqlAlchemyQueuesStorage:
             distinct = list(dict.fromkeys(uuids))
             for start in range(0, len(distinct), _IN_CHUNK):
                 chunk = distinct[start : start + _IN_CHUNK]
-                for uuid, at in conn.execute(
-                    sa.select(s.uuid, s.seq).where(*mine, s.uuid.in_(chunk))
-                ):
+                for uuid, at in conn.execute(st.seen_find, {**mine, "us": chunk}):
                     position[bytes(uuid)] = at
             appended, low = seen_window_appends(uuids, position, low, high, keep)
             rows = [
@@ -653,10 +862,10 @@ class SqlAlchemyQueuesStorage:
                 if at >= low
             ]
             # stale copies first: a re-appended uuid gets a new seq
-            conn.execute(sa.delete(t.seen).where(*mine, s.seq < low))
+            conn.execute(st.seen_prune, {**mine, "low": low})
             if rows:
-                conn.execute(sa.delete(t.seen).where(*mine, s.uuid.in_([r["uuid"] for r in rows])))
-                conn.execute(sa.insert(t.seen), rows)
+                conn.execute(st.seen_forget, {**mine, "us": [r["uuid"] for r in rows]})
+                conn.execute(st.seen_insert, rows)
 
     def _owner_or_fail(self) -> str:
         owner = self._owner
@@ -674,6 +883,8 @@ class SqlAlchemyQueuesStorage:
                 return
             self.release()
             self._closed = True
+            with self._watch:
+                self._watch.notify()
             conn, self._conn = self._conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):  # a broken connection

@@ -32,6 +32,7 @@ from typing import Any
 
 __all__ = [
     "TestPostgres",
+    "cut_holder_and_take_over",
     "postgres_bin_dir",
     "postgres_fixtures",
     "remount_read_only",
@@ -251,6 +252,33 @@ class TestPostgres:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def cut_holder_and_take_over(url: str, ident: str) -> Any:
+    """End the database session of the process that serves ``ident`` (as a
+    cut connection would) and take its lease, as another process would; return
+    the psycopg connection that holds it now (close it to release it).
+
+    Both happen in one statement: the lock is queued before the old session
+    is gone, so the old holder cannot take it back when it reconnects."""
+    import psycopg
+
+    from ._sqla import lease_key
+
+    conn = psycopg.connect(
+        url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True
+    )
+    row = conn.execute(
+        "SELECT pg_terminate_backend(l.pid), pg_advisory_lock(%s) FROM pg_locks l "
+        "JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' "
+        "AND l.objid = (%s::bigint & 4294967295)::oid "
+        "AND d.datname = current_database() AND l.pid <> pg_backend_pid()",
+        (lease_key(ident), lease_key(ident)),
+    ).fetchone()
+    if row is None or row[0] is not True:
+        conn.close()
+        raise RuntimeError(f"no session holds the lease of {ident!r} on {url}")
+    return conn
 
 
 def postgres_fixtures() -> tuple[Any, Any]:

@@ -51,6 +51,7 @@ from snakemq_proto import (
     Event,
     FillRequest,
     Lease,
+    LeaseWatch,
     LegacyQueuesStorage,
     Message,
     MessageDelivered,
@@ -68,9 +69,11 @@ from snakemq_proto import (
     WindowedStorage,
     cert_idents,
     check_seconds,
+    lease_watch,
     load_state,
     open_storage,
     standby,
+    take_over_attempt,
 )
 
 from .callbacks import Callback
@@ -202,11 +205,13 @@ class Messaging:
         self._lease_lost = False  # another process serves our identifier now
         self._deadline: float | None = None  # engine.next_deadline(), at the pass's start
         self._fill_failing = False  # reading a restored queue failed (logged once)
+        self._lease_watch: LeaseWatch | None = None  # a holder's lease checks
 
         if self._standby is not None:
             self.link.set_gate(self._take_over, self._standby.lease_poll)
         elif queues_storage is not None:
             self._load(queues_storage)
+            self._lease_watch = lease_watch(queues_storage)
 
         packeter.set_stream_handler(self)
         self.link.on_loop_pass.add(self._on_loop_pass)
@@ -225,7 +230,7 @@ class Messaging:
         if lease is None:
             return True
         try:
-            if not lease.try_acquire():
+            if not take_over_attempt(lease):  # may wait on the server up to lease_poll
                 return False
             assert self.storage is not None
             self._load(self.storage)
@@ -234,6 +239,7 @@ class Messaging:
             return False
         log.warning("standby %r took over: serving it now", self.identifier)
         self._standby = None
+        self._lease_watch = lease_watch(self.storage)
         return True
 
     @property
@@ -367,6 +373,7 @@ class Messaging:
             self.identifier,
         )
         self._lease_lost = False
+        self._lease_watch = None
         for conn_id in list(self._outs):
             self._close(conn_id)
         self.link.stop()
@@ -493,6 +500,10 @@ class Messaging:
         # against ``now`` itself, so an earlier guess costs nothing)
         with self._lock:
             self._deadline = deadline = self._engine.next_deadline()
+        watch = self._lease_watch
+        if watch is not None:
+            check = watch.deadline(time.monotonic())
+            deadline = check if deadline is None else min(deadline, check)
         return deadline
 
     def _on_loop_pass(self) -> None:
@@ -523,6 +534,9 @@ class Messaging:
             self._flush_wanted = set()
         if wanted or self._writer is not None:
             self._write_out(wanted)
+        watch = self._lease_watch
+        if watch is not None and watch.due(now) and watch.check(now):
+            self._lease_lost = True  # the check is one round trip, bounded by the storage
         if self._lease_lost:
             self._step_down()
 
