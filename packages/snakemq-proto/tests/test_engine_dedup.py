@@ -185,8 +185,7 @@ def test_a_full_window_is_compact() -> None:
             worst = max(worst, tracemalloc.get_traced_memory()[0] - base)
     finally:
         tracemalloc.stop()
-    assert list(window.order) == [bytes(u) for u in raw[-keep:]]
-    assert set(window.seen) == set(window.order)
-    # ~93 B per uuid (49 of them the bytes object); a dict trimmed from the
+    assert list(window.seen) == [bytes(u) for u in raw[-keep:]]
+    # ~85 B per uuid (49 of them the bytes object); a dict trimmed from the
     # front without compaction grows its table to 121 B per uuid
-    assert worst / keep < 105, worst / keep
+    assert worst / keep < 100, worst / keep

@@ -71,7 +71,7 @@ message on the next connection is acknowledged only once the original is.
 De-duplication is bounded in count and in time.  Per remote identifier the
 engine keeps the uuids of the last ``2 * window`` messages handed (a sender
 never has more than ``window`` unacknowledged, so every resend is among
-them; ~93 B each, ~0.75 MiB at the default window), and only while the peer
+them; ~85 B each, ~0.75 MiB at the default window), and only while the peer
 is connected or has been gone less than ``dedup_linger`` seconds: then its
 window is forgotten (``_gone``, checked by ``handle_timeout``), so a
 program that hears from many short-lived identifiers does not grow.  What

@@ -30,6 +30,7 @@ than the window it was told is cut off.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 
 from ._errors import UnexpectedFrameError
@@ -47,33 +48,30 @@ _RX_WAIT = "wait"
 class PeerWindow:
     """What was received from one remote identifier, across connections.
 
-    ``seen`` holds the last ``keep`` uuids handed, ``order`` the same uuids
-    oldest first (``trim()`` pops the oldest in O(1)).  Deleted keys leave
-    dead slots in a dict that CPython only reclaims by growing the table (to
-    32,768 slots for 8,192 live keys); once ``keep // 4`` uuids were trimmed,
-    ``trim()`` copies ``seen`` into a right-sized table.  A full window so
-    costs ~93 B per uuid (tracemalloc: the 16-byte ``bytes``, its table
-    slot, its ``order`` slot) instead of ~121, for one C-level copy of the
-    window per ``keep // 4`` messages handed.
+    ``seen`` is a dict used as an ordered set of the last ``keep`` uuids
+    handed (insertion order is arrival order, the oldest first).  Deleting
+    its oldest keys leaves dead slots at the front of the table, which
+    CPython reclaims only by growing it (to 32,768 slots for 8,192 live
+    keys) and which every look for the oldest key walks past; once
+    ``keep // 4`` keys were deleted, ``trim()`` copies ``seen`` into a
+    right-sized table.  A full window so costs ~85 B per uuid (tracemalloc:
+    the 16-byte ``bytes`` and its table slot) instead of ~121, for one
+    C-level copy of the window per ``keep // 4`` messages handed.
     """
 
-    __slots__ = ("dead", "keep", "order", "pending", "seen")
+    __slots__ = ("dead", "keep", "pending", "seen")
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
-        self.seen: dict[bytes, None] = {}  # the last `keep` uuids handed
-        self.order: deque[bytes] = deque()  # the same, oldest first
+        self.seen: dict[bytes, None] = {}  # handed, oldest first (a window of `keep`)
         self.pending: set[bytes] = set()  # received, not yet handed
         self.dead = 0  # keys deleted from `seen` since its table was last compacted
 
     def load(self, uuids: list[bytes] | tuple[bytes, ...]) -> None:
         """Restore the seen uuids a storage kept (oldest first)."""
         seen = self.seen
-        order = self.order
         for uuid in uuids[-self.keep :]:
-            if uuid not in seen:
-                seen[uuid] = None
-                order.append(uuid)
+            seen[uuid] = None
         self.trim()
 
     def trim(self) -> None:
@@ -81,13 +79,11 @@ class PeerWindow:
 
         Replaces ``seen`` when it compacts it: callers read ``self.seen``
         again after a call."""
-        order = self.order
-        excess = len(order) - self.keep
+        seen = self.seen
+        excess = len(seen) - self.keep
         if excess > 0:
-            seen = self.seen
-            popleft = order.popleft
-            for _ in range(excess):
-                del seen[popleft()]
+            for old in list(itertools.islice(seen, excess)):
+                del seen[old]
             self.dead += excess
             if self.dead >= max(self.keep >> 2, 64):
                 self.seen = dict(seen)  # a table sized for `keep`, the dead slots gone
@@ -162,15 +158,13 @@ class ReceiveWindow:
         order = self.order
         peer = self.peer
         seen = peer.seen
-        order_seen = peer.order.append
         pending = peer.pending
         for _ in range(count):
             entry = order.popleft()
             entry[1] = _RX_READY
             uuid = entry[0]
             assert isinstance(uuid, bytes)
-            seen[uuid] = None  # new: receive() delivers no uuid in seen or pending
-            order_seen(uuid)
+            seen[uuid] = None
             pending.discard(uuid)
             if batch is not None:
                 batch.seen.append((ident, uuid))
