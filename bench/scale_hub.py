@@ -150,7 +150,9 @@ def main() -> int:
             idle, peak = _recv_sync(n, each)
         else:
             idle, peak = anyio.run(_recv_anyio, n, each)
-        print(f"{sys.argv[2]} hub receiving {n} x {each}: peak RSS {peak:.1f} MiB (idle {idle:.1f})")
+        print(
+            f"{sys.argv[2]} hub receiving {n} x {each}: peak RSS {peak:.1f} MiB (idle {idle:.1f})"
+        )
         return 0
     print(anyio.run(_hub, int(sys.argv[1]), int(sys.argv[2])))
     return 0
