@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import anyio
+import anyio.abc
 import pytest
 from snakemq_anyio import (
     MemoryQueuesStorage,
@@ -14,6 +16,8 @@ from snakemq_anyio import (
     ReadingPaused,
     Receipt,
 )
+from snakemq_proto import MessageReceived
+from snakemq_proto.testing import capable_peer_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -204,3 +208,58 @@ async def test_cancelled_receives_lose_nothing() -> None:
             # still usable in both directions
             await alice.send_message("bob", Message(b"after", ttl=None))
             assert (await bob.receive())[1].data == b"after"
+
+
+async def _raw_peers(port: int, peers: int, each: int) -> list[anyio.abc.SocketStream]:
+    """``peers`` raw capable peers that each send ``each`` messages at once."""
+    socks = []
+    for i in range(peers):
+        sock = await anyio.connect_tcp("127.0.0.1", port)
+        uuids = [bytes([i, j]) * 8 for j in range(each)]
+        await sock.send(capable_peer_bytes(f"raw{i}", uuids))
+        socks.append(sock)
+    return socks
+
+
+async def test_a_full_inbox_holds_other_connections_bytes_undecoded() -> None:
+    # 20 connections each send 50 messages while nobody reads: the first
+    # reader fills the inbox (16); the others must not decode 50 more each
+    peers, each, high = 20, 50, 16
+    async with Messaging("srv", max_buffered=high) as srv:
+        with srv.events() as events:
+            _host, port = await srv.add_listener(("127.0.0.1", 0))
+            socks = await _raw_peers(port, peers, each)
+            try:
+                with anyio.fail_after(15):
+                    paused = set()
+                    async for event in events:
+                        if isinstance(event, ReadingPaused):
+                            paused.add(event.conn_id)
+                            if len(paused) == peers:
+                                break
+                assert len(srv._inbox) <= high + each  # one reader's chunk beyond the mark
+                with anyio.fail_after(15):
+                    for _ in range(peers * each):  # and nothing is lost
+                        await srv.receive()
+            finally:
+                for sock in socks:
+                    await sock.aclose()
+
+
+async def test_messages_taken_by_the_application_are_not_kept_by_readers() -> None:
+    peers, each = 20, 50
+    async with Messaging("srv") as srv:
+        _host, port = await srv.add_listener(("127.0.0.1", 0))
+        socks = await _raw_peers(port, peers, each)
+        try:
+            with anyio.fail_after(15):
+                for _ in range(peers * each):
+                    await srv.receive()
+            gc.collect()
+            alive = sum(type(o) is MessageReceived for o in gc.get_objects())
+            # a reader waiting for its next bytes held its last chunk's events
+            # (with 400 peers: every message received, after they were taken)
+            assert alive == 0
+        finally:
+            for sock in socks:
+                await sock.aclose()

@@ -11,6 +11,7 @@ PUBLIC = [
     "PersistentWithoutStorage",
     "bind_error",
     "CAP_ACK",
+    "DEFAULT_DEDUP_LINGER",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_KEEPALIVE_INTERVAL",
     "DEFAULT_KEEPALIVE_WAIT",

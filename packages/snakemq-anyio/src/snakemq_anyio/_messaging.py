@@ -9,8 +9,8 @@ batches.  All engine calls are synchronous and happen on the one event loop,
 so no lock is needed.
 
 ``Messaging`` is a facade: it owns the engine, routes the engine's events
-(``_dispatch``) and keeps the application's side (receipts, send pacing,
-``receive()``).  The work is done by objects that own their state:
+(``_dispatch``) and serves the application (``send_message``, ``receive()``).
+The work is done by objects that own their state:
 
 * ``Dialer`` (``_dialing.py``): per listener an accept loop, per connector a
   connect/reconnect loop, the TLS handshake of every new stream;
@@ -19,7 +19,9 @@ so no lock is needed.
 * ``StorageFlusher`` (``_flusher.py``): one task that applies the engine's
   storage batches in a worker thread, in order, grouped (group commit);
 * ``Inbox`` (``_inbox.py``): received messages waiting for ``receive()``,
-  and the backpressure on readers while it is full.
+  and the backpressure on readers while it is full;
+* ``Receipts`` (``_receipts.py``): the receipts of undelivered messages, and
+  the pacing of senders while a peer's queue is full.
 
 Two more tasks run here: the *timer*, which sleeps until
 ``engine.next_deadline()`` (or until woken because a deadline may have moved)
@@ -42,7 +44,6 @@ from typing import TypeVar
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import anyio.to_thread
 from snakemq_proto import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -82,7 +83,8 @@ from ._connection import CLOSE_FLUSH_TIMEOUT, RECEIVE_SIZE, Connection, Connecti
 from ._dialing import Dialer, TLSHandshakeError
 from ._flusher import StorageFlusher
 from ._inbox import Inbox
-from ._receipt import DeliveryError, MessageDroppedError, MessagingClosedError, Receipt
+from ._receipt import Receipt
+from ._receipts import Receipts
 from ._standby import LeaseKeeper, open_for
 from ._stream import EventStream, MessagingEvent
 from ._wakeup import Wakeup
@@ -242,12 +244,8 @@ class Messaging:
         )
         self._peers: dict[str, Connection] = {}  # identified connections by remote ident
         self._connected = Wakeup()  # a peer identified (wait_connected)
-        # undelivered receipts per peer, by uuid (their number paces senders)
-        self._receipts: dict[str, dict[bytes, Receipt]] = {}
+        self._receipts = Receipts(engine, self._check_running)
         self._subscribers: list[EventStream] = []
-        self._sends = 0
-        # send pacing: senders waiting for room in a peer's queue
-        self._queue_waiters: dict[str, anyio.Event] = {}
         self._timer_wakeup = Wakeup()
 
     # ------------------------------------------------------------- lifecycle
@@ -325,19 +323,9 @@ class Messaging:
         self._hand_taken()
         if self._flusher is not None:
             await self._flusher.close()
-        for receipt in [r for per_peer in self._receipts.values() for r in per_peer.values()]:
-            receipt._resolve(
-                MessagingClosedError(
-                    f"messaging closed before the message to {receipt.ident!r} was delivered",
-                    receipt.ident,
-                    receipt.uuid,
-                )
-            )
-        self._receipts.clear()
+        self._receipts.close()
         self._inbox.clear()
         self._connected.set()
-        for waiter in self._queue_waiters.values():
-            waiter.set()
         self._dialer.release_all()
         for stream in self._subscribers:
             stream._end()
@@ -345,6 +333,10 @@ class Messaging:
 
     def _is_running(self) -> bool:
         return self._state is _RUNNING
+
+    def _check_running(self) -> None:
+        if self._state is not _RUNNING:
+            self._running()
 
     def _running(self) -> anyio.abc.TaskGroup:
         if self._state is not _RUNNING or self._tg is None:
@@ -476,27 +468,11 @@ class Messaging:
                 continue
             if cls is MessageSent:
                 if event.settled:  # type: ignore[union-attr]  # a 1.6 peer: written settles it
-                    self._resolve(event.ident, event.uuid, None)  # type: ignore[union-attr, arg-type]
+                    receipts.resolve(event.ident, event.uuid)  # type: ignore[union-attr, arg-type]
             elif cls is MessageDelivered:
-                per_peer = receipts.get(event.ident)  # type: ignore[union-attr, arg-type]
-                if per_peer is not None:
-                    receipt = per_peer.pop(event.uuid, None)  # type: ignore[union-attr]
-                    if receipt is not None:
-                        receipt._resolve(None)
-                        if self._queue_waiters and self._engine.queue_has_room(receipt.ident):
-                            self._release_senders(receipt.ident)
+                receipts.resolve(event.ident, event.uuid)  # type: ignore[union-attr, arg-type]
             elif cls is MessageDropped:
-                assert isinstance(event, MessageDropped)
-                self._resolve(
-                    event.ident,
-                    event.uuid,
-                    MessageDroppedError(
-                        f"the TTL of the message to {event.ident!r} ran out before it was "
-                        "delivered",
-                        event.ident,
-                        event.uuid,
-                    ),
-                )
+                receipts.dropped(event.ident, event.uuid)  # type: ignore[union-attr, arg-type]
             elif cls is CloseConnection:
                 conn_id = event.conn_id  # type: ignore[union-attr]
                 self._conns.close(conn_id, error=conn_id == failed)
@@ -518,28 +494,12 @@ class Messaging:
         if received:
             inbox.arrived.set()
 
-    def _resolve(self, ident: str, uuid: bytes, error: DeliveryError | None) -> None:
-        per_peer = self._receipts.get(ident)
-        if per_peer is None:
-            return
-        receipt = per_peer.pop(uuid, None)
-        if receipt is None:
-            return
-        receipt._resolve(error)
-        if self._queue_waiters and self._engine.queue_has_room(ident):
-            self._release_senders(ident)
-
-    def _release_senders(self, ident: str) -> None:
-        waiter = self._queue_waiters.pop(ident, None)
-        if waiter is not None:
-            waiter.set()
-
     def _on_disconnected(self, event: PeerDisconnected) -> None:
         conn = self._peers.get(event.ident)
         if conn is not None and conn.conn_id == event.conn_id:
             del self._peers[event.ident]
         self._dialer.release(event.ident)  # held connectors redial
-        self._release_senders(event.ident)  # a peer that is away does not pace its senders
+        self._receipts.release(event.ident)  # a peer that is away does not pace its senders
         self._wake_timer()
 
     def _on_connected(self, event: PeerConnected) -> None:
@@ -576,24 +536,11 @@ class Messaging:
         """
         if self._state is not _RUNNING:
             self._running()
-        sends = self._sends = self._sends + 1
-        if not sends & 4095:
-            # let the connections run now and then in a tight send loop; rarely
-            # (a few ms of sends), so that each writer takes several messages
-            # per wake-up even when sends are spread over hundreds of peers:
-            # every 64 sends, hub CPU/message at 400 peers was 6x that at 10;
-            # every 4096 it is < 2x (bench/scale.py)
-            await anyio.lowlevel.checkpoint()
-        if self._engine.queue_full(ident):
-            await self._wait_queue_space(ident)
+        await self._receipts.pace(ident)
         conn = self._peers.get(ident)
-        per_peer = self._receipts.get(ident)
-        if per_peer is None:
-            per_peer = self._receipts[ident] = {}
         events = self._engine.send_message(ident, message, _monotonic())
         self._persistent_check.check(ident, message)
-        uuid = message.uuid
-        receipt = per_peer[uuid] = Receipt(ident, uuid)
+        receipt = self._receipts.add(ident, message.uuid)
         if events:
             self._dispatch(events)
         if conn is not None:
@@ -604,15 +551,6 @@ class Messaging:
         if flusher is not None and message.flags & FLAG_PERSISTENT:
             await flusher.wait_stored()
         return receipt
-
-    async def _wait_queue_space(self, ident: str) -> None:
-        while not self._engine.queue_has_room(ident):
-            waiter = self._queue_waiters.get(ident)
-            if waiter is None:
-                waiter = self._queue_waiters[ident] = anyio.Event()
-            await waiter.wait()
-            if self._state is not _RUNNING:
-                self._running()
 
     async def receive(self) -> tuple[str, Message]:
         """Wait for the next received message; return ``(sender ident, message)``.

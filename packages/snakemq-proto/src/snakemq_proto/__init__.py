@@ -25,7 +25,14 @@ from ._checks import (
     check_seconds,
 )
 from ._diagnostics import PersistentWithoutStorage, bind_error
-from ._engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_WINDOW, OUTPUT_HIGH_WATER, ConnState, Engine
+from ._engine import (
+    DEFAULT_DEDUP_LINGER,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_WINDOW,
+    OUTPUT_HIGH_WATER,
+    ConnState,
+    Engine,
+)
 from ._errors import (
     DuplicateIdentError,
     HandshakeTimeoutError,
@@ -110,6 +117,7 @@ from ._writer import StorageWriter
 __all__ = [
     "CAP_ACK",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DEDUP_LINGER",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_KEEPALIVE_INTERVAL",
     "DEFAULT_KEEPALIVE_WAIT",

@@ -70,6 +70,19 @@ identity binding, ``cert_idents``, tells peers apart.)
 A session closed while the application still holds messages it delivered
 stays reachable for ``handed()`` (``_closed_rx``): a resent copy of such a
 message on the next connection is acknowledged only once the original is.
+
+De-duplication is bounded in count and in time.  Per remote identifier the
+engine keeps the uuids of the last ``2 * window`` messages handed (a sender
+never has more than ``window`` unacknowledged, so every resend is among
+them; ~85 B each, ~0.75 MiB at the default window), and only while the peer
+is connected or has been gone less than ``dedup_linger`` seconds: then its
+window is forgotten (``_gone``, checked by ``handle_timeout``), so a
+program that hears from many short-lived identifiers does not grow.  What
+de-duplication promises: a copy received within those bounds is never
+handed twice; a copy of a message older than ``2 * window`` messages, or
+resent after its sender stayed away longer than ``dedup_linger``, may be
+handed again (at-least-once).  A storage keeps the last ``2 * window``
+uuids per identifier too, reloaded at a restart.
 """
 
 from __future__ import annotations
@@ -98,6 +111,7 @@ from ._wire import (
 )
 
 __all__ = [
+    "DEFAULT_DEDUP_LINGER",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_WINDOW",
     "OUTPUT_HIGH_WATER",
@@ -111,6 +125,10 @@ DEFAULT_WINDOW = 4096
 """Unacknowledged messages a peer accepts in flight towards it."""
 
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+DEFAULT_DEDUP_LINGER = 600.0
+"""Seconds a gone peer's de-duplication window is kept (``Engine.dedup_linger``)."""
+FORGET_BATCH = 256
+"""Gone peers' windows ``handle_timeout()`` forgets at most per call."""
 DEFAULT_UNIDENTIFIED_BUDGET = 16 * 1024 * 1024
 """Bytes all unidentified connections together may make an engine keep."""
 OUTPUT_HIGH_WATER = 512 * 1024
@@ -149,6 +167,10 @@ class Engine:
             handshake frame, ``HANDSHAKE_MAX_PACKET``, or ``HELD_MAX`` while
             it awaits a crossed-dial takeover); beyond it, the connection
             that asks for more is closed (``PacketTooLargeError``).
+        dedup_linger: seconds a peer's de-duplication window (the uuids of
+            the last ``2 * window`` messages it sent) outlives its last
+            connection; a copy it resends after reconnecting later than that
+            may be handed again.  Settable attribute.
         write_stall_timeout: seconds a write started with ``writing()`` may
             take before the connection is closed (``SlowReaderError``: the
             peer does not read); ``None`` (the default of this sans-IO core;
@@ -171,6 +193,7 @@ class Engine:
         max_queued: int | None = None,
         legacy: bool = False,
         unidentified_budget: int = DEFAULT_UNIDENTIFIED_BUDGET,
+        dedup_linger: float = DEFAULT_DEDUP_LINGER,
         write_stall_timeout: float | None = None,
         max_unidentified: int = DEFAULT_MAX_UNIDENTIFIED,
     ) -> None:
@@ -211,6 +234,7 @@ class Engine:
             raise ValueError(f"window must be 1..2**32-1 messages, got {window!r}")
         self.window = window
         self.dedup_window = 2 * window
+        self.dedup_linger = _check_seconds(dedup_linger, "dedup_linger")
         self.legacy = legacy
         self.report_sent = True
         """Emit ``MessageSent`` events; an I/O layer that nobody listens to
@@ -225,6 +249,7 @@ class Engine:
         self._queues: dict[str, PeerQueue] = {}
         self._on_disk: list[PeerQueue] = []  # restored queues with rows not read yet
         self._windows: dict[str, PeerWindow] = {}
+        self._gone: dict[str, float] = {}  # ident -> when its window's peer went away, oldest first
         self._ledger = StorageLedger(seen_keep=self.dedup_window)
         self._expiry = ExpiryTimer()
         hello: list[Frame] = (
@@ -255,6 +280,7 @@ class Engine:
             self._queue(ident).load(messages, now, events)
         for ident, uuids in seen.items():
             self._window(ident).load(list(uuids))
+            self._gone[ident] = now  # not connected: forgotten unless it comes back
         return events
 
     def restore(self, state: StoredState, now: float) -> list[Event]:
@@ -494,6 +520,10 @@ class Engine:
     def next_deadline(self) -> float | None:
         """The earliest time ``handle_timeout()`` has work, or ``None``."""
         deadline = self._expiry.next_deadline()
+        if self._gone:
+            forget = next(iter(self._gone.values())) + self.dedup_linger
+            if deadline is None or forget < deadline:
+                deadline = forget
         interval = self.keepalive_interval
         wait = self.keepalive_wait
         for session in self._conns.values():
@@ -519,6 +549,8 @@ class Engine:
         if self._unidentified.due is not None:
             events.extend(self._unidentified.take_closes())
         self._expiry.expire(now, events)
+        if self._gone:
+            self._forget_gone(now)
         interval = self.keepalive_interval
         wait = self.keepalive_wait
         timeout = self.handshake_timeout
@@ -628,6 +660,7 @@ class Engine:
         queue = self._queue(ident)
         queue.connect(now, events)
         self._by_ident[ident] = session
+        self._gone.pop(ident, None)
         rx = None if session.legacy else ReceiveWindow(self._window(ident), self.window)
         events.append(PeerConnected(session.conn_id, ident, session.legacy))
         return queue, rx
@@ -658,6 +691,9 @@ class Engine:
             challenger, session.challenger = session.challenger, None
             if challenger is not None and self._conns.get(challenger.conn_id) is challenger:
                 events.extend(challenger.take_over(now))
+            if ident in self._windows:
+                self._gone.pop(ident, None)
+                self._gone[ident] = now  # (the newest last)
             self._forget(ident)
 
     def _forget(self, ident: str) -> None:
@@ -674,6 +710,37 @@ class Engine:
             return
         self._queues.pop(ident, None)
         self._windows.pop(ident, None)
+        self._gone.pop(ident, None)
+
+    def _forget_gone(self, now: float) -> None:
+        """Forget the de-duplication windows of peers gone ``dedup_linger``
+        ago (at most ``FORGET_BATCH``; ``next_deadline()`` stays due while
+        more are).  A window still waiting for ``handed()`` is kept for
+        another ``dedup_linger``."""
+        gone = self._gone
+        due = now - self.dedup_linger
+        forgotten = 0
+        for _ in range(FORGET_BATCH):
+            if not gone:
+                break
+            ident, since = next(iter(gone.items()))
+            if since > due:
+                break
+            del gone[ident]
+            window = self._windows.get(ident)
+            if window is None or ident in self._by_ident:
+                continue
+            if window.pending:
+                gone[ident] = now
+                continue
+            del self._windows[ident]
+            self._forget(ident)
+            forgotten += 1
+        if forgotten and len(self._windows) <= forgotten:
+            # dicts keep their tables when emptied: give the memory back
+            self._windows = dict(self._windows)
+            self._queues = dict(self._queues)
+            self._gone = dict(gone)
 
     def _queue(self, ident: str) -> PeerQueue:
         queue = self._queues.get(ident)

@@ -1,5 +1,5 @@
 """Real resources for tests (yours and ours): a throwaway PostgreSQL server,
-and a small file system that can fill up.
+a small file system that can fill up, and the bytes of a raw capable peer.
 
 ``TestPostgres(directory)`` runs a real PostgreSQL on 127.0.0.1 with a
 password (``scram-sha-256``), so URLs with wrong credentials are refused as
@@ -25,13 +25,27 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ._wire import (
+    CAP_ACK,
+    Ack,
+    Capabilities,
+    Identification,
+    MessageFrame,
+    PacketDecoder,
+    ProtocolVersion,
+    decode_frame,
+    encode_packet,
+)
+
 __all__ = [
     "TestPostgres",
+    "acked",
+    "capable_peer_bytes",
     "cut_holder_and_take_over",
     "postgres_bin_dir",
     "postgres_fixtures",
@@ -337,6 +351,21 @@ def small_fs(size: str = "2m") -> Iterator[Path]:
 def remount_read_only(where: Path) -> None:
     """Remount a ``small_fs`` read-only."""
     subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+
+def capable_peer_bytes(ident: str, uuids: Iterable[bytes], window: int = 16) -> bytes:
+    """What a raw capable peer ``ident`` writes to say hello and send one
+    message per uuid (its payload the uuid, TTL infinite)."""
+    hello = (ProtocolVersion(), Capabilities(CAP_ACK, window), Identification(ident))
+    out = b"".join(encode_packet(frame.encode()) for frame in hello)
+    return out + b"".join(encode_packet(MessageFrame(u, None, 0, u).encode()) for u in uuids)
+
+
+def acked(decoder: PacketDecoder, data: bytes, uuid: bytes) -> bool:
+    """Feed ``data`` read from the other side to ``decoder``: whether an ACK
+    up to ``uuid`` came."""
+    frames = (decode_frame(packet) for packet in decoder.feed(data))
+    return any(isinstance(f, Ack) and f.last_uuid == uuid for f in frames)
 
 
 def store_backlog(path: str | os.PathLike[str], ident: str, count: int, ttl: float | None) -> None:
