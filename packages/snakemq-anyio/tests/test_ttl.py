@@ -71,6 +71,9 @@ async def test_mass_expiry_of_stored_messages_does_not_stall_the_loop(tmp_path: 
             )
         )
     async with Messaging("a", storage=db) as a, Messaging("b") as b:
+        # subscribed before anything awaits: the TTLs run from the load, and a
+        # loaded machine may take longer than them to connect
+        events = a.events(max_buffered=n)
         _, port = await a.add_listener(("127.0.0.1", 0))
         await b.add_connector(("127.0.0.1", port))
         with anyio.fail_after(10):
@@ -79,7 +82,7 @@ async def test_mass_expiry_of_stored_messages_does_not_stall_the_loop(tmp_path: 
 
         async def count_drops() -> None:
             nonlocal dropped
-            with a.events(max_buffered=n) as events:
+            with events:
                 async for event in events:
                     if isinstance(event, MessageDropped):
                         dropped += 1
