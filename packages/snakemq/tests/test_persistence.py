@@ -40,11 +40,17 @@ SENDER = textwrap.dedent(
     messaging = snakemq.messaging.Messaging(
         "sender", "", snakemq.packeter.Packeter(link), storage
     )
-    print("standby", messaging.standby, flush=True)
+    said = threading.Lock()
+
+    def say(*words):  # one line at a time: the loop and the producer both print
+        with said:
+            print(*words, flush=True)
+
+    say("standby", messaging.standby)
 
     def delivered(ident, uuid):
         if not messaging.queued("receiver"):
-            print("empty", flush=True)
+            say("empty")
             if count == 0:
                 link.stop()  # the loop applies the last deletes, then returns
 
@@ -55,11 +61,11 @@ SENDER = textwrap.dedent(
             messaging.send_message(
                 "receiver", Message(b"%s%d" % (tag, i), ttl=None, flags=FLAG_PERSISTENT)
             )
-            print(i, flush=True)  # durable now
+            say(i)  # durable now
             if i == kill_at:  # crash with messages in flight and unacknowledged
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    print("queued", len(messaging.queued("receiver")), flush=True)
+    say("queued", len(messaging.queued("receiver")))
     threading.Thread(target=produce, daemon=True).start()
     link.add_connector(("127.0.0.1", port))
     link.loop()

@@ -48,7 +48,7 @@ def test_sigkill_of_sender_three_times_loses_nothing(
         finally:
             proc.kill()
             proc.wait()
-        # lines of two threads may interleave: the last durable number counts
+        # the sender prints each durable number; the last one counts
         last_durable = max(int(line) for line in lines if line.isdigit())
         assert last_durable == 600
         durable |= {b"%s%d" % (tag.encode(), i) for i in range(last_durable + 1)}
@@ -94,7 +94,7 @@ def test_standby_takes_over_a_killed_holder_mid_stream(
         failover = time.monotonic() - killed
         print(f"failover: holder killed -> standby connected in {failover:.2f} s")
         assert failover < 10.0
-        # lines of two threads may interleave: the last durable number counts
+        # the sender prints each durable number; the last one counts
         last_durable = max(int(line) for line in seen if line.isdigit())
         assert last_durable >= 300
         durable = {b"%d" % i for i in range(last_durable + 1)}
