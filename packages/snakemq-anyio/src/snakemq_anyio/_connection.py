@@ -202,7 +202,7 @@ class Connections:
                 if events:
                     dispatch(events)
                 conn.kick()
-                if keepalive:
+                if keepalive and engine.read_moved_deadline(conn_id):
                     # an answered ping brings the next ping deadline forward
                     self._wake_timer()
                 if request_flush is not None:
