@@ -129,3 +129,28 @@ async def test_keepalive_is_on_by_default() -> None:
             deadline = alice._engine.next_deadline()
             assert deadline is not None  # the ping is scheduled
             assert 0 < deadline - time.monotonic() <= DEFAULT_KEEPALIVE_INTERVAL
+
+
+async def test_an_answered_ping_brings_the_next_one_forward() -> None:
+    # the pong's deadline (3 s) is far past the next ping (0.05 s after the
+    # pong): the timer, asleep until the pong's deadline, is woken by the read
+    async with Messaging("alice", keepalive_interval=0.05, keepalive_wait=3.0) as alice:
+        host, port = await alice.add_listener(("127.0.0.1", 0))
+        async with await anyio.connect_tcp(host, port) as peer:
+            await peer.send(hello("answers"))
+            decoder = PacketDecoder()
+            pings = 0
+
+            async def answer_until(count: int) -> None:
+                nonlocal pings
+                while pings < count:
+                    for packet in decoder.feed(await peer.receive()):
+                        if bytes(packet) == Ping().encode():
+                            pings += 1
+                            await peer.send(encode_packet(Pong().encode()))
+
+            with anyio.fail_after(10):
+                await answer_until(1)
+                start = time.monotonic()
+                await answer_until(5)  # four more rounds: ~0.2 s, not 4 x 3 s
+            assert time.monotonic() - start < 2.5

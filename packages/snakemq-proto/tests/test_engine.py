@@ -620,6 +620,31 @@ def test_keepalive_ping_pong(clock: Clock) -> None:
     assert a.handle_timeout(clock.now + 2) == []
 
 
+def test_read_moved_deadline_only_when_a_read_brings_the_deadline_forward(
+    clock: Clock,
+) -> None:
+    # wait > interval: an answered ping brings the next ping before the pong's deadline
+    a = Engine("alice", keepalive_interval=10, keepalive_wait=20)
+    link = pair(clock, a)
+    conn = link.a.conn_id
+    a.next_deadline()  # what a timer sleeps until
+    clock.advance(1)
+    link.b.engine.send_message("alice", Message(b"x", ttl=None), clock.now)
+    link.pump()
+    assert not a.read_moved_deadline(conn)  # it only moved the next ping later
+    clock.advance(10)
+    a.handle_timeout(clock.now)
+    assert frames_of(a.data_to_send(conn)) == [Ping()]
+    a.data_sent(conn, 5)
+    assert a.next_deadline() == clock.now + 20
+    link.b.record(link.b.engine.receive_data(link.b.conn_id, packets(Ping()), clock.now))
+    clock.advance(1)
+    a.receive_data(conn, link.b.engine.data_to_send(link.b.conn_id), clock.now)
+    assert a.read_moved_deadline(conn)  # next ping at +10, before the pong's +19
+    assert a.next_deadline() == clock.now + 10
+    assert a.read_moved_deadline("no such connection")  # unknown: wake, as before
+
+
 def test_any_received_bytes_count_as_life(clock: Clock) -> None:
     a = Engine("alice", keepalive_interval=10, keepalive_wait=2)
     link = pair(clock, a)

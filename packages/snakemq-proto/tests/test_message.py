@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 import uuid as uuidlib
 
 import attrs
@@ -45,6 +47,43 @@ def test_generated_uuids_are_version_4_and_unique() -> None:
         assert parsed.version == 4
         assert parsed.variant == uuidlib.RFC_4122
     assert uuidlib.UUID(bytes=new_uuid()).version == 4
+
+
+def test_uuids_are_version_4_across_batches_and_threads() -> None:
+    # more than one batch of pre-made uuids, taken by several threads at once
+    taken: list[list[bytes]] = [[] for _ in range(4)]
+
+    def take(out: list[bytes]) -> None:
+        out.extend(Message(b"").uuid for _ in range(700))
+
+    threads = [threading.Thread(target=take, args=(out,)) for out in taken]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    uuids = [u for out in taken for u in out] + [new_uuid() for _ in range(300)]
+    assert len(set(uuids)) == len(uuids) == 3100
+    for raw in uuids:
+        parsed = uuidlib.UUID(bytes=raw)
+        assert parsed.version == 4 and parsed.variant == uuidlib.RFC_4122
+
+
+def test_a_forked_child_does_not_reuse_the_parents_uuids() -> None:
+    Message(b"")  # a batch is made: the rest of it waits in this process
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next uuids, to the parent
+        try:
+            os.write(write_end, b"".join(Message(b"").uuid for _ in range(10)))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    parent = b"".join(Message(b"").uuid for _ in range(10))
+    assert len(child) == 160
+    assert child != parent
 
 
 def test_given_uuid_is_kept() -> None:

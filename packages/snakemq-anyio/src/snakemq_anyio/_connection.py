@@ -212,7 +212,7 @@ class Connections:
                 # peers: the whole traffic) after the application took them
                 del data, events
                 conn.kick()
-                if keepalive:
+                if keepalive and engine.read_moved_deadline(conn_id):
                     # an answered ping brings the next ping deadline forward
                     self._wake_timer()
                 if request_flush is not None:

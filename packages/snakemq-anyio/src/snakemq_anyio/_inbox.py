@@ -5,12 +5,15 @@ over its limit (``full()``) stops reading its socket until the application
 drained it to the low-water mark (``wait_for_space()``); the sender's window
 (messages are acknowledged only once taken) and TCP then hold the sender
 back.  What the application took is counted per connection (``handed``) until
-the acker hands the counts to the engine, which acknowledges in batches.
+it is handed to the engine, which acknowledges in batches: at once when the
+take emptied the buffer (``hand``: no task to wake for the common request /
+reply), else by the acker task once the application yields.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from snakemq_proto import Message, MessageReceived
 
@@ -29,13 +32,19 @@ class Inbox:
         "_low",
         "_low_bytes",
         "arrived",
+        "hand",
         "nbytes",
         "rx",
         "space",
         "taken",
     )
 
-    def __init__(self, max_buffered: int, max_buffered_bytes: int) -> None:
+    def __init__(
+        self,
+        max_buffered: int,
+        max_buffered_bytes: int,
+        hand: Callable[[], None] | None = None,
+    ) -> None:
         self.rx: deque[MessageReceived] = deque()
         self.nbytes = 0  # payload bytes in ``rx``
         self._high = max_buffered
@@ -46,6 +55,7 @@ class Inbox:
         self.arrived = Wakeup()  # messages were pushed
         self.space = Wakeup()  # the buffer drained to the low-water mark
         self.taken = Wakeup()  # the application took messages (the acker runs)
+        self.hand = hand  # hands what was taken to the engine now (no await)
 
     def __len__(self) -> int:
         return len(self.rx)
@@ -92,7 +102,11 @@ class Inbox:
         return batch
 
     def _after_take(self) -> None:
-        self.taken.set()
+        hand = self.hand
+        if hand is not None and not self.rx:
+            hand()  # the buffer is empty: nothing more to batch with
+        else:
+            self.taken.set()
         if self.space.waiting and len(self.rx) <= self._low and self.nbytes <= self._low_bytes:
             self.space.set()
 

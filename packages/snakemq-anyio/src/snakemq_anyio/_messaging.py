@@ -27,7 +27,8 @@ Two more tasks run here: the *timer*, which sleeps until
 ``engine.next_deadline()`` (or until woken because a deadline may have moved)
 and calls ``engine.handle_timeout``, and the *acker*, which calls
 ``engine.handed()`` for the messages the application took since it last ran
-(acknowledgements are batched).  Tasks sleep on ``Wakeup``s (``_wakeup.py``).
+(acknowledgements are batched; a take that empties the inbox hands at once,
+without waking it).  Tasks sleep on ``Wakeup``s (``_wakeup.py``).
 
 Time given to the engine is ``time.monotonic()`` throughout; the timer turns
 deadlines into relative sleeps.
@@ -222,7 +223,7 @@ class Messaging:
         self._tg: anyio.abc.TaskGroup | None = None
         self._flusher: StorageFlusher | None = None  # made when entered
         self._keeper: LeaseKeeper | None = None  # a holder's lease checks
-        self._inbox = Inbox(max_buffered, max_buffered_bytes)
+        self._inbox = Inbox(max_buffered, max_buffered_bytes, self._hand_taken)
         self._conns = Connections(
             engine,
             self._inbox,

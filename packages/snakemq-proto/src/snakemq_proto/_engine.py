@@ -484,6 +484,24 @@ class Engine:
             return []
         return session.receive_data(data, now)
 
+    def read_moved_deadline(self, conn_id: str) -> bool:
+        """After ``receive_data(conn_id)``: whether ``next_deadline()`` may now
+        be earlier than it last answered (an answered ping brings the next
+        ping forward; a handshake step changes the deadline): an I/O layer
+        whose timer sleeps until that answer must wake it.
+
+        False for the common read on an identified connection with no ping
+        outstanding: it only moves that connection's keepalive deadline later.
+        """
+        session = self._conns.get(conn_id)
+        if session is None or session.state is not ConnState.ACTIVE:
+            return True
+        deadline = session.next_deadline(self.keepalive_interval, self.keepalive_wait)
+        if deadline is None:
+            return False
+        last = self._last_deadline
+        return last is None or deadline < last
+
     def handed(self, conn_id: str, count: int) -> None:
         """``count`` messages received on ``conn_id`` (in the order of their
         ``MessageReceived`` events) reached the application.

@@ -31,15 +31,37 @@ MAX_FLAGS = 0xFFFFFFFF
 # uuids only have to be unique, not secret (de-duplication is per remote peer,
 # so a peer can only ever shadow its own messages): a generator seeded from the
 # OS once per process (and again in a forked child) costs no syscall per message.
+# uuids are made _UUID_BATCH at a time (one big random number, masked into
+# the version 4 layout at once, cut into 16-byte pieces) and handed out with
+# list.pop(), which is atomic under the GIL: a message costs no random call.
 _rng = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
+_UUID_BATCH = 256
 _UUID_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID_SET = (0x4 << 76) | (0x2 << 62)  # version 4, RFC 4122 variant
+_BATCH_CLEAR = sum(_UUID_CLEAR << (128 * i) for i in range(_UUID_BATCH))
+_BATCH_SET = sum(_UUID_SET << (128 * i) for i in range(_UUID_BATCH))
+_uuids: list[bytes] = []
+_uuids_pop = _uuids.pop
+
+
+def _reseed() -> None:
+    _rng.seed(os.urandom(32))
+    _uuids.clear()  # the parent's unused ones must not be used twice
+
+
+os.register_at_fork(after_in_child=_reseed)
 
 
 def new_uuid() -> bytes:
     """Return 16 random bytes in the layout of a version 4 UUID."""
-    return ((_rng.getrandbits(128) & _UUID_CLEAR) | _UUID_SET).to_bytes(16, "big")
+    try:
+        return _uuids_pop()
+    except IndexError:
+        raw = ((_rng.getrandbits(128 * _UUID_BATCH) & _BATCH_CLEAR) | _BATCH_SET).to_bytes(
+            16 * _UUID_BATCH, "big"
+        )
+        _uuids.extend([raw[i : i + 16] for i in range(0, 16 * _UUID_BATCH, 16)])
+        return _uuids_pop()
 
 
 def check_ttl(ttl: object, name: str = "ttl") -> float | None:
@@ -157,7 +179,10 @@ class Message:
         if type(flags) is not int or not 0 <= flags <= MAX_FLAGS:
             _check_flags(self, None, flags)
         if uuid is None:
-            uuid = new_uuid()
+            try:  # new_uuid(), inline
+                uuid = _uuids_pop()
+            except IndexError:
+                uuid = new_uuid()
         elif type(uuid) is not bytes or len(uuid) != UUID_LENGTH:
             uuid = _convert_uuid(uuid)
         _set_data(self, data)

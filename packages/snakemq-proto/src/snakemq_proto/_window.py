@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from typing import Any
 
 from ._errors import UnexpectedFrameError
-from ._events import Event, _received
+from ._events import Event, MessageReceived, _new, _rx_conn, _rx_ident, _rx_message
 from ._message import Message
 from ._storage import StorageBatch
 from ._wire import encode_ack_packet
@@ -103,8 +104,9 @@ class ReceiveWindow:
     def __init__(self, peer: PeerWindow, size: int) -> None:
         self.peer = peer
         self.size = size
-        self.unready: deque[list[object]] = deque()  # [uuid, state], arrival order
-        self.order: deque[list[object]] = deque()  # the _RX_UNHANDED entries, in order
+        # entries are [uuid: bytes, state]: typed Any, the hot loops test no types
+        self.unready: deque[list[Any]] = deque()  # arrival order
+        self.order: deque[list[Any]] = deque()  # the _RX_UNHANDED entries, in order
         self.ack_count = 0  # messages acknowledgeable, not yet in an ACK
         self.ack_last = b""
 
@@ -143,10 +145,14 @@ class ReceiveWindow:
                     self.ack_last = uuid
                 continue
             pending.add(uuid)
-            entry: list[object] = [uuid, _RX_UNHANDED]
+            entry: list[Any] = [uuid, _RX_UNHANDED]
             unready.append(entry)
             order.append(entry)
-            append(_received(conn_id, ident, message))
+            event: MessageReceived = _new(MessageReceived)  # _received(), inline
+            _rx_conn(event, conn_id)
+            _rx_ident(event, ident)
+            _rx_message(event, message)
+            append(event)
 
     def unhanded(self) -> int:
         """Messages delivered and not yet handed."""
@@ -163,7 +169,6 @@ class ReceiveWindow:
             entry = order.popleft()
             entry[1] = _RX_READY
             uuid = entry[0]
-            assert isinstance(uuid, bytes)
             seen[uuid] = None
             pending.discard(uuid)
             if batch is not None:
@@ -183,7 +188,6 @@ class ReceiveWindow:
                 break
             unready.popleft()
             self.ack_count += 1
-            assert isinstance(uuid, bytes)
             self.ack_last = uuid
 
     def take_ack(self) -> bytes:

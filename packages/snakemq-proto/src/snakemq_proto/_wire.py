@@ -392,6 +392,7 @@ def encode_messages(
     """
     pack = _PACKET_HEAD.pack
     extra = _PACKET_HEAD_SIZE - 4  # the packet header is not in the length
+    head_size = _PACKET_HEAD_SIZE
     count = 0
     for item in items:
         if size >= limit:
@@ -405,9 +406,10 @@ def encode_messages(
             wire_ttl = int(ttl)
             if wire_ttl > MAX_TTL:  # a finite TTL never reads as infinite
                 wire_ttl = MAX_TTL
-        out.append(pack(len(data) + extra, FRAME_MESSAGE, msg.uuid, wire_ttl, msg.flags))
+        length = len(data)
+        out.append(pack(length + extra, FRAME_MESSAGE, msg.uuid, wire_ttl, msg.flags))
         out.append(data)
-        size += len(data) + _PACKET_HEAD_SIZE
+        size += length + head_size
         ends.append((offset + size, item))
         count += 1
     return count, size

@@ -45,6 +45,7 @@ from snakemq_proto import (
     DEFAULT_MAX_UNIDENTIFIED,
     DEFAULT_WINDOW,
     DEFAULT_WRITE_STALL_TIMEOUT,
+    FLAG_PERSISTENT,
     CloseConnection,
     Engine,
     ErrorOccurred,
@@ -325,7 +326,8 @@ class Messaging:
                 finally:
                     self._waiting -= 1
             events = engine.send_message(ident, message, time.monotonic())
-            self._persistent_check.check(ident, message)
+            if message.flags & FLAG_PERSISTENT:  # warns once without a storage
+                self._persistent_check.check(ident, message)
             if events:
                 self._deferred.extend(events)
             if self._writer is not None:
