@@ -37,6 +37,7 @@ import enum
 import logging
 import os
 import time
+import weakref
 from types import TracebackType
 from typing import TypeVar
 
@@ -242,8 +243,10 @@ class Messaging:
         )
         self._peers: dict[str, Connection] = {}  # identified connections by remote ident
         self._connected = Wakeup()  # a peer identified (wait_connected)
-        # undelivered receipts per peer, by uuid (their number paces senders)
-        self._receipts: dict[str, dict[bytes, Receipt]] = {}
+        # undelivered receipts per peer, by uuid, while the caller holds them:
+        # a producer that drops its receipts keeps nothing per message (a
+        # queue past the window keeps its messages on disk only)
+        self._receipts: dict[str, weakref.WeakValueDictionary[bytes, Receipt]] = {}
         self._subscribers: list[EventStream] = []
         self._sends = 0
         # send pacing: senders waiting for room in a peer's queue
@@ -483,8 +486,8 @@ class Messaging:
                     receipt = per_peer.pop(event.uuid, None)  # type: ignore[union-attr]
                     if receipt is not None:
                         receipt._resolve(None)
-                        if self._queue_waiters and self._engine.queue_has_room(receipt.ident):
-                            self._release_senders(receipt.ident)
+                if self._queue_waiters and self._engine.queue_has_room(event.ident):  # type: ignore[union-attr, arg-type]
+                    self._release_senders(event.ident)  # type: ignore[union-attr, arg-type]
             elif cls is MessageDropped:
                 assert isinstance(event, MessageDropped)
                 self._resolve(
@@ -520,12 +523,9 @@ class Messaging:
 
     def _resolve(self, ident: str, uuid: bytes, error: DeliveryError | None) -> None:
         per_peer = self._receipts.get(ident)
-        if per_peer is None:
-            return
-        receipt = per_peer.pop(uuid, None)
-        if receipt is None:
-            return
-        receipt._resolve(error)
+        receipt = None if per_peer is None else per_peer.pop(uuid, None)
+        if receipt is not None:
+            receipt._resolve(error)
         if self._queue_waiters and self._engine.queue_has_room(ident):
             self._release_senders(ident)
 
@@ -589,7 +589,7 @@ class Messaging:
         conn = self._peers.get(ident)
         per_peer = self._receipts.get(ident)
         if per_peer is None:
-            per_peer = self._receipts[ident] = {}
+            per_peer = self._receipts[ident] = weakref.WeakValueDictionary()
         events = self._engine.send_message(ident, message, _monotonic())
         self._persistent_check.check(ident, message)
         uuid = message.uuid
