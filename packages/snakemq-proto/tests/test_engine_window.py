@@ -211,3 +211,124 @@ def test_a_storage_that_cannot_read_windows_loads_everything(clock: Clock) -> No
     a.restore(state, clock.now)
     assert [m.uuid for m in a.queued("bob")] == [m.uuid for m in ms]
     assert a.fill_requests() == []
+
+
+# ---------------------------------------------------------------- live spill
+
+
+def persistent(prefix: bytes, n: int, ttl: float | None = None) -> list[Message]:
+    return [Message(prefix + b"%d" % i, ttl=ttl, flags=FLAG_PERSISTENT) for i in range(n)]
+
+
+def send_all(a: Engine, storage: SqliteQueuesStorage, clock: Clock, ms: list[Message]) -> None:
+    """Send each message and apply its batch, as send_message does."""
+    for m in ms:
+        assert a.send_message("bob", m, clock.now) == []
+        serve(a, storage, clock)
+
+
+def test_live_persistent_sends_past_the_window_go_to_disk_and_come_back_in_order(
+    storage: SqliteQueuesStorage, clock: Clock
+) -> None:
+    a, _ = restored(storage, clock)  # an empty file: nothing on disk yet
+    ms = persistent(b"m", 10 * W + 3)
+    send_all(a, storage, clock, ms)
+    assert [m.uuid for m in a.queued("bob")] == [m.uuid for m in ms[:W]]
+    assert [m.uuid for m in storage.load().queues["bob"]] == [m.uuid for m in ms]
+    link = Link(a, Engine("bob"), clock).connect()
+    peak: list[int] = []
+    run(link, storage, peak)
+    assert [m.uuid for m in link.b.received] == [m.uuid for m in ms]
+    assert max(peak) <= W
+    assert storage.load().queues == {}
+    # the queue spills again once it is full again
+    more = persistent(b"n", 3 * W)
+    link.disconnect()
+    send_all(a, storage, clock, more)
+    assert len(a.queued("bob")) == W
+    link = Link(a, link.b.engine, clock).connect()
+    run(link, storage, [])
+    assert [m.uuid for m in link.b.received] == [m.uuid for m in more]
+    assert storage.load().queues == {}
+
+
+def test_sends_to_a_restored_queue_go_to_disk_after_its_rows(
+    storage: SqliteQueuesStorage, clock: Clock
+) -> None:
+    old = stored(storage, "bob", 3 * W, None)
+    a, _ = restored(storage, clock)
+    new = persistent(b"n", 3 * W)
+    send_all(a, storage, clock, new)
+    assert len(a.queued("bob")) == W
+    link = Link(a, Engine("bob"), clock).connect()
+    run(link, storage, [])
+    assert [m.uuid for m in link.b.received] == [m.uuid for m in old + new]
+
+
+def test_a_read_that_runs_before_the_spilled_rows_are_applied_does_not_lose_them(
+    storage: SqliteQueuesStorage, clock: Clock
+) -> None:
+    # async I/O: a read may run while a batch with spilled rows waits
+    a, _ = restored(storage, clock)
+    ms = persistent(b"m", 2 * W)
+    for m in ms:
+        a.send_message("bob", m, clock.now)
+    held = a.take_storage_batch()  # not applied yet
+    assert held is not None and len(held.spill) == W
+    link = Link(a, Engine("bob"), clock).connect()
+    link.pump()
+    requests = a.fill_requests()
+    assert requests  # the head went out: the spilled rows are wanted
+    for r in requests:
+        assert a.filled(r, storage.read_queue(r.ident, r.after, r.end, r.count), clock.now) == []
+    storage.apply(held)
+    run(link, storage, [])
+    assert [m.uuid for m in link.b.received] == [m.uuid for m in ms]
+    assert storage.load().queues == {}
+
+
+def test_spilled_rows_keep_the_deadline_they_had_when_sent(
+    storage: SqliteQueuesStorage, clock: Clock
+) -> None:
+    a, _ = restored(storage, clock)
+    first = persistent(b"f", W, ttl=10.0)
+    send_all(a, storage, clock, first)  # in memory, run out at 10
+    clock.advance(5)
+    later = persistent(b"l", W, ttl=10.0)
+    send_all(a, storage, clock, later)  # on disk, run out at 15
+    clock.advance(6)
+    events = a.handle_timeout(clock.now) + serve(a, storage, clock)[1]
+    assert events == [MessageDropped("bob", m.uuid) for m in first]
+    link = Link(a, Engine("bob"), clock).connect()
+    run(link, storage, [])
+    assert [(m.uuid, m.ttl) for m in link.b.received] == [(m.uuid, 4.0) for m in later]
+    assert storage.load().queues == {}
+
+
+def test_a_non_persistent_message_waits_for_the_spilled_ones_sent_before_it(
+    storage: SqliteQueuesStorage, clock: Clock
+) -> None:
+    a, _ = restored(storage, clock)
+    head = persistent(b"h", W)
+    spilled = persistent(b"s", 2)
+    volatile = Message(b"v", ttl=None)
+    after = persistent(b"a", 2)
+    send_all(a, storage, clock, [*head, *spilled, volatile, *after])
+    link = Link(a, Engine("bob"), clock).connect()
+    run(link, storage, [])
+    # documented: persistent ones sent after it go to disk and overtake it
+    assert [m.uuid for m in link.b.received] == [
+        m.uuid for m in [*head, *spilled, *after, volatile]
+    ]
+
+
+def test_purge_deletes_the_spilled_rows(storage: SqliteQueuesStorage, clock: Clock) -> None:
+    a, _ = restored(storage, clock)
+    ms = persistent(b"m", 3 * W)
+    send_all(a, storage, clock, ms)
+    assert a.purge("bob") == [m.uuid for m in ms[:W]]
+    serve(a, storage, clock)
+    assert storage.load().queues == {}
+    assert a.queue_idents() == []
+    send_all(a, storage, clock, ms[:2])  # a new queue, in memory again
+    assert [m.uuid for m in a.queued("bob")] == [m.uuid for m in ms[:2]]

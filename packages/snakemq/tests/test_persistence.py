@@ -3,6 +3,7 @@ process loses nothing and delivers nothing twice."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,11 +88,13 @@ def run_sender(
     )
 
 
-def lines_until(proc: subprocess.Popen[str], predicate: object) -> list[str]:
-    """Read the process's lines until ``predicate(line)`` holds (bounded by WAIT)."""
+def lines_until(
+    proc: subprocess.Popen[str], predicate: object, wait: float = WAIT * 2
+) -> list[str]:
+    """Read the process's lines until ``predicate(line)`` holds (bounded by ``wait``)."""
     assert proc.stdout is not None
     seen: list[str] = []
-    timer = threading.Timer(WAIT * 2, proc.kill)
+    timer = threading.Timer(wait, proc.kill)
     timer.start()
     try:
         for line in proc.stdout:
@@ -303,6 +307,7 @@ WINDOWED_SENDER = textwrap.dedent(
     """
     import os, sys, time
     import snakemq.link, snakemq.packeter, snakemq.messaging
+    from snakemq.message import Message, FLAG_PERSISTENT
     from snakemq.storage.sqlite import SqliteQueuesStorage
 
     def rss():  # resident bytes, from /proc/self/statm
@@ -310,6 +315,7 @@ WINDOWED_SENDER = textwrap.dedent(
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     port, db = int(sys.argv[1]), sys.argv[2]
+    live = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # sends before connecting
     base = rss()
     link = snakemq.link.Link()
     link.reconnect_interval = 0.05
@@ -319,6 +325,13 @@ WINDOWED_SENDER = textwrap.dedent(
     )
     ready = time.monotonic() - started
     print("loaded", rss() - base, ready, len(messaging.queued("receiver")), flush=True)
+    if live:
+        base = rss()
+        for i in range(live):  # the receiver is away: nothing is delivered meanwhile
+            messaging.send_message(
+                "receiver", Message(b"%06d" % i + b"x" * 94, ttl=3600, flags=FLAG_PERSISTENT)
+            )
+        print("sent", rss() - base, len(messaging.queued("receiver")), flush=True)
     peak = [0]
     count = [0]
 
@@ -337,6 +350,33 @@ WINDOWED_SENDER = textwrap.dedent(
     link.loop()
     """
 )
+
+
+@contextlib.contextmanager
+def windowed_sender(tmp_path: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``WINDOWED_SENDER`` with ``args``; killed and reaped at exit."""
+    script = tmp_path / "windowed_sender.py"
+    script.write_text(WINDOWED_SENDER)
+    sender = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    try:
+        yield sender
+    finally:
+        sender.kill()
+        sender.wait()
+        assert sender.stdout is not None
+        sender.stdout.close()
+
+
+def drained(sender: subprocess.Popen[str], wait: float = WAIT * 2) -> None:
+    """The sender emptied its queue with its RSS growth bounded, and exited."""
+    peak = int(lines_until(sender, lambda line: line.startswith("empty"), wait)[-1].split()[1])
+    assert peak < 40 * 2**20, f"delivering grew RSS by {peak / 2**20:.0f} MiB"
+    assert sender.wait(WAIT) == 0
 
 
 def test_a_restored_backlog_is_held_through_a_window_not_whole(
@@ -362,29 +402,42 @@ def test_a_restored_backlog_is_held_through_a_window_not_whole(
 
     receiver.messaging.on_message_recv.add(recv)
     receiver.start()
-    script = tmp_path / "windowed_sender.py"
-    script.write_text(WINDOWED_SENDER)
-    sender = subprocess.Popen(
-        [sys.executable, str(script), str(port), str(db)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    try:
+    with windowed_sender(tmp_path, str(port), str(db)) as sender:
         loaded = lines_until(sender, lambda line: line.startswith("loaded"))[-1].split()
         grown, ready, queued = int(loaded[1]), float(loaded[2]), int(loaded[3])
         assert grown < 30 * 2**20, f"loading grew RSS by {grown / 2**20:.0f} MiB"
         assert ready < 2.0, f"restart took {ready:.2f} s"
         assert queued == QUEUE_WINDOW
-        peak = int(lines_until(sender, lambda line: line.startswith("empty"))[-1].split()[1])
-        assert peak < 40 * 2**20, f"delivering grew RSS by {peak / 2**20:.0f} MiB"
-        assert sender.wait(WAIT) == 0
-    finally:
-        sender.kill()
-        sender.wait()
-        assert sender.stdout is not None
-        sender.stdout.close()
+        drained(sender)
     assert len(receiver.rec.get("on_disconnect")) >= 1
+    assert [m.data[:6] for m in got] == [b"%06d" % i for i in range(n)]
+    assert all(3000 < (m.ttl or 0) <= 3600 for m in got)
+    with SqliteQueuesStorage(str(db)) as storage:
+        assert storage.load().queues == {}
+
+
+def test_live_persistent_sends_to_an_absent_peer_are_held_through_a_window(
+    peers: list[Peer], tmp_path: Path
+) -> None:
+    """Issue 14: a program queues 200k persistent 100-byte messages for a
+    peer that is away: past the window they go to the SQLite file only
+    (~110 MiB held in memory otherwise) and are read back as the queue
+    drains; the peer gets every one once, in order."""
+    n = 200_000
+    db = tmp_path / "queues.db"
+    receiver = Peer("receiver")
+    peers.append(receiver)
+    port = receiver.listen()
+    got: list[Message] = []
+    receiver.messaging.on_message_recv.add(lambda conn_id, ident, m: got.append(m))
+    receiver.start()
+    with windowed_sender(tmp_path, str(port), str(db), str(n)) as sender:
+        # one durable transaction per send: ~25 s on a loaded machine
+        sent = lines_until(sender, lambda line: line.startswith("sent"), 240)[-1].split()
+        grown, queued = int(sent[1]), int(sent[2])
+        assert grown < 30 * 2**20, f"queueing grew RSS by {grown / 2**20:.0f} MiB"
+        assert queued == QUEUE_WINDOW
+        drained(sender, 120)
     assert [m.data[:6] for m in got] == [b"%06d" % i for i in range(n)]
     assert all(3000 < (m.ttl or 0) <= 3600 for m in got)
     with SqliteQueuesStorage(str(db)) as storage:

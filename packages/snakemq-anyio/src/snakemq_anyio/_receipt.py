@@ -41,7 +41,7 @@ class Receipt:
     package reports with ``on_message_settled``.
     """
 
-    __slots__ = ("_error", "_event", "_state", "ident", "uuid")
+    __slots__ = ("__weakref__", "_error", "_event", "_state", "ident", "uuid")
 
     def __init__(self, ident: str, uuid: bytes) -> None:
         self.ident = ident

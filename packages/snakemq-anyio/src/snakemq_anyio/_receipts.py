@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 
-``send_message`` makes a ``Receipt`` per message (``add``), kept per peer by
-uuid until the engine settles the message (``MessageDelivered``, or
+``send_message`` makes a ``Receipt`` per message (``add``), kept (weakly:
+as long as the caller holds it, so a producer that drops its receipts keeps
+nothing per message, e.g. while its queue is past the window on disk) per
+peer by uuid until the engine settles the message (``MessageDelivered``, or
 ``MessageSent.settled`` towards a snakeMQ 1.6 peer: ``resolve`` with no
 error) or drops it (``MessageDropped``: ``dropped``).  When the
 ``Messaging`` closes, what is left fails with ``MessagingClosedError``
@@ -20,6 +22,7 @@ tasks run.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import anyio
@@ -45,7 +48,8 @@ class Receipts:
     def __init__(self, engine: Engine, check_running: Callable[[], object]) -> None:
         self._engine = engine
         self._check_running = check_running
-        self._by_peer: dict[str, dict[bytes, Receipt]] = {}  # undelivered, by uuid
+        # undelivered, by uuid, while their callers hold them
+        self._by_peer: dict[str, weakref.WeakValueDictionary[bytes, Receipt]] = {}
         self._waiters: dict[str, anyio.Event] = {}  # senders waiting for room, by peer
         self._sends = 0
 
@@ -53,7 +57,7 @@ class Receipts:
         """A new receipt for the message ``uuid`` queued for ``ident``."""
         per_peer = self._by_peer.get(ident)
         if per_peer is None:
-            per_peer = self._by_peer[ident] = {}
+            per_peer = self._by_peer[ident] = weakref.WeakValueDictionary()
         receipt = per_peer[uuid] = Receipt(ident, uuid)
         return receipt
 
@@ -61,12 +65,10 @@ class Receipts:
         """The message is settled (``error`` None) or failed; senders waiting
         for room in ident's queue go on if there is room now."""
         per_peer = self._by_peer.get(ident)
-        if per_peer is None:
-            return
-        receipt = per_peer.pop(uuid, None)
-        if receipt is None:
-            return
-        receipt._resolve(error)
+        receipt = None if per_peer is None else per_peer.pop(uuid, None)
+        if receipt is not None:
+            receipt._resolve(error)
+        # also without a receipt (dropped by its caller, or a restored message)
         if self._waiters and self._engine.queue_has_room(ident):
             self.release(ident)
 

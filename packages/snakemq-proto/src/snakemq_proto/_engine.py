@@ -288,6 +288,7 @@ class Engine:
         ``WindowedStorage`` each queue's rows after its window stay on disk
         and are asked for by ``fill_requests()``."""
         events = self.load(state.queues, state.seen, now)
+        self._ledger.window = state.window  # live persistent sends spill past it
         for ident, (after, end) in state.rest.items():
             queue = self._queue(ident)
             queue.set_disk(after, end, state.window, now)
@@ -298,6 +299,15 @@ class Engine:
         """Reads a restored queue needs from its storage (each once, until
         ``filled()``): call ``storage.read_queue(r.ident, r.after, r.end,
         r.count)`` in order with the storage batches, then ``filled()``."""
+        spilling = self._ledger.spilling
+        if spilling:  # queues that started spilling persistent sends
+            listed = set(map(id, self._on_disk))
+            for ident in spilling:
+                queue = self._queues.get(ident)
+                if queue is not None and queue.disk is not None and id(queue) not in listed:
+                    listed.add(id(queue))
+                    self._on_disk.append(queue)
+            spilling.clear()
         on_disk = self._on_disk
         if not on_disk:
             return []

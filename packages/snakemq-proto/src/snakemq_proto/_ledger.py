@@ -13,6 +13,10 @@ queue then holds a stored copy.  ``copies`` counts them, so that a copy
 leaving one queue deletes that queue's row only (``delete_from``) until the
 last copy leaves (``delete``), and a TTL update of a copy touches its queue's
 row only (``update_ttl_in``) while there are others.
+
+Spilled messages (``spill()``, see ``PeerQueue``'s Window) are not counted
+in ``copies`` until they are read back (``loaded()``): a delete of another
+copy leaves them alone, as the storage does not know them by uuid yet.
 """
 
 from __future__ import annotations
@@ -28,13 +32,16 @@ class StorageLedger:
         seen_keep: the de-duplication window a storage keeps per peer.
     """
 
-    __slots__ = ("batch", "copies", "seen_keep")
+    __slots__ = ("batch", "copies", "seen_keep", "spilling", "window")
 
     def __init__(self, seen_keep: int) -> None:
         self.seen_keep = seen_keep
         self.batch = StorageBatch(seen_keep=seen_keep)
         """Collects the changes; replaced by ``take()``, so do not keep it."""
         self.copies: dict[bytes, int] = {}  # uuid -> queues holding it in storage
+        self.window = 0
+        """Messages a queue holds before persistent sends spill (0: never)."""
+        self.spilling: list[str] = []  # idents whose queue started spilling
 
     def take(self) -> StorageBatch | None:
         """Return the changes collected since the last call, if any."""
@@ -53,6 +60,13 @@ class StorageLedger:
         uuid = message.uuid
         self.copies[uuid] = self.copies.get(uuid, 0) + 1
         self.batch.push.append((ident, message))
+
+    def spill(self, ident: str, message: Message, first: bool) -> None:
+        """``message`` goes to ident's queue in the storage only (``first``:
+        it starts a run of spilled rows)."""
+        self.batch.spill.append((ident, message, first))
+        if first:
+            self.spilling.append(ident)
 
     def update_ttl(self, ident: str, uuid: bytes, remaining: float) -> None:
         """The stored copy in ident's queue has ``remaining`` seconds of TTL."""

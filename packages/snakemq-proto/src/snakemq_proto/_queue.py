@@ -61,6 +61,24 @@ Window (a queue restored from a ``WindowedStorage``)
     it expires at the same moment as if it had been loaded at the restart;
     one due on reading is dropped then (``MessageDropped``), at the latest
     when every older message of the queue has left.
+
+Spill (a live queue longer than the window)
+    With a ``WindowedStorage`` (``ledger.window`` set), a persistent message
+    sent while the queue has rows on disk, or holds ``window`` items
+    already, goes to the storage only (``StorageLedger.spill()``): it is one
+    more row on disk (``spilled`` counts those not read back yet), read back
+    by the same fills, after every row already there; ``disk``'s end is then
+    ``DISK_END``.  A queue that starts spilling without rows on disk reads
+    from ``SPILL_ANCHOR`` (the storage knows where the run starts).  The
+    disk is read to its end once the restored rows are (``rest_end``) and
+    every spilled row came back: rows spilled but not applied yet when a
+    read ran are read by a later one.  A spilled row's stored TTL is its
+    TTL plus the queue's aging so far (``_aged`` and the current away
+    time), so the read sees the deadline it had when sent.  Non-persistent
+    messages stay in memory (the tail): one sent after spilled rows waits
+    for them; a persistent one sent after it is spilled and so delivered
+    before it (persistent ones keep their order among themselves, as do
+    non-persistent ones).
 """
 
 from __future__ import annotations
@@ -74,6 +92,7 @@ from ._errors import MalformedFrameError
 from ._events import Event, MessageDropped, _delivered, _sent
 from ._ledger import StorageLedger
 from ._message import FLAG_PERSISTENT, Message
+from ._storage import DISK_END, SPILL_ANCHOR
 from ._wire import encode_messages
 
 EXPIRE_BATCH = 1024
@@ -191,6 +210,8 @@ class PeerQueue:
         "ident",
         "in_flight",
         "items",
+        "rest_end",
+        "spilled",
         "window",
     )
 
@@ -205,6 +226,8 @@ class PeerQueue:
         self.gap = 0  # while disk: items before the rows on disk (the head)
         self.window = 0
         self.filling = False  # a fill_request() is being served
+        self.rest_end = 0  # restored rows on disk are those with seq <= rest_end
+        self.spilled = 0  # rows spilled (see Spill) and not read back yet
         self._aged = 0.0  # seconds the peer was away since the restart, until _aging_since
         self._aging_since: float | None = None
 
@@ -213,6 +236,7 @@ class PeerQueue:
     def set_disk(self, after: int, end: int, window: int, now: float) -> None:
         """Rows ``after < seq <= end`` of the storage come after ``items``."""
         self.disk = (after, end)
+        self.rest_end = end
         self.gap = len(self.items)
         self.window = window
         self._aged = 0.0
@@ -275,8 +299,16 @@ class PeerQueue:
             both = list(items)
             self.items = deque(both[:gap] + new + both[gap:])
         self.gap = gap + len(new)
-        after = rows[-1][0] if rows else disk[1]
-        self.disk = None if len(rows) < count or after >= disk[1] else (after, disk[1])
+        after = rows[-1][0] if rows else disk[0]
+        rest_end = self.rest_end
+        self.spilled -= sum(1 for seq, _ in rows if seq > rest_end)
+        if len(rows) < count or after >= rest_end:
+            self.rest_end = after  # every restored row is read: the rest were spilled
+            if self.spilled <= 0:
+                self.spilled = 0
+                self.disk = None
+                return
+        self.disk = (after, disk[1])
 
     # ------------------------------------------------------------ producers
 
@@ -298,6 +330,12 @@ class PeerQueue:
         if not connected and ttl == 0:
             return [MessageDropped(self.ident, message.uuid)]
         stored = persistent and ttl != 0 and bool(message.flags & FLAG_PERSISTENT)
+        if stored and (
+            self.disk is not None
+            or (self._ledger.window and len(self.items) >= self._ledger.window)
+        ):
+            self._spill(message, now)
+            return []
         item = _Item(message, ttl, stored)
         self.items.append(item)
         if stored:
@@ -305,6 +343,30 @@ class PeerQueue:
         if not connected:
             self._timer.start(item, now, self)  # ttl > 0 here: not due yet
         return []
+
+    def _spill(self, message: Message, now: float) -> None:
+        """``message`` goes to the storage only, after the rows on disk."""
+        ledger = self._ledger
+        disk = self.disk
+        first = disk is None
+        if disk is None:
+            self.disk = (SPILL_ANCHOR, DISK_END)
+            self.rest_end = SPILL_ANCHOR
+            self.gap = len(self.items)
+            self.window = ledger.window
+            self._aged = 0.0
+            self._aging_since = None if self.connected else now
+        elif disk[1] != DISK_END:
+            self.disk = (disk[0], DISK_END)
+        self.spilled += 1
+        ttl = message.ttl
+        if ttl is not None:
+            aged = self._aged
+            if self._aging_since is not None:
+                aged += now - self._aging_since
+            if aged:
+                message = message.with_ttl(ttl + aged)
+        ledger.spill(self.ident, message, first)
 
     def purge(self) -> list[bytes]:
         """Remove every message not in flight; return their uuids."""
@@ -314,6 +376,7 @@ class PeerQueue:
         if self.disk is not None:  # the rows never read go too (not listed)
             self._ledger.batch.delete_rest.append((self.ident, *self.disk))
             self.disk = None
+            self.spilled = 0
         timer = self._timer
         for item in removed:
             timer.stop(item)

@@ -86,7 +86,7 @@ from typing import Final, NoReturn
 
 from ._errors import StorageError
 from ._message import Message
-from ._storage import StorageBatch, StoredState, seen_window_appends
+from ._storage import SPILL_ANCHOR, StorageBatch, StoredState, seen_window_appends
 
 __all__ = ["APPLICATION_ID", "DEFAULT_RESERVE_BYTES", "SCHEMA_VERSION", "SqliteQueuesStorage"]
 
@@ -407,6 +407,8 @@ class SqliteQueuesStorage:
         # queues; None until the rows are read (by load() or the first apply)
         self._where: dict[bytes, _Where] | None = None
         self._next_seq = 1
+        # ident -> the seq before its last run of spilled rows (SPILL_ANCHOR)
+        self._spill_from: dict[str, int] = {}
         self._check_location()
         try:
             conn = sqlite3.connect(
@@ -697,10 +699,19 @@ class SqliteQueuesStorage:
         """
         with self._lock:
             conn = self._connection()
+            anchored = after == SPILL_ANCHOR
+            if anchored:
+                found = self._spill_from.get(ident)
+                if found is None:
+                    return []  # the run's first row is not applied yet
+                after = found
             try:
-                return self._read(conn, self._rows(conn), ident, after, end, count)
+                rows = self._read(conn, self._rows(conn), ident, after, end, count)
             except sqlite3.Error as exc:
                 self._fail(exc, "read")
+            if anchored and rows:
+                del self._spill_from[ident]  # the engine goes on from the rows' seqs
+            return rows
 
     @staticmethod
     def _read(
@@ -771,9 +782,10 @@ class SqliteQueuesStorage:
                 update = [(uuid, ttl) for uuid, ttl in batch.update_ttl if uuid not in gone]
             else:
                 push, update = batch.push, batch.update_ttl
-            if push and self.reserve_bytes and not self._reserved and not self._regain_reserve():
+            pushes = len(push) + len(batch.spill)  # a spilled row is another copy: kept
+            if pushes and self.reserve_bytes and not self._reserved and not self._regain_reserve():
                 self._apply_freeing(conn, batch, update)
-                self._refuse_pushes(len(push), None)
+                self._refuse_pushes(pushes, None)
             try:
                 self._transaction(conn, push, update, batch)
             except sqlite3.Error as exc:
@@ -781,8 +793,8 @@ class SqliteQueuesStorage:
                     self._fail(exc, "write")
                 self._release_reserve()
                 self._apply_freeing(conn, batch, update)
-                if push:
-                    self._refuse_pushes(len(push), exc)
+                if pushes:
+                    self._refuse_pushes(pushes, exc)
 
     def _transaction(
         self,
@@ -796,9 +808,22 @@ class SqliteQueuesStorage:
         with the commit (it is restored if the transaction fails)."""
         where = self._rows(conn)
         plan = _Plan(where, self._next_seq)
+        anchors = dict(self._spill_from)
         try:
             for ident, message in push:
                 plan.push(conn, ident, message)
+            for ident, message, first in batch.spill:
+                # not in the map: the engine does not hold it until it reads it
+                if first:
+                    anchors[ident] = plan.next_seq - 1
+                plan.inserts.append(
+                    (plan.next_seq, ident, message.uuid, message.data, message.ttl, message.flags)
+                )
+                plan.next_seq += 1
+            rest = [
+                (ident, anchors.pop(ident, end) if after == SPILL_ANCHOR else after, end)
+                for ident, after, end in batch.delete_rest
+            ]
             updates = [(ttl, seq) for uuid, ttl in update for seq in plan.seqs(uuid)]
             updates_in = [
                 (ttl, seq, ident)
@@ -806,7 +831,7 @@ class SqliteQueuesStorage:
                 for seq in plan.seqs(uuid, ident)
             ]
             deletes = [(seq,) for uuid in batch.delete for seq in plan.forget(uuid)]
-            for ident, after, end in batch.delete_rest:
+            for ident, after, end in rest:
                 plan.forget_rest(conn, ident, after, end)
             deletes_from = [
                 (seq, ident)
@@ -827,8 +852,8 @@ class SqliteQueuesStorage:
                     conn.executemany(_DELETE, deletes)
                 if deletes_from:
                     conn.executemany(_DELETE_FROM, deletes_from)
-                if batch.delete_rest:
-                    conn.executemany(_DELETE_REST, batch.delete_rest)
+                if rest:
+                    conn.executemany(_DELETE_REST, rest)
                 if batch.seen:
                     self._apply_seen(conn, batch.seen, batch.seen_keep)
                 conn.execute("COMMIT")
@@ -840,6 +865,7 @@ class SqliteQueuesStorage:
             plan.undo()
             raise
         self._next_seq = plan.next_seq
+        self._spill_from = anchors
 
     # ------------------------------------------------------------ full disk
 

@@ -41,6 +41,13 @@ class StorageBatch:
         delete_rest: ``(ident, after, end)``: delete ident's rows that were
             never read (``after < seq <= end``, see ``WindowedStorage``); only
             an engine restored from a ``WindowedStorage`` makes them.
+        spill: ``(ident, message, first)``: like ``push`` (applied after
+            every ``push``), but the engine does not hold the message in
+            memory: it reads it back later (``WindowedStorage``).  ``first``
+            starts a run of spilled rows of ident: ``SPILL_ANCHOR`` as
+            ``after`` (of ``read_queue`` or ``delete_rest``) means "before
+            the first row of ident's last run".  Only an engine restored
+            from a ``WindowedStorage`` makes them.
 
     The engine uses ``update_ttl_in`` and ``delete_from`` only while one
     message (one uuid) is stored in several queues — a program that sends
@@ -56,6 +63,7 @@ class StorageBatch:
     update_ttl_in: list[tuple[str, bytes, float | None]] = attrs.field(factory=list)
     delete_from: list[tuple[str, bytes]] = attrs.field(factory=list)
     delete_rest: list[tuple[str, int, int]] = attrs.field(factory=list)
+    spill: list[tuple[str, Message, bool]] = attrs.field(factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -66,6 +74,7 @@ class StorageBatch:
             or self.update_ttl_in
             or self.delete_from
             or self.delete_rest
+            or self.spill
         )
 
     def extend(self, other: StorageBatch) -> None:
@@ -78,6 +87,7 @@ class StorageBatch:
         self.update_ttl_in.extend(other.update_ttl_in)
         self.delete_from.extend(other.delete_from)
         self.delete_rest.extend(other.delete_rest)
+        self.spill.extend(other.spill)
 
 
 @attrs.frozen
@@ -137,12 +147,23 @@ class WindowedStorage(QueuesStorage, Protocol):
 
     def read_queue(self, ident: str, after: int, end: int, count: int) -> list[tuple[int, Message]]:
         """``(seq, message)`` of ident's next ``count`` rows with
-        ``after < seq <= end``, oldest first (``ttl``: as stored)."""
+        ``after < seq <= end``, oldest first (``ttl``: as stored).
+        ``after == SPILL_ANCHOR``: from ident's last run of spilled rows
+        (none yet applied: ``[]``)."""
         ...
 
 
 QUEUE_WINDOW = 8192
-"""Messages per queue a ``WindowedStorage`` loads (and keeps read ahead)."""
+"""Messages per queue a ``WindowedStorage`` loads (and keeps read ahead); a
+persistent message sent to a queue holding that many already, or with rows
+on disk, goes to the storage only (``StorageBatch.spill``)."""
+
+SPILL_ANCHOR = -1
+"""``after`` meaning "before ident's last run of spilled rows" (see
+``StorageBatch.spill``); resolved by the storage."""
+
+DISK_END = 2**63 - 1
+"""``end`` meaning "every row of ident after ``after``" (the largest seq)."""
 
 
 def load_state(storage: QueuesStorage, window: int = QUEUE_WINDOW) -> StoredState:
