@@ -122,6 +122,7 @@ ENGINE_METHODS = [
     "queue_has_room",
     "queue_idents",
     "queued",
+    "read_moved_deadline",
     "receive_data",
     "restore",
     "send_message",
