@@ -94,6 +94,15 @@ SCHEMA_VERSION_SQLA: Final = 1
 _APPLICATION: Final = "snakemq"
 _DIALECTS: Final = ("postgresql", "sqlite")
 _IN_CHUNK: Final = 500
+# the writes of ``_write_pg`` (psycopg's parameter style)
+_PG_UPDATE_TTL: Final = "UPDATE snakemq_queue SET ttl = %(t)s WHERE owner = %(o)s AND uuid = %(u)s"
+_PG_UPDATE_TTL_IN: Final = (
+    "UPDATE snakemq_queue SET ttl = %(t)s WHERE owner = %(o)s AND ident = %(i)s AND uuid = %(u)s"
+)
+_PG_DELETE: Final = "DELETE FROM snakemq_queue WHERE owner = %(o)s AND uuid = ANY(%(us)s)"
+_PG_DELETE_FROM: Final = (
+    "DELETE FROM snakemq_queue WHERE owner = %(o)s AND ident = %(i)s AND uuid = %(u)s"
+)
 _SCHEMA_LOCK: Final = 0x534E4D51_00000001  # advisory lock serialising schema creation
 _T = TypeVar("_T")
 _LOCK_NOT_AVAILABLE: Final = "55P03"  # SQLSTATE of a lock_timeout
@@ -212,12 +221,6 @@ class _Statements:
         )
 
 
-def _only_push(batch: StorageBatch) -> bool:
-    return not (
-        batch.update_ttl or batch.update_ttl_in or batch.delete or batch.delete_from or batch.seen
-    )
-
-
 class SqlAlchemyQueuesStorage:
     """Persistent queues in a database server (PostgreSQL) shared by peers.
 
@@ -273,7 +276,9 @@ class SqlAlchemyQueuesStorage:
             raise ValueError(f"call_timeout must be > 0 seconds, got {call_timeout!r}")
         self.call_timeout = float(call_timeout)
         self._watch = threading.Condition()  # the watchdog of calls that hang
-        self._call_deadline: float | None = None
+        self._call_started: float | None = None  # the attempt in flight
+        self._calls = 0  # attempts so far
+        self._watch_idle = True  # the watchdog sleeps until a call wakes it
         self._watchdog: threading.Thread | None = None
         self._aborted = False
         self._sa = sa
@@ -454,38 +459,51 @@ class SqlAlchemyQueuesStorage:
 
     @contextlib.contextmanager
     def _deadline(self) -> Any:
-        """Arm the watchdog for one attempt of a call."""
+        """Watch one attempt of a call.  The watchdog is woken only after a
+        quiet spell: waking a thread per call cost more than the call's own
+        round trip on a loaded machine."""
         watch = self._watch
         with watch:
-            if self._watchdog is None:
-                self._watchdog = threading.Thread(
-                    target=self._watch_calls, name="snakemq storage watchdog", daemon=True
-                )
-                self._watchdog.start()
-            self._call_deadline = time.monotonic() + self.call_timeout
             self._aborted = False
-            watch.notify()
+            self._call_started = time.monotonic()
+            self._calls += 1
+            if self._watch_idle:
+                self._watch_idle = False
+                if self._watchdog is None:
+                    self._watchdog = threading.Thread(
+                        target=self._watch_calls, name="snakemq storage watchdog", daemon=True
+                    )
+                    self._watchdog.start()
+                watch.notify()
         try:
             yield
         finally:
             with watch:
-                self._call_deadline = None
+                self._call_started = None
 
     def _watch_calls(self) -> None:
-        """The watchdog thread: a call past its deadline has its socket shut
-        down, so the thread blocked in it gets a broken connection."""
+        """The watchdog thread: a call past ``call_timeout`` has its socket
+        shut down, so the thread blocked in it gets a broken connection.
+        While calls come, it looks every ``call_timeout`` at the one in
+        flight (then sleeps until its exact deadline); after a whole
+        ``call_timeout`` without a call it sleeps until the next one."""
         watch = self._watch
         with watch:
             while not self._closed:
-                deadline = self._call_deadline
-                if deadline is None:
+                if self._watch_idle:
                     watch.wait()
                     continue
-                left = deadline - time.monotonic()
+                calls, started = self._calls, self._call_started
+                if started is None:
+                    watch.wait(self.call_timeout)
+                    if self._calls == calls and self._call_started is None:
+                        self._watch_idle = True
+                    continue
+                left = started + self.call_timeout - time.monotonic()
                 if left > 0:
                     watch.wait(left)
                     continue
-                self._call_deadline = None
+                self._call_started = None
                 self._abort_call()
 
     def _abort_call(self) -> None:
@@ -685,8 +703,11 @@ class SqlAlchemyQueuesStorage:
         """
         if not self._lease or not self._held:
             return self.held
-        try:
-            self._run("check the lease of", lambda conn: conn.execute(self._sa.text("SELECT 1")))
+        try:  # one round trip (no BEGIN, COMMIT)
+            self._run(
+                "check the lease of",
+                lambda conn: self._on_driver(conn, lambda cursor: cursor.execute("SELECT 1")),
+            )
         except LeaseLostError:
             return False
         return True
@@ -789,8 +810,8 @@ class SqlAlchemyQueuesStorage:
             for ident, m in batch.push
             if m.uuid not in gone
         ]
-        if push and len(push) == 1 and self.dialect == "postgresql" and _only_push(batch):
-            self._one_statement(conn, st.upsert_sql, push[0])
+        if self.dialect == "postgresql" and not batch.seen:
+            self._write_pg(conn, owner, push, gone, batch)
             return
         if push:
             conn.execute(st.upsert, push)
@@ -814,15 +835,78 @@ class SqlAlchemyQueuesStorage:
         if batch.seen:
             self._apply_seen(conn, owner, batch.seen, batch.seen_keep)
 
-    def _one_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> None:
-        """Run one statement as its own transaction: one round trip to the
-        server instead of three (BEGIN, the statement, COMMIT) — what a
-        persistent ``send_message`` of the sync package costs."""
+    def _write_pg(
+        self,
+        conn: Connection,
+        owner: str,
+        push: list[dict[str, Any]],
+        gone: set[bytes],
+        batch: StorageBatch,
+    ) -> None:
+        """A batch without de-dup rows, in one round trip to the server: one
+        statement autocommitted (what a persistent ``send_message`` of the
+        sync package costs), else the transaction in psycopg's pipeline mode
+        (BEGIN, the statements and COMMIT sent together).  On the driver's
+        own cursor: SQLAlchemy's execution cost as much as the round trip.
+        The driver's errors are raised as SQLAlchemy's, as ``_run`` expects."""
+        st = self._statements()
+        work: list[tuple[str, list[dict[str, Any]]]] = []
+        if push:
+            work.append((st.upsert_sql, push))
+        update = [
+            {"o": owner, "u": uuid, "t": ttl} for uuid, ttl in batch.update_ttl if uuid not in gone
+        ]
+        if update:
+            work.append((_PG_UPDATE_TTL, update))
+        if batch.update_ttl_in:
+            work.append(
+                (
+                    _PG_UPDATE_TTL_IN,
+                    [{"o": owner, "i": i, "u": u, "t": ttl} for i, u, ttl in batch.update_ttl_in],
+                )
+            )
+        if batch.delete:
+            work.append((_PG_DELETE, [{"o": owner, "us": list(dict.fromkeys(batch.delete))}]))
+        if batch.delete_from:
+            work.append(
+                (_PG_DELETE_FROM, [{"o": owner, "i": i, "u": u} for i, u in batch.delete_from])
+            )
+        if not work:
+            return
+        dbapi: Any = self._engine.dialect.loaded_dbapi
+        one = len(work) == 1 and len(work[0][1]) == 1
+        if not one and not dbapi.Pipeline.is_supported():  # libpq < 14
+            for sql, rows in work:
+                conn.exec_driver_sql(sql, rows if len(rows) > 1 else rows[0])
+            return
+
+        def send(cursor: Any) -> None:
+            if one:
+                cursor.execute(work[0][0], work[0][1][0])
+                return
+            # one Sync when the pipeline ends: the server answers it all at once
+            with cursor.connection.pipeline():
+                cursor.execute("BEGIN")
+                for sql, rows in work:
+                    cursor.executemany(sql, rows)
+                cursor.execute("COMMIT")
+
+        self._on_driver(conn, send)
+
+    def _on_driver(self, conn: Connection, send: Callable[[Any], None]) -> None:
+        """``send(cursor)`` on the driver's own connection in autocommit
+        mode (else psycopg sends BEGIN first and waits for its answer): the
+        connection is idle here, as every call commits.  The driver's errors
+        are raised as SQLAlchemy's, as ``_run`` expects."""
         raw: Any = conn.connection.dbapi_connection
-        # idle here (every call commits): psycopg would send BEGIN with the statement
+        dbapi: Any = self._engine.dialect.loaded_dbapi
         raw.autocommit = True
         try:
-            conn.exec_driver_sql(sql, params)
+            send(raw.cursor())
+        except dbapi.Error as exc:
+            with contextlib.suppress(Exception):  # a failed statement left a block aborted
+                raw.rollback()
+            raise self._sa.exc.DBAPIError.instance(None, None, exc, dbapi.Error) from exc
         finally:
             with contextlib.suppress(Exception):  # a broken connection is dropped anyway
                 raw.autocommit = False
