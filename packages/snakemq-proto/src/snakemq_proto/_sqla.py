@@ -94,6 +94,17 @@ SCHEMA_VERSION_SQLA: Final = 1
 _APPLICATION: Final = "snakemq"
 _DIALECTS: Final = ("postgresql", "sqlite")
 _IN_CHUNK: Final = 500
+#: rows pushed (and at least as many as the owner had) before an ANALYZE
+ANALYZE_AFTER: Final = 10_000
+# the writes of ``_write_pg`` (psycopg's parameter style)
+_PG_UPDATE_TTL: Final = "UPDATE snakemq_queue SET ttl = %(t)s WHERE owner = %(o)s AND uuid = %(u)s"
+_PG_UPDATE_TTL_IN: Final = (
+    "UPDATE snakemq_queue SET ttl = %(t)s WHERE owner = %(o)s AND ident = %(i)s AND uuid = %(u)s"
+)
+_PG_DELETE: Final = "DELETE FROM snakemq_queue WHERE owner = %(o)s AND uuid = ANY(%(us)s)"
+_PG_DELETE_FROM: Final = (
+    "DELETE FROM snakemq_queue WHERE owner = %(o)s AND ident = %(i)s AND uuid = %(u)s"
+)
 _SCHEMA_LOCK: Final = 0x534E4D51_00000001  # advisory lock serialising schema creation
 _T = TypeVar("_T")
 _LOCK_NOT_AVAILABLE: Final = "55P03"  # SQLSTATE of a lock_timeout
@@ -212,12 +223,6 @@ class _Statements:
         )
 
 
-def _only_push(batch: StorageBatch) -> bool:
-    return not (
-        batch.update_ttl or batch.update_ttl_in or batch.delete or batch.delete_from or batch.seen
-    )
-
-
 class SqlAlchemyQueuesStorage:
     """Persistent queues in a database server (PostgreSQL) shared by peers.
 
@@ -272,8 +277,12 @@ class SqlAlchemyQueuesStorage:
         if not call_timeout > 0:
             raise ValueError(f"call_timeout must be > 0 seconds, got {call_timeout!r}")
         self.call_timeout = float(call_timeout)
+        self.connect_timeout = float(connect_timeout)
         self._watch = threading.Condition()  # the watchdog of calls that hang
-        self._call_deadline: float | None = None
+        self._call_until: float | None = None  # the deadline of the attempt in flight
+        self._calls = 0  # attempts so far
+        self._watch_idle = True  # the watchdog sleeps until a call wakes it
+        self._watch_wake = 0.0  # else when it wakes up next
         self._watchdog: threading.Thread | None = None
         self._aborted = False
         self._sa = sa
@@ -285,6 +294,8 @@ class SqlAlchemyQueuesStorage:
         self._held = False
         self._lost = False
         self._st: _Statements | None = None
+        self._pushed = 0  # rows pushed since the last ANALYZE
+        self._analyzed = 0  # rows the owner had then (about)
         self.lease_poll = float(lease_poll)
         shown = _mask(str(args[0])) if args else _mask(str(kwargs.get("url", "")))
         self.url = shown
@@ -422,10 +433,14 @@ class SqlAlchemyQueuesStorage:
                     f"queue storage {self.url!r}: this process does not hold ident "
                     f"{self._owner!r} (it is a standby); wait for try_acquire() to succeed"
                 )
+            # the retry gets what is left of call_timeout + connect_timeout:
+            # a call (a lease check in the sync loop thread) never waits longer
+            until = time.monotonic() + self.call_timeout
+            budget = until + self.connect_timeout
             for attempt in (0, 1):
                 was_connected = self._conn is not None
                 try:
-                    with self._deadline():
+                    with self._deadline(until if attempt == 0 else budget):
                         conn = self._connection()
                         with conn.begin():
                             return work(conn)
@@ -453,39 +468,54 @@ class SqlAlchemyQueuesStorage:
             raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.contextmanager
-    def _deadline(self) -> Any:
-        """Arm the watchdog for one attempt of a call."""
+    def _deadline(self, until: float) -> Any:
+        """Watch one attempt of a call, to end by ``until`` (monotonic).
+        The watchdog is woken only after a quiet spell: waking a thread per
+        call cost more than the call's own round trip on a loaded machine."""
         watch = self._watch
         with watch:
-            if self._watchdog is None:
-                self._watchdog = threading.Thread(
-                    target=self._watch_calls, name="snakemq storage watchdog", daemon=True
-                )
-                self._watchdog.start()
-            self._call_deadline = time.monotonic() + self.call_timeout
             self._aborted = False
-            watch.notify()
+            self._call_until = until
+            self._calls += 1
+            if self._watch_idle or until < self._watch_wake:
+                self._watch_idle = False
+                if self._watchdog is None:
+                    self._watchdog = threading.Thread(
+                        target=self._watch_calls, name="snakemq storage watchdog", daemon=True
+                    )
+                    self._watchdog.start()
+                watch.notify()
         try:
             yield
         finally:
             with watch:
-                self._call_deadline = None
+                self._call_until = None
 
     def _watch_calls(self) -> None:
         """The watchdog thread: a call past its deadline has its socket shut
-        down, so the thread blocked in it gets a broken connection."""
+        down, so the thread blocked in it gets a broken connection.  While
+        calls come, it looks every ``call_timeout`` at the one in flight (then
+        sleeps until its exact deadline); after a whole ``call_timeout``
+        without a call it sleeps until the next one."""
         watch = self._watch
         with watch:
             while not self._closed:
-                deadline = self._call_deadline
-                if deadline is None:
+                if self._watch_idle:
                     watch.wait()
                     continue
-                left = deadline - time.monotonic()
+                calls, until = self._calls, self._call_until
+                if until is None:
+                    self._watch_wake = time.monotonic() + self.call_timeout
+                    watch.wait(self.call_timeout)
+                    if self._calls == calls and self._call_until is None:
+                        self._watch_idle = True
+                    continue
+                left = until - time.monotonic()
                 if left > 0:
+                    self._watch_wake = until
                     watch.wait(left)
                     continue
-                self._call_deadline = None
+                self._call_until = None
                 self._abort_call()
 
     def _abort_call(self) -> None:
@@ -685,8 +715,11 @@ class SqlAlchemyQueuesStorage:
         """
         if not self._lease or not self._held:
             return self.held
-        try:
-            self._run("check the lease of", lambda conn: conn.execute(self._sa.text("SELECT 1")))
+        try:  # one round trip (no BEGIN, COMMIT)
+            self._run(
+                "check the lease of",
+                lambda conn: self._on_driver(conn, lambda cursor: cursor.execute("SELECT 1")),
+            )
         except LeaseLostError:
             return False
         return True
@@ -760,7 +793,9 @@ class SqlAlchemyQueuesStorage:
                 seen.setdefault(ident, []).append(bytes(uuid))
             return StoredState(queues=queues, seen=seen)
 
-        return self._run("read", read)
+        state = self._run("read", read)
+        self._analyzed = max(self._analyzed, sum(map(len, state.queues.values())))
+        return state
 
     def apply(self, batch: StorageBatch) -> None:
         """Apply ``batch`` in one transaction, committed when this returns.
@@ -773,6 +808,29 @@ class SqlAlchemyQueuesStorage:
         if not batch:
             return
         self._run("write", lambda conn: self._write(conn, owner, batch))
+        if self.dialect == "postgresql" and batch.push:
+            self._pushed += len(batch.push)
+            if self._pushed >= max(ANALYZE_AFTER, self._analyzed):
+                self._analyze()
+
+    def _analyze(self) -> None:
+        """Refresh the server's statistics of the queue table once the rows
+        pushed since the last time may have doubled it: right after a bulk
+        push the planner still sees the table as small and each delete of
+        acknowledged rows scans it (236-379 us per row at 300k rows, 38 us
+        once analysed), until autovacuum gets round to it.  Best effort: a
+        role that does not own the table only gets a server warning."""
+        self._analyzed += self._pushed
+        self._pushed = 0
+        try:
+            self._run(
+                "analyze",
+                lambda conn: self._on_driver(
+                    conn, lambda cur: cur.execute("ANALYZE snakemq_queue")
+                ),
+            )
+        except StorageError as exc:  # the batch is committed; the next call will tell
+            logger.warning("queue storage %s: ANALYZE failed (%s)", self.url, exc)
 
     def _write(self, conn: Connection, owner: str, batch: StorageBatch) -> None:
         st = self._statements()
@@ -789,8 +847,8 @@ class SqlAlchemyQueuesStorage:
             for ident, m in batch.push
             if m.uuid not in gone
         ]
-        if push and len(push) == 1 and self.dialect == "postgresql" and _only_push(batch):
-            self._one_statement(conn, st.upsert_sql, push[0])
+        if self.dialect == "postgresql" and not batch.seen:
+            self._write_pg(conn, owner, push, gone, batch)
             return
         if push:
             conn.execute(st.upsert, push)
@@ -814,15 +872,78 @@ class SqlAlchemyQueuesStorage:
         if batch.seen:
             self._apply_seen(conn, owner, batch.seen, batch.seen_keep)
 
-    def _one_statement(self, conn: Connection, sql: str, params: dict[str, Any]) -> None:
-        """Run one statement as its own transaction: one round trip to the
-        server instead of three (BEGIN, the statement, COMMIT) — what a
-        persistent ``send_message`` of the sync package costs."""
+    def _write_pg(
+        self,
+        conn: Connection,
+        owner: str,
+        push: list[dict[str, Any]],
+        gone: set[bytes],
+        batch: StorageBatch,
+    ) -> None:
+        """A batch without de-dup rows, in one round trip to the server: one
+        statement autocommitted (what a persistent ``send_message`` of the
+        sync package costs), else the transaction in psycopg's pipeline mode
+        (BEGIN, the statements and COMMIT sent together).  On the driver's
+        own cursor: SQLAlchemy's execution cost as much as the round trip.
+        The driver's errors are raised as SQLAlchemy's, as ``_run`` expects."""
+        st = self._statements()
+        work: list[tuple[str, list[dict[str, Any]]]] = []
+        if push:
+            work.append((st.upsert_sql, push))
+        update = [
+            {"o": owner, "u": uuid, "t": ttl} for uuid, ttl in batch.update_ttl if uuid not in gone
+        ]
+        if update:
+            work.append((_PG_UPDATE_TTL, update))
+        if batch.update_ttl_in:
+            work.append(
+                (
+                    _PG_UPDATE_TTL_IN,
+                    [{"o": owner, "i": i, "u": u, "t": ttl} for i, u, ttl in batch.update_ttl_in],
+                )
+            )
+        if batch.delete:
+            work.append((_PG_DELETE, [{"o": owner, "us": list(dict.fromkeys(batch.delete))}]))
+        if batch.delete_from:
+            work.append(
+                (_PG_DELETE_FROM, [{"o": owner, "i": i, "u": u} for i, u in batch.delete_from])
+            )
+        if not work:
+            return
+        dbapi: Any = self._engine.dialect.loaded_dbapi
+        one = len(work) == 1 and len(work[0][1]) == 1
+        if not one and not dbapi.Pipeline.is_supported():  # libpq < 14
+            for sql, rows in work:
+                conn.exec_driver_sql(sql, rows if len(rows) > 1 else rows[0])
+            return
+
+        def send(cursor: Any) -> None:
+            if one:
+                cursor.execute(work[0][0], work[0][1][0])
+                return
+            # one Sync when the pipeline ends: the server answers it all at once
+            with cursor.connection.pipeline():
+                cursor.execute("BEGIN")
+                for sql, rows in work:
+                    cursor.executemany(sql, rows)
+                cursor.execute("COMMIT")
+
+        self._on_driver(conn, send)
+
+    def _on_driver(self, conn: Connection, send: Callable[[Any], None]) -> None:
+        """``send(cursor)`` on the driver's own connection in autocommit
+        mode (else psycopg sends BEGIN first and waits for its answer): the
+        connection is idle here, as every call commits.  The driver's errors
+        are raised as SQLAlchemy's, as ``_run`` expects."""
         raw: Any = conn.connection.dbapi_connection
-        # idle here (every call commits): psycopg would send BEGIN with the statement
+        dbapi: Any = self._engine.dialect.loaded_dbapi
         raw.autocommit = True
         try:
-            conn.exec_driver_sql(sql, params)
+            send(raw.cursor())
+        except dbapi.Error as exc:
+            with contextlib.suppress(Exception):  # a failed statement left a block aborted
+                raw.rollback()
+            raise self._sa.exc.DBAPIError.instance(None, None, exc, dbapi.Error) from exc
         finally:
             with contextlib.suppress(Exception):  # a broken connection is dropped anyway
                 raw.autocommit = False
