@@ -60,6 +60,7 @@ class StorageFlusher:
         "_take_fills",
         "_taken",
         "_wakeup",
+        "_windowed",
         "_writer",
     )
 
@@ -74,6 +75,8 @@ class StorageFlusher:
         self._take_batch = take_batch
         self._take_fills = take_fills
         self._filled = filled
+        # decided once: a runtime Protocol check walks the protocol's members
+        self._windowed = storage if isinstance(storage, WindowedStorage) else None
         self._fill_failing = False
         self._requested = False
         self._wakeup = Wakeup()
@@ -117,8 +120,8 @@ class StorageFlusher:
     async def _fill(self) -> None:
         """Read what the engine's restored queues ask for (worker thread)."""
         filled = self._filled
-        storage = self._writer.storage
-        if filled is None or not isinstance(storage, WindowedStorage):
+        storage = self._windowed
+        if filled is None or storage is None:
             return
         for r in self._take_fills():
             try:
