@@ -14,7 +14,13 @@ from snakemq_anyio import (
     Messaging,
     PeerDisconnected,
 )
-from snakemq_proto import FLAG_PERSISTENT, SqliteQueuesStorage, StorageBatch
+from snakemq_proto import (
+    FLAG_PERSISTENT,
+    QUEUE_WINDOW,
+    SqliteQueuesStorage,
+    StorageBatch,
+    StorageError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -111,3 +117,49 @@ async def test_mass_expiry_of_stored_messages_does_not_stall_the_loop(tmp_path: 
         assert dropped == n
         assert a.queued("gone") == []
         assert max(rtts) < 1.0, f"a round trip took {max(rtts):.3f} s during the expiry"
+
+
+class _ReadsFailUntil(SqliteQueuesStorage):
+    """Its ``read_queue`` raises (a storage error) until ``until``
+    (``time.monotonic()``)."""
+
+    until = 0.0
+    failed = 0
+
+    def read_queue(self, ident: str, after: int, end: int, count: int) -> list[tuple[int, Message]]:
+        if time.monotonic() < self.until:
+            self.failed += 1
+            raise StorageError("disk I/O error (test)")
+        return super().read_queue(ident, after, end, count)
+
+
+async def test_rows_whose_read_failed_are_read_again_with_nothing_else_going_on(
+    tmp_path: Path,
+) -> None:
+    """A failed read of the rows past a restored queue's window is retried by
+    itself: with the peer away and nothing else happening, the rows on disk
+    still run out and are dropped.  Before, a read that failed after the
+    window had run out waited for some unrelated event to wake the flusher:
+    here, none ever came."""
+    n = QUEUE_WINDOW + 100
+    db = str(tmp_path / "q.db")
+    with SqliteQueuesStorage(db) as storage:
+        storage.apply(
+            StorageBatch(
+                push=[
+                    ("gone", Message(b"%d" % i, ttl=0.5, flags=FLAG_PERSISTENT)) for i in range(n)
+                ]
+            )
+        )
+    storage = _ReadsFailUntil(db)
+    # reads fail until well after the window ran out (0.5 s) and was dropped
+    storage.until = time.monotonic() + 3.0
+    async with Messaging("a", storage=storage) as a:
+        dropped = 0
+        with a.events(max_buffered=n) as events, anyio.fail_after(30):
+            async for event in events:
+                if isinstance(event, MessageDropped):
+                    dropped += 1
+                    if dropped == n:
+                        break
+    assert storage.failed
