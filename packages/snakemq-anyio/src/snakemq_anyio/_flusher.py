@@ -10,7 +10,11 @@ batch is kept by the writer and applied again first, with the next one.
 
 After each batch the same task serves the engine's reads of restored queues
 (``engine.fill_requests()``, a window of rows each) in the worker thread, so
-storage calls stay in one order and off the event loop.
+storage calls stay in one order and off the event loop.  A read that failed
+is asked for again ``FILL_RETRY`` seconds later at the latest: the queue
+waiting for those rows may have nothing else that would wake the flusher (its
+window ran out and its peer is away), and they must still be delivered or
+dropped.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ from snakemq_proto import (
 
 from ._wakeup import Wakeup
 
-__all__ = ["StorageFlusher"]
+__all__ = ["FILL_RETRY", "StorageFlusher"]
 
 log = logging.getLogger("snakemq.anyio")
+
+FILL_RETRY = 1.0
+"""Seconds after a failed read of a queue's rows before it is tried again."""
 
 
 class StorageFlusher:
@@ -60,6 +67,7 @@ class StorageFlusher:
         "_take_fills",
         "_taken",
         "_wakeup",
+        "_windowed",
         "_writer",
     )
 
@@ -74,6 +82,8 @@ class StorageFlusher:
         self._take_batch = take_batch
         self._take_fills = take_fills
         self._filled = filled
+        # decided once: a runtime Protocol check walks the protocol's members
+        self._windowed = storage if isinstance(storage, WindowedStorage) else None
         self._fill_failing = False
         self._requested = False
         self._wakeup = Wakeup()
@@ -94,7 +104,11 @@ class StorageFlusher:
         writer = self._writer
         while True:
             if not self._requested:
-                await self._wakeup.wait()
+                if self._fill_failing:  # nothing else may come: retry the read
+                    with anyio.move_on_after(FILL_RETRY):
+                        await self._wakeup.wait()
+                else:
+                    await self._wakeup.wait()
             self._requested = False
             with anyio.CancelScope(shield=True):
                 # taken and applied as one step: a batch is never lost to a cancel
@@ -117,8 +131,8 @@ class StorageFlusher:
     async def _fill(self) -> None:
         """Read what the engine's restored queues ask for (worker thread)."""
         filled = self._filled
-        storage = self._writer.storage
-        if filled is None or not isinstance(storage, WindowedStorage):
+        storage = self._windowed
+        if filled is None or storage is None:
             return
         for r in self._take_fills():
             try:

@@ -95,7 +95,7 @@ from ._events import CloseConnection, Event, PeerConnected, PeerDisconnected, Re
 from ._ledger import StorageLedger
 from ._message import Message, check_ident
 from ._queue import ExpiryTimer, PeerQueue
-from ._session import ConnState, Session
+from ._session import ConnState, Session, earliest_deadline
 from ._stall import WriteStalls
 from ._storage import FillRequest, StorageBatch, StoredState
 from ._unidentified import DEFAULT_MAX_UNIDENTIFIED, UnidentifiedCap
@@ -552,12 +552,9 @@ class Engine:
             forget = next(iter(self._gone.values())) + self.dedup_linger
             if deadline is None or forget < deadline:
                 deadline = forget
-        interval = self.keepalive_interval
-        wait = self.keepalive_wait
-        for session in self._conns.values():
-            d = session.next_deadline(interval, wait)
-            if d is not None and (deadline is None or d < deadline):
-                deadline = d
+        d = earliest_deadline(self._conns.values(), self.keepalive_interval, self.keepalive_wait)
+        if d is not None and (deadline is None or d < deadline):
+            deadline = d
         stall = self._stalls.next_deadline(self._conns)
         if stall is not None and (deadline is None or stall < deadline):
             deadline = stall

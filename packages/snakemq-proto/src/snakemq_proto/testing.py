@@ -1,5 +1,6 @@
 """Real resources for tests (yours and ours): a throwaway PostgreSQL server,
-a small file system that can fill up, and the bytes of a raw capable peer.
+a small file system that can fill up, the bytes of a raw capable peer, a
+stored backlog and a child process that reports its memory.
 
 ``TestPostgres(directory)`` runs a real PostgreSQL on 127.0.0.1 with a
 password (``scram-sha-256``), so URLs with wrong credentials are refused as
@@ -23,7 +24,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,6 +46,8 @@ from ._wire import (
 )
 
 __all__ = [
+    "CHILD_RSS",
+    "MeasuredChild",
     "TestPostgres",
     "acked",
     "capable_peer_bytes",
@@ -385,3 +390,76 @@ def store_backlog(path: str | os.PathLike[str], ident: str, count: int, ttl: flo
                     ]
                 )
             )
+
+
+CHILD_RSS = """
+import os
+
+def rss():  # resident bytes, from /proc/self/statm
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def peak_rss():  # the high-water mark, from /proc/self/status
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+"""
+"""Source of ``rss()`` and ``peak_rss()`` (bytes, Linux ``/proc``) that
+``MeasuredChild`` puts before its script."""
+
+
+class MeasuredChild:
+    """A Python script run as a child process that reports lines of words
+    on its stdout (e.g. memory figures from ``rss()``/``peak_rss()``, see
+    ``CHILD_RSS``, which is put before the script); killed and reaped when
+    the ``with`` block ends.
+
+    Args:
+        path: where to write the script.
+        script: the script's source (``CHILD_RSS`` is prepended).
+        args: its command-line arguments.
+
+    ``line(prefix, wait)`` is blocking: from async code, call it through
+    ``anyio.to_thread.run_sync``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], script: str, *args: str) -> None:
+        Path(path).write_text(CHILD_RSS + script)
+        self.process = subprocess.Popen(
+            [sys.executable, str(path), *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+
+    def line(self, prefix: str, wait: float) -> list[str]:
+        """The words of the next line that starts with ``prefix``, read
+        within ``wait`` seconds (else the child is killed and this raises
+        ``AssertionError`` with the last lines it printed)."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        seen: list[str] = []
+        timer = threading.Timer(wait, self.process.kill)
+        timer.start()
+        try:
+            for line in stdout:
+                seen.append(line.strip())
+                if line.startswith(prefix):
+                    return line.split()
+        finally:
+            timer.cancel()
+        raise AssertionError(f"the child ended without a {prefix!r} line; got {seen[-5:]}")
+
+    def wait(self, timeout: float) -> int:
+        """Its exit status, within ``timeout`` seconds."""
+        return self.process.wait(timeout)
+
+    def __enter__(self) -> MeasuredChild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.wait()
+        assert self.process.stdout is not None
+        self.process.stdout.close()
