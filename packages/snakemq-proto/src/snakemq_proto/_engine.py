@@ -478,7 +478,13 @@ class Engine:
         session = self._conns.get(conn_id)
         if session is None or nbytes <= 0:
             return []
-        return session.data_sent(nbytes)
+        events = session.data_sent(nbytes)
+        since = self._stalls.since
+        if since and session.written >= session.emitted:
+            # every write started is done: no stall to watch (next_deadline
+            # then skips the rule without walking the writes)
+            since.pop(conn_id, None)
+        return events
 
     def receive_data(
         self, conn_id: str, data: bytes | bytearray | memoryview, now: float
