@@ -95,7 +95,7 @@ from ._events import CloseConnection, Event, PeerConnected, PeerDisconnected, Re
 from ._ledger import StorageLedger
 from ._message import Message, check_ident
 from ._queue import ExpiryTimer, PeerQueue
-from ._session import ConnState, Session
+from ._session import _ACTIVE, _CLOSED, ConnState, Session
 from ._stall import WriteStalls
 from ._storage import FillRequest, StorageBatch, StoredState
 from ._unidentified import DEFAULT_MAX_UNIDENTIFIED, UnidentifiedCap
@@ -496,7 +496,7 @@ class Engine:
         ``bytes`` of their own).
         """
         session = self._conns.get(conn_id)
-        if session is None or session.state is ConnState.CLOSED:
+        if session is None or session.state is _CLOSED:
             return []
         return session.receive_data(data, now)
 
@@ -510,7 +510,7 @@ class Engine:
         outstanding: it only moves that connection's keepalive deadline later.
         """
         session = self._conns.get(conn_id)
-        if session is None or session.state is not ConnState.ACTIVE:
+        if session is None or session.state is not _ACTIVE:
             return True
         deadline = session.next_deadline(self.keepalive_interval, self.keepalive_wait)
         if deadline is None:
