@@ -268,6 +268,54 @@ def test_callback_keeps_calling_after_exception() -> None:
     assert len(cb) == 1
 
 
+@pytest.mark.parametrize("functions", [1, 2])
+def test_a_raising_function_on_the_hot_callbacks_is_logged_and_the_loop_goes_on(
+    links: list[Link], caplog: pytest.LogCaptureFixture, functions: int
+) -> None:
+    """``on_recv_view``, ``on_ready_to_send`` and ``on_loop_pass`` are called
+    inline when they hold one function: its exception is logged under
+    ``snakemq.callbacks`` as ``Callback`` does, and never escapes ``loop()``."""
+    server, client = Link(), Link()
+    links += [server, client]
+    calls: list[str] = []
+
+    def bad(name: str) -> Any:
+        def raiser(*args: object) -> None:
+            calls.append(name)
+            raise RuntimeError(f"{name} bug")
+
+        return raiser
+
+    for cb, name in (
+        (server.on_recv_view, "view"),
+        (client.on_ready_to_send, "ready"),
+        (client.on_loop_pass, "pass"),
+    ):
+        for _ in range(functions):
+            cb.add(bad(name))
+    conns: list[str] = []
+    client.on_connect.add(conns.append)
+    port = server.add_listener(("127.0.0.1", 0))[1]
+    client.add_connector(("127.0.0.1", port))
+    deadline = time.monotonic() + WAIT
+    with caplog.at_level("ERROR", logger="snakemq.callbacks"):
+        while not conns and time.monotonic() < deadline:
+            client.loop(poll_timeout=0.01, runtime=0.01)
+            server.loop(poll_timeout=0.01, runtime=0.01)
+        for _ in range(2):
+            client.send(conns[0], b"x")
+            while calls.count("view") < functions * (2 if _ else 1):
+                assert time.monotonic() < deadline
+                client.loop(poll_timeout=0.01, runtime=0.01)
+                server.loop(poll_timeout=0.01, runtime=0.01)
+    assert calls.count("ready") == 2 * functions  # the loop went on after each
+    assert calls.count("view") == 2 * functions
+    assert calls.count("pass") >= 2 * functions
+    logged = {r.getMessage().split(" raised")[0] for r in caplog.records}
+    assert len(logged) == 3 * functions  # each function named in the log
+    assert all(r.name == "snakemq.callbacks" and r.exc_info for r in caplog.records)
+
+
 def test_init_is_harmless_and_logging(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
     import sys

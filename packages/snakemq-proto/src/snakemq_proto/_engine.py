@@ -95,7 +95,7 @@ from ._events import CloseConnection, Event, PeerConnected, PeerDisconnected, Re
 from ._ledger import StorageLedger
 from ._message import Message, check_ident
 from ._queue import ExpiryTimer, PeerQueue
-from ._session import ConnState, Session, earliest_deadline
+from ._session import _ACTIVE, _CLOSED, ConnState, Session, earliest_deadline
 from ._stall import WriteStalls
 from ._storage import FillRequest, StorageBatch, StoredState
 from ._unidentified import DEFAULT_MAX_UNIDENTIFIED, UnidentifiedCap
@@ -478,7 +478,13 @@ class Engine:
         session = self._conns.get(conn_id)
         if session is None or nbytes <= 0:
             return []
-        return session.data_sent(nbytes)
+        events = session.data_sent(nbytes)
+        since = self._stalls.since
+        if since and session.written >= session.emitted:
+            # every write started is done: no stall to watch (next_deadline
+            # then skips the rule without walking the writes)
+            since.pop(conn_id, None)
+        return events
 
     def receive_data(
         self, conn_id: str, data: bytes | bytearray | memoryview, now: float
@@ -490,7 +496,7 @@ class Engine:
         ``bytes`` of their own).
         """
         session = self._conns.get(conn_id)
-        if session is None or session.state is ConnState.CLOSED:
+        if session is None or session.state is _CLOSED:
             return []
         return session.receive_data(data, now)
 
@@ -504,7 +510,7 @@ class Engine:
         outstanding: it only moves that connection's keepalive deadline later.
         """
         session = self._conns.get(conn_id)
-        if session is None or session.state is not ConnState.ACTIVE:
+        if session is None or session.state is not _ACTIVE:
             return True
         deadline = session.next_deadline(self.keepalive_interval, self.keepalive_wait)
         if deadline is None:

@@ -49,42 +49,43 @@ class WriteStalls:
         timeout: seconds a write may take; ``None`` turns the rule off.
     """
 
-    __slots__ = ("_since", "timeout")
+    __slots__ = ("since", "timeout")
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
-        self._since: dict[str, tuple[float, int]] = {}  # conn_id -> (start, end offset)
+        # conn_id -> (start, end offset); the engine drops a write it sees done
+        self.since: dict[str, tuple[float, int]] = {}
 
     def started(self, conn_id: str, session: Session, now: float) -> None:
         """A write of everything ``session`` emitted so far starts at ``now``."""
         if self.timeout is not None and session.written < session.emitted:
-            self._since[conn_id] = (now, session.emitted)
+            self.since[conn_id] = (now, session.emitted)
 
     def forget(self, conn_id: str) -> None:
-        self._since.pop(conn_id, None)
+        self.since.pop(conn_id, None)
 
     def _pending(self, sessions: Mapping[str, Session]) -> list[tuple[str, float, Session]]:
         """(conn_id, start, session) of the writes still in progress; the
         finished ones are forgotten on the way."""
         out = []
         done = []
-        for conn_id, (start, end) in self._since.items():
+        for conn_id, (start, end) in self.since.items():
             session = sessions.get(conn_id)
             if session is None or session.closed or session.written >= end:
                 done.append(conn_id)
             else:
                 out.append((conn_id, start, session))
         for conn_id in done:
-            del self._since[conn_id]
+            del self.since[conn_id]
         return out
 
     def next_deadline(self, sessions: Mapping[str, Session]) -> float | None:
         """When the oldest write in progress stalls, or ``None``."""
         timeout = self.timeout
         if timeout is None:
-            self._since.clear()
+            self.since.clear()
             return None
-        if not self._since:
+        if not self.since:
             return None
         starts = [start for _, start, _ in self._pending(sessions)]
         return min(starts) + timeout if starts else None
@@ -95,12 +96,12 @@ class WriteStalls:
         """The sessions whose write has not finished ``timeout`` seconds
         after it started, each with the error that closes it."""
         timeout = self.timeout
-        if timeout is None or not self._since:
+        if timeout is None or not self.since:
             return []
         out = []
         for conn_id, start, session in self._pending(sessions):
             if now - start >= timeout:
-                del self._since[conn_id]
+                del self.since[conn_id]
                 waiting = session.emitted - session.written
                 out.append(
                     (

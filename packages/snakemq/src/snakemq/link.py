@@ -72,6 +72,7 @@ from snakemq_proto import (
 )
 
 from .callbacks import Callback
+from .callbacks import failed as callback_failed
 from .exceptions import NoConnection, SendNotFinished
 
 __all__ = [
@@ -647,7 +648,15 @@ class Link:
                     or self._handshaking
                 ):
                     self._after_io(monotonic())
-                self.on_loop_pass()
+                on_pass = self.on_loop_pass
+                funcs = on_pass.callbacks if type(on_pass) is Callback else None
+                if funcs is not None and len(funcs) == 1:  # Callback.__call__, inline
+                    try:
+                        funcs[0]()
+                    except Exception:
+                        callback_failed(funcs[0])
+                else:
+                    on_pass()
                 if self._ready:  # sends on_loop_pass started and finished at once
                     self._report_ready()
                 if real and count is not None:
@@ -913,7 +922,15 @@ class Link:
             on_recv(conn.conn_id, view.tobytes())
             if self._conns.get(conn.conn_id) is not conn:
                 return
-        self.on_recv_view(conn.conn_id, view)
+        on_view = self.on_recv_view
+        funcs = on_view.callbacks if type(on_view) is Callback else None
+        if funcs is not None and len(funcs) == 1:  # Callback.__call__, inline: per read
+            try:
+                funcs[0](conn.conn_id, view)
+            except Exception:
+                callback_failed(funcs[0])
+        else:
+            on_view(conn.conn_id, view)
 
     def _read(self, conn: LinkSocket) -> None:
         sock = conn.sock
@@ -1020,7 +1037,15 @@ class Link:
         ready, self._ready = self._ready, []
         for conn in ready:
             if self._conns.get(conn.conn_id) is conn:
-                self.on_ready_to_send(conn.conn_id, conn.wlen)
+                on_ready = self.on_ready_to_send
+                funcs = on_ready.callbacks if type(on_ready) is Callback else None
+                if funcs is not None and len(funcs) == 1:  # Callback.__call__, inline
+                    try:
+                        funcs[0](conn.conn_id, conn.wlen)
+                    except Exception:
+                        callback_failed(funcs[0])
+                else:
+                    on_ready(conn.conn_id, conn.wlen)
 
     def _dial_timed_out(self, connector: _Connector) -> None:
         log.info(

@@ -332,8 +332,10 @@ class Messaging:
                 self._deferred.extend(events)
             if self._writer is not None:
                 self._store(report=False)  # raises: the send fails, its changes are kept
+            woken = self._dirty  # the send that made it dirty wakes the loop
             self._dirty = True
-        self.link.wakeup_poll()
+        if not woken:  # (a pass's on_loop_pass is due while _dirty is set)
+            self.link.wakeup_poll()
 
     def queued(self, ident: str) -> list[Message]:
         """The messages waiting for ``ident``, oldest first."""
