@@ -351,6 +351,15 @@ class Peer:
         self.call("quit")
         self.proc.wait(10)
 
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to end by itself (a driver started with
+        ``kill_after`` SIGKILLs itself); return its exit code, ``-9`` for a
+        SIGKILL, or fail the test after ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise PeerError(f"{self} still runs after {timeout} s\n{self.log_tail()}") from None
+
     # -- signals
 
     def kill(self) -> None:

@@ -10,6 +10,7 @@ never skipped or relaxed.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -27,6 +28,7 @@ from _harness import (
     SYNC,
     Certs,
     Peer,
+    PeerError,
     PeerLauncher,
     Row,
     SilentRelay,
@@ -713,15 +715,24 @@ def test_receiver_killed_mid_stream(
     restarted on the same port and file: nothing is lost, and the messages
     handed to B's application twice — counted across B's lives — are no more
     than B's window per kill (its de-duplication window is stored: a message
-    acknowledged is never handed again)."""
+    acknowledged is never handed again).
+
+    Each killed B SIGKILLs itself (driver option ``kill_after``) right after
+    it handed a quarter of the stream in its life, so both kills land
+    mid-stream whatever the load; a kill sent from here once a ``wait``
+    answered landed whenever this process got to it — on a loaded machine
+    after B had taken most of the stream, and then the next B waited in
+    vain for its quarter."""
     count, kills = 600, 2
+    per_life = count // (kills + 2)  # what each killed B hands before its kill
     sizes = [32 * KIB if i % 2 else 100 for i in range(count)]
     db = str(storage_dir / "b-queues.db")
     journals = [storage_dir / f"b{k}-received.jsonl" for k in range(kills + 1)]
 
     def start_b(k: int, port: int = 0) -> tuple[Peer, int]:
+        suicide = {"kill_after": per_life} if k < kills else {}
         peer = launch(row.b, f"B{k + 1}").start(
-            B_IDENT, storage=db, window=RECEIVER_WINDOW, journal=str(journals[k])
+            B_IDENT, storage=db, window=RECEIVER_WINDOW, journal=str(journals[k]), **suicide
         )
         return peer, peer.listen(port=port)
 
@@ -732,9 +743,14 @@ def test_receiver_killed_mid_stream(
     sent = stream(a.report(), "sent", B_IDENT)
     at_kill = []
     for k in range(kills):
-        b.wait("received", A_IDENT, (k + 1) * count // (kills + 2), timeout=60)
-        b.kill()
+        try:
+            code = b.wait_exit(timeout=60)
+        except PeerError as exc:
+            handed = len(read_journal(journals[k]))
+            raise PeerError(f"B{k + 1} handed {handed} of its {per_life} messages: {exc}") from None
+        assert code == -signal.SIGKILL, f"{b} ended with code {code}, not by its own SIGKILL"
         at_kill.append(len(read_journal(journals[k])))
+        assert at_kill[-1] == per_life, f"B{k + 1} journaled {at_kill[-1]}, killed at {per_life}"
         b, again = start_b(k + 1, port)
         assert again == port
     details["received_by_each_killed_b"] = at_kill
