@@ -143,9 +143,13 @@ def start_pair(
     a_opts: dict[str, Any] | None = None,
     b_opts: dict[str, Any] | None = None,
 ) -> tuple[Peer, Peer, int]:
-    """A and B connected; returns the listener's port too."""
-    a = launch(row.a, "A").start(A_IDENT, reconnect_interval=RECONNECT, **(a_opts or {}))
-    b = launch(row.b, "B").start(B_IDENT, reconnect_interval=RECONNECT, **(b_opts or {}))
+    """A and B connected; returns the listener's port too.  Both processes
+    start (interpreter, imports, ``start``) at the same time."""
+    a, b = launch(row.a, "A"), launch(row.b, "B")
+    a.begin_start(A_IDENT, reconnect_interval=RECONNECT, **(a_opts or {}))
+    b.begin_start(B_IDENT, reconnect_interval=RECONNECT, **(b_opts or {}))
+    a.answer()
+    b.answer()
     listener, connector = (a, b) if row.a_listens else (b, a)
     port = listener.listen(tls_for(row, certs, listener.ident))
     connector.connect(port, tls_for(row, certs, connector.ident))
