@@ -179,9 +179,9 @@ class Peer:
         self._reader.start()
         self.stopped = False
         self.ident = ""
-        hello = self._next(60.0)
-        if not hello.get("ok"):
-            raise PeerError(f"{self} did not start: {hello}\n{self.log_tail()}")
+        # the greeting is read by the first request: peers launched one after
+        # the other start their interpreters at the same time
+        self._greeted = False
 
     def __repr__(self) -> str:
         return f"<{self.impl} peer {self.name} pid={self.proc.pid}>"
@@ -217,8 +217,18 @@ class Peer:
 
     # -- requests
 
+    def _greet(self) -> None:
+        """Read the driver's greeting (once), failing if it did not start."""
+        if self._greeted:
+            return
+        hello = self._next(60.0)
+        if not hello.get("ok"):
+            raise PeerError(f"{self} did not start: {hello}\n{self.log_tail()}")
+        self._greeted = True
+
     def request(self, cmd: str, **args: Any) -> None:
         """Send a command without waiting for the answer (see ``answer()``)."""
+        self._greet()
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write((json.dumps({"cmd": cmd, **args}) + "\n").encode())
@@ -239,8 +249,15 @@ class Peer:
     # -- the commands, typed
 
     def start(self, ident: str, **opts: Any) -> Peer:
+        self.begin_start(ident, **opts)
+        self.answer()
+        return self
+
+    def begin_start(self, ident: str, **opts: Any) -> Peer:
+        """``start`` without waiting for the answer: start several peers at
+        once, then ``answer()`` each."""
         self.ident = ident
-        self.call("start", ident=ident, **opts)
+        self.request("start", ident=ident, **opts)
         return self
 
     def listen(self, tls: dict[str, Any] | None = None, port: int = 0) -> int:
@@ -351,6 +368,15 @@ class Peer:
         self.call("quit")
         self.proc.wait(10)
 
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to end by itself (a driver started with
+        ``kill_after`` SIGKILLs itself); return its exit code, ``-9`` for a
+        SIGKILL, or fail the test after ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise PeerError(f"{self} still runs after {timeout} s\n{self.log_tail()}") from None
+
     # -- signals
 
     def kill(self) -> None:
@@ -379,7 +405,10 @@ class Peer:
 
 
 class PeerLauncher:
-    """Starts driver processes for one test; ``close()`` kills every one."""
+    """Starts driver processes for one test; ``close()`` kills every one.
+
+    A call returns once the process is spawned; its greeting is checked by
+    its first request (``Peer.start``)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir

@@ -10,6 +10,7 @@ never skipped or relaxed.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -27,6 +28,7 @@ from _harness import (
     SYNC,
     Certs,
     Peer,
+    PeerError,
     PeerLauncher,
     Row,
     SilentRelay,
@@ -141,9 +143,13 @@ def start_pair(
     a_opts: dict[str, Any] | None = None,
     b_opts: dict[str, Any] | None = None,
 ) -> tuple[Peer, Peer, int]:
-    """A and B connected; returns the listener's port too."""
-    a = launch(row.a, "A").start(A_IDENT, reconnect_interval=RECONNECT, **(a_opts or {}))
-    b = launch(row.b, "B").start(B_IDENT, reconnect_interval=RECONNECT, **(b_opts or {}))
+    """A and B connected; returns the listener's port too.  Both processes
+    start (interpreter, imports, ``start``) at the same time."""
+    a, b = launch(row.a, "A"), launch(row.b, "B")
+    a.begin_start(A_IDENT, reconnect_interval=RECONNECT, **(a_opts or {}))
+    b.begin_start(B_IDENT, reconnect_interval=RECONNECT, **(b_opts or {}))
+    a.answer()
+    b.answer()
     listener, connector = (a, b) if row.a_listens else (b, a)
     port = listener.listen(tls_for(row, certs, listener.ident))
     connector.connect(port, tls_for(row, certs, connector.ident))
@@ -282,7 +288,8 @@ def test_both_directions(
 def test_ttl(row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any]) -> None:
     """TTL 1 s and 2 s dropped (and reported) while B is away; TTL 600 s
     delivered with its remaining TTL; ttl=None delivered as infinite."""
-    a = launch(row.a, "A").start(A_IDENT)
+    a, b = launch(row.a, "A"), launch(row.b, "B")  # B's process idles until its start
+    a.start(A_IDENT)
     port = a.listen(tls_for(row, certs, A_IDENT))
     for size, (name, ttl) in enumerate(
         (("short", 1), ("medium", 2), ("long", 600), ("none", None)), 10
@@ -293,7 +300,7 @@ def test_ttl(row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, An
     early = a.try_wait("dropped", B_IDENT, 2, timeout=5)
     details["drops_reported_while_away"] = early
     details["absence_seconds"] = absence = round(time.monotonic() - t0, 2)
-    b = launch(row.b, "B").start(B_IDENT)
+    b.start(B_IDENT)
     b.connect(port, tls_for(row, certs, B_IDENT))
     b.wait("connected", A_IDENT, timeout=20)
     b.wait("received", A_IDENT, 2, timeout=20)
@@ -339,15 +346,17 @@ def _persistence(
 ) -> None:
     count = 5000
     sizes = [(0, 1, 100, 1000)[i % 4] for i in range(count)]
-    a = launch(row.a, "A").start(A_IDENT, storage=db)
+    # all three processes boot at once; each idles until its start
+    a, a2, b = launch(row.a, "A"), launch(row.a, "A2"), launch(row.b, "B")
+    a.start(A_IDENT, storage=db)
     t0 = time.monotonic()
     a.send(B_IDENT, sizes, seed=row.id, ttl=None, persistent=True)
     details["seconds_to_queue"] = round(time.monotonic() - t0, 2)
     sent = stream(a.report(), "sent", B_IDENT)
     a.kill()
-    a2 = launch(row.a, "A2").start(A_IDENT, storage=db)
+    a2.start(A_IDENT, storage=db)
     port = a2.listen(tls_for(row, certs, A_IDENT))
-    b = launch(row.b, "B").start(B_IDENT)
+    b.start(B_IDENT)
     b.connect(port, tls_for(row, certs, B_IDENT))
     wait_all_unique(b, A_IDENT, sent)
     details["seconds_to_queue_and_deliver"] = round(time.monotonic() - t0, 2)
@@ -371,13 +380,15 @@ def test_a_16_queue_file_after_the_upgrade(
     db = str(storage_dir / "a-queues-16.db")
     count = 300
     sizes = [(0, 1, 100, 5000)[i % 4] for i in range(count)]
-    old = launch(LEGACY, "A-1.6").start(A_IDENT, storage=db)
+    # all three processes boot at once; each idles until its start
+    old, a, b = launch(LEGACY, "A-1.6"), launch(row.a, "A"), launch(row.b, "B")
+    old.start(A_IDENT, storage=db)
     old.send(B_IDENT, sizes, seed=row.id, ttl=None, persistent=True)
     sent = stream(old.report(), "sent", B_IDENT)
     old.kill()
-    a = launch(row.a, "A").start(A_IDENT, storage=db)
+    a.start(A_IDENT, storage=db)
     port = a.listen(tls_for(row, certs, A_IDENT))
-    b = launch(row.b, "B").start(B_IDENT)
+    b.start(B_IDENT)
     b.connect(port, tls_for(row, certs, B_IDENT))
     wait_all_unique(b, A_IDENT, sent)
     marker_sync(a, b, row.id)
@@ -455,9 +466,12 @@ def _crash_mid_stream(
 ) -> None:
     count = 600
     sizes = [32 * KIB if i % 2 else 100 for i in range(count)]
-    b = launch(row.b, "B").start(B_IDENT)
+    # every process boots at once; each idles until its start
+    b = launch(row.b, "B")
+    a, *restarts = (launch(row.a, f"A{k + 1}" if k else "A") for k in range(4))
+    b.start(B_IDENT)
     port = b.listen(tls_for(row, certs, B_IDENT))
-    a = launch(row.a, "A").start(A_IDENT, storage=db, reconnect_interval=RECONNECT)
+    a.start(A_IDENT, storage=db, reconnect_interval=RECONNECT)
     a.send(B_IDENT, sizes, seed=row.id, ttl=None, persistent=True)
     sent = stream(a.report(), "sent", B_IDENT)
     a.connect(port, tls_for(row, certs, A_IDENT))
@@ -470,7 +484,7 @@ def _crash_mid_stream(
         sender_counts.append(a.report()["counts"])
         a.kill()
         at_kill.append(b.count("received", A_IDENT))
-        a = launch(row.a, f"A{k + 1}").start(A_IDENT, storage=db, reconnect_interval=RECONNECT)
+        a = restarts[k - 1].start(A_IDENT, storage=db, reconnect_interval=RECONNECT)
         a.connect(port, tls_for(row, certs, A_IDENT))
     details["received_at_each_kill"] = at_kill
     details["kills_before_all_delivered"] = sum(n < count for n in at_kill)
@@ -488,9 +502,10 @@ def _crash_mid_stream(
 @pytest.mark.parametrize("row", covering_rows("6"))
 def test_listener_restart(row: Row, launch: PeerLauncher, certs: Certs) -> None:
     """B (listener) is SIGKILLed and restarted on its port; A reconnects by itself."""
-    b = launch(row.b, "B").start(B_IDENT)
+    b, a = launch(row.b, "B"), launch(row.a, "A")
+    b.start(B_IDENT)
     port = b.listen(tls_for(row, certs, B_IDENT))
-    a = launch(row.a, "A").start(A_IDENT, reconnect_interval=RECONNECT)
+    a.start(A_IDENT, reconnect_interval=RECONNECT)
     a.connect(port, tls_for(row, certs, A_IDENT))
     a.send(B_IDENT, [100] * 10, seed=row.id + "/1", ttl=None)
     b.wait("received", A_IDENT, 10, timeout=20)
@@ -519,13 +534,14 @@ def test_listener_restart(row: Row, launch: PeerLauncher, certs: Certs) -> None:
 @pytest.mark.parametrize("row", covering_rows("7"))
 def test_duplicate_ident(row: Row, launch: PeerLauncher, certs: Certs) -> None:
     """While B is connected to A, a second B is refused; the first one is undisturbed."""
-    a = launch(row.a, "A").start(A_IDENT)
+    a, b, twin = launch(row.a, "A"), launch(row.b, "B"), launch(row.b, "B-twin")
+    a.start(A_IDENT)
     port = a.listen(tls_for(row, certs, A_IDENT))
-    b = launch(row.b, "B").start(B_IDENT)
+    b.start(B_IDENT)
     b.connect(port, tls_for(row, certs, B_IDENT))
     a.wait("connected", B_IDENT, timeout=20)
     b.wait("connected", A_IDENT, timeout=20)
-    twin = launch(row.b, "B-twin").start(B_IDENT, reconnect_interval=RECONNECT)
+    twin.start(B_IDENT, reconnect_interval=RECONNECT)
     twin.connect(port, tls_for(row, certs, B_IDENT))
     # A greets before it reads the twin's identification, then closes: the twin
     # sees A and loses it — the evidence that A made (and refused) the attempt.
@@ -557,8 +573,9 @@ TAKEOVER_ROWS = [
 @pytest.mark.parametrize("row", params(TAKEOVER_ROWS))
 def test_session_takeover_refused(row: Row, launch: PeerLauncher) -> None:
     """A stranger claiming the identifier of a peer A dialled gets nothing of it."""
-    partner = launch(row.b, "B").start("aaa")
-    victim = launch(row.a, "A").start("srv")
+    partner, victim = launch(row.b, "B"), launch(row.a, "A")
+    partner.start("aaa")
+    victim.start("srv")
     victim_port = victim.listen()
     victim.connect(partner.listen())
     victim.wait("connected", "aaa", timeout=20)
@@ -596,11 +613,10 @@ KEEPALIVE_INTERVAL, KEEPALIVE_WAIT, KEEPALIVE_SLACK = 1.0, 0.5, 1.0
 @pytest.mark.parametrize("row", covering_rows("8"))
 def test_keepalive(row: Row, launch: PeerLauncher, certs: Certs, details: dict[str, Any]) -> None:
     """A (keepalive on) drops B once B is frozen with SIGSTOP, and serves B again later."""
-    a = launch(row.a, "A").start(
-        A_IDENT, keepalive_interval=KEEPALIVE_INTERVAL, keepalive_wait=KEEPALIVE_WAIT
-    )
+    a, b = launch(row.a, "A"), launch(row.b, "B")
+    a.start(A_IDENT, keepalive_interval=KEEPALIVE_INTERVAL, keepalive_wait=KEEPALIVE_WAIT)
     port = a.listen(tls_for(row, certs, A_IDENT))
-    b = launch(row.b, "B").start(B_IDENT, reconnect_interval=RECONNECT)
+    b.start(B_IDENT, reconnect_interval=RECONNECT)
     b.connect(port, tls_for(row, certs, B_IDENT))
     a.wait("connected", B_IDENT, timeout=20)
     b.wait("connected", A_IDENT, timeout=20)
@@ -657,10 +673,11 @@ def test_silent_partition(
     longer than keepalive: both notice within interval + wait, reconnect once it
     heals, and B gets every message exactly once."""
     keepalive = {"keepalive_interval": KEEPALIVE_INTERVAL, "keepalive_wait": KEEPALIVE_WAIT}
-    b = launch(row.b, "B").start(B_IDENT, **keepalive)
+    b, a = launch(row.b, "B"), launch(row.a, "A")
+    b.start(B_IDENT, **keepalive)
     relay = SilentRelay(b.listen(tls_for(row, certs, B_IDENT)))
     relays.append(relay)
-    a = launch(row.a, "A").start(A_IDENT, reconnect_interval=RECONNECT, **keepalive)
+    a.start(A_IDENT, reconnect_interval=RECONNECT, **keepalive)
     a.connect(relay.port, tls_for(row, certs, A_IDENT))
     a.wait("connected", B_IDENT, timeout=20)
     b.wait("connected", A_IDENT, timeout=20)
@@ -713,28 +730,46 @@ def test_receiver_killed_mid_stream(
     restarted on the same port and file: nothing is lost, and the messages
     handed to B's application twice — counted across B's lives — are no more
     than B's window per kill (its de-duplication window is stored: a message
-    acknowledged is never handed again)."""
+    acknowledged is never handed again).
+
+    Each killed B SIGKILLs itself (driver option ``kill_after``) right after
+    it handed a quarter of the stream in its life, so both kills land
+    mid-stream whatever the load; a kill sent from here once a ``wait``
+    answered landed whenever this process got to it — on a loaded machine
+    after B had taken most of the stream, and then the next B waited in
+    vain for its quarter."""
     count, kills = 600, 2
+    per_life = count // (kills + 2)  # what each killed B hands before its kill
     sizes = [32 * KIB if i % 2 else 100 for i in range(count)]
     db = str(storage_dir / "b-queues.db")
     journals = [storage_dir / f"b{k}-received.jsonl" for k in range(kills + 1)]
 
+    # every process boots at once; each idles until its start
+    bs = [launch(row.b, f"B{k + 1}") for k in range(kills + 1)]
+    a = launch(row.a, "A")
+
     def start_b(k: int, port: int = 0) -> tuple[Peer, int]:
-        peer = launch(row.b, f"B{k + 1}").start(
-            B_IDENT, storage=db, window=RECEIVER_WINDOW, journal=str(journals[k])
+        suicide = {"kill_after": per_life} if k < kills else {}
+        peer = bs[k].start(
+            B_IDENT, storage=db, window=RECEIVER_WINDOW, journal=str(journals[k]), **suicide
         )
         return peer, peer.listen(port=port)
 
     b, port = start_b(0)
-    a = launch(row.a, "A").start(A_IDENT, reconnect_interval=RECONNECT)
+    a.start(A_IDENT, reconnect_interval=RECONNECT)
     a.connect(port)
     a.send(B_IDENT, sizes, seed=row.id, ttl=None)
     sent = stream(a.report(), "sent", B_IDENT)
     at_kill = []
     for k in range(kills):
-        b.wait("received", A_IDENT, (k + 1) * count // (kills + 2), timeout=60)
-        b.kill()
+        try:
+            code = b.wait_exit(timeout=60)
+        except PeerError as exc:
+            handed = len(read_journal(journals[k]))
+            raise PeerError(f"B{k + 1} handed {handed} of its {per_life} messages: {exc}") from None
+        assert code == -signal.SIGKILL, f"{b} ended with code {code}, not by its own SIGKILL"
         at_kill.append(len(read_journal(journals[k])))
+        assert at_kill[-1] == per_life, f"B{k + 1} journaled {at_kill[-1]}, killed at {per_life}"
         b, again = start_b(k + 1, port)
         assert again == port
     details["received_by_each_killed_b"] = at_kill
@@ -854,7 +889,10 @@ def test_tls_failures(
     """Wrong CA, expired certificate and plain TCP are refused by listener A,
     and peers that vanish right after the handshake are let go; A goes on
     serving a good peer."""
-    a = launch(row.a, "A").start(A_IDENT)
+    a = launch(row.a, "A")
+    # the bad peers' processes boot while A starts; each idles until its start
+    spawned = [launch(row.b, ident) for ident in ("bad-wrongca", "bad-expired", "bad-plain")]
+    a.start(A_IDENT)
     port = a.listen(certs.tls(A_IDENT))
     # bad peers of implementation B keep trying in the background...
     bad = {
@@ -872,8 +910,8 @@ def test_tls_failures(
         "bad-plain": None,
     }
     bad_peers = []
-    for ident, tls in bad.items():
-        peer = launch(row.b, ident).start(ident, reconnect_interval=RECONNECT)
+    for peer, (ident, tls) in zip(spawned, bad.items(), strict=True):
+        peer.start(ident, reconnect_interval=RECONNECT)
         peer.connect(port, tls)
         bad_peers.append(peer)
     # ...while the suite itself makes each kind of bad attempt, deterministically
@@ -935,8 +973,9 @@ def rpc_pair(
     launch: PeerLauncher, row: Row, certs: Certs, *, server_pickler: str
 ) -> tuple[Peer, Peer]:
     """Client A (pickle) and server B, RPC objects made before they connect."""
-    a = launch(row.a, "A-client").start(A_IDENT, reconnect_interval=RECONNECT)
-    b = launch(row.b, "B-server").start(B_IDENT, reconnect_interval=RECONNECT)
+    a, b = launch(row.a, "A-client"), launch(row.b, "B-server")
+    a.start(A_IDENT, reconnect_interval=RECONNECT)
+    b.start(B_IDENT, reconnect_interval=RECONNECT)
     a.rpc_setup(client=True, pickler="pickle")
     b.rpc_setup(server=True, pickler=server_pickler)
     port = b.listen(tls_for(row, certs, B_IDENT))

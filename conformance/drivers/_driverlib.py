@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -62,12 +64,22 @@ class Recorder:
         self.loop_error: str | None = None
         self.listeners: list[Callable[[], None]] = []
         self.journal: IO[str] | None = None
+        self.kill_after: int | None = None
 
-    def journal_to(self, path: str) -> None:
+    def journal_to(self, path: str, kill_after: int | None = None) -> None:
         """Also append every received message to ``path``, one JSON line each,
         written to the OS at once: the record survives a SIGKILL of this
-        process, so the suite can count what a killed receiver handed over."""
+        process, so the suite can count what a killed receiver handed over.
+
+        With ``kill_after``, the process SIGKILLs itself right after the
+        line of that many messages received in this life: a kill that lands
+        mid-stream by construction.  A kill sent by the suite once a ``wait``
+        answered lands when the suite gets to it, which on a loaded machine
+        can be after the whole stream arrived."""
         self.journal = open(path, "a")  # noqa: SIM115 - lives as long as the process
+        if kill_after is not None and kill_after < 1:
+            raise ValueError(f"kill_after must be at least 1, got {kill_after!r}")
+        self.kill_after = kill_after
 
     def _changed(self) -> None:
         self.cond.notify_all()
@@ -86,6 +98,8 @@ class Recorder:
             if self.journal is not None:
                 self.journal.write(json.dumps(entry) + "\n")
                 self.journal.flush()
+                if self.kill_after is not None and len(self.received) >= self.kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
             self.counts[("received", ident)] += 1
             self._changed()
 

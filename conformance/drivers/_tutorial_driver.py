@@ -214,7 +214,7 @@ class TutorialDriver:
         self.ident = cmd["ident"]
         self.reconnect_interval = float(cmd.get("reconnect_interval") or 0.5)
         if cmd.get("journal"):
-            self.rec.journal_to(cmd["journal"])
+            self.rec.journal_to(cmd["journal"], cmd.get("kill_after"))
         # built inside the loop thread: 1.6's SQLite storage only works in the
         # thread that opened it
         ready: Future[None] = Future()

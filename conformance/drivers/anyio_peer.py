@@ -106,7 +106,7 @@ class AnyioDriver:
         if cmd.get("window"):
             opts["window"] = int(cmd["window"])
         if cmd.get("journal"):
-            self.rec.journal_to(cmd["journal"])
+            self.rec.journal_to(cmd["journal"], cmd.get("kill_after"))
         m = Messaging(cmd["ident"], storage=cmd.get("storage"), **opts)
         await self.stack.enter_async_context(m)
         self.messaging = m
